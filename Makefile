@@ -1,0 +1,36 @@
+# The README's commands are the contract: `make demo` and `make test` each set themselves up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# torchvision on PyPI is a CUDA build: it needs the regular (CUDA) torch wheel, which runs on CPU.
+TORCH  := torch==2.14.1 torchvision==0.29.2
+
+.PHONY: setup test test-fast demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -c "import torch, torchvision, lucent.optvis.render; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| lucent ok')"
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: setup
+	$(BIN)/circuits demo --out outputs/demo
+
+bench: setup
+	$(BIN)/python benchmarks/run.py --out outputs/bench
+
+lint: setup
+	$(BIN)/ruff check circuits_cli tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Click commands, one module each; each is a thin layer over the Python API."""

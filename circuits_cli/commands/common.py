@@ -1,0 +1,55 @@
+"""Options every command shares, so that every command takes the model the same way."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from ..zoo import DEFAULT_MODEL, MODEL_ENV
+
+
+def model_options(func):
+    """Add ``--model/-m``, ``--weights`` and ``--device``; the command receives ``load_model``,
+    a function of no arguments that builds the chosen model (errors come out as one line)."""
+
+    @click.option("--model", "-m", "model_name", envvar=MODEL_ENV, default=DEFAULT_MODEL,
+                  show_default=True, metavar="NAME",
+                  help="Zoo model (inceptionv1, googlenet-bvlc, toy, torchvision:NAME) or "
+                       f"FILE.py:FACTORY for your own. Env: ${MODEL_ENV}.")
+    @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  metavar="FILE", help="Local weights file instead of the model's default "
+                                       "(needed offline for inceptionv1).")
+    @click.option("--device", default="auto", show_default=True,
+                  type=click.Choice(["auto", "cpu", "cuda", "mps"], case_sensitive=False),
+                  help="Where to run.")
+    @functools.wraps(func)
+    def wrapper(*args, model_name, weights, device, **kwargs):
+        from ..zoo import load_model
+
+        def loader():
+            return load_model(model_name, weights=weights, device=device)
+
+        return func(*args, load_model=loader, **kwargs)
+
+    return wrapper
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
