@@ -44,6 +44,30 @@ class LayerInfo:
         return None
 
 
+@dataclass(frozen=True)
+class Branch:
+    """One branch of an Inception block: optional max-pool, then convolutions, input to output.
+
+    ``convs`` are dotted module paths of ``nn.Conv2d`` modules (e.g. the 1x1 bottleneck then the
+    3x3). ``pool`` is (kernel, stride, padding) of a max-pool applied to the block input before the
+    convolutions (the pool branch), else None. A ReLU follows every convolution.
+    """
+
+    name: str
+    convs: tuple[str, ...]
+    pool: tuple[int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class InceptionBlock:
+    """An Inception (mixed) block: ``input`` layer -> branches -> concatenation ``output`` layer.
+    Branches are listed in concatenation order. Used by the exact expanded-weights method."""
+
+    output: str
+    input: str
+    branches: tuple[Branch, ...]
+
+
 @dataclass
 class LoadedModel:
     """A network ready for circuit work. Build one with :func:`circuits_cli.zoo.load_model`."""
@@ -57,6 +81,7 @@ class LoadedModel:
     weights_id: str = "random"
     aliases: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    blocks: dict[str, InceptionBlock] = field(default_factory=dict)  # keyed by output layer
 
     @property
     def device(self) -> torch.device:
