@@ -1,0 +1,40 @@
+"""Shared fixtures. Data from ``../shared`` (pretrained weights, sample photos) is used where it
+exists and skipped with a reason where it does not (a user's fresh clone has no ``../shared``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CIRCUITS_SHARED", REPO.parent / "shared"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "models" / "bvlc_googlenet.npz").is_file():
+        pytest.skip(f"{SHARED} with models/bvlc_googlenet.npz is absent (it sits beside the "
+                    "repository on developer machines and in CI)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def bvlc_weights(shared_dir) -> Path:
+    return shared_dir / "models" / "bvlc_googlenet.npz"
+
+
+@pytest.fixture(scope="session")
+def sample_images_dir(shared_dir) -> Path:
+    return shared_dir / "images" / "imagenet-samples"
+
+
+@pytest.fixture(scope="session")
+def bvlc_model(bvlc_weights):
+    from circuits_cli.zoo import load_model
+
+    return load_model("googlenet-bvlc", weights=bvlc_weights, device="cpu")
