@@ -77,7 +77,8 @@ class LoadedModel:
     layers: dict[str, LayerInfo]
     preprocess: Callable[[torch.Tensor], torch.Tensor]
     input_size: int = 224
-    labels: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # human-readable class names, output order
+    class_ids: list[str] = field(default_factory=list)  # e.g. ImageNet wnids, output order
     weights_id: str = "random"
     aliases: dict[str, str] = field(default_factory=dict)
     description: str = ""
