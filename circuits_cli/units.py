@@ -54,7 +54,7 @@ def parse_channels(spec: str, n_channels: int, layer: str = "layer") -> list[int
         lo = int(m[1])
         hi = int(m[2]) if m[2] is not None else lo
         if hi < lo:
-            raise CircuitsError(f"empty range {part!r} in {spec!r}; write LOW-HIGH with LOW <= HIGH")
+            raise CircuitsError(f"empty range {part!r} in {spec!r}; write LOW-HIGH, LOW <= HIGH")
         if hi >= n_channels:
             raise CircuitsError(f"channel {hi} is out of range for {layer!r}, which has "
                                 f"{n_channels} channels (0-{n_channels - 1})")

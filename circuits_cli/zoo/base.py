@@ -99,8 +99,8 @@ class LoadedModel:
         key = self.aliases.get(name, name)
         if key in self.layers:
             return self.layers[key]
-        raise CircuitsError(suggest(name, self.layers, f"layer of model {self.name!r}")
-                            + " ('circuits layers' lists them)")
+        raise CircuitsError(suggest(name, self.layers, "layer")
+                            + f" ('circuits layers -m {self.name}' lists the layers)")
 
     def layer_names(self) -> list[str]:
         return list(self.layers)

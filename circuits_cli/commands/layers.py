@@ -1,0 +1,55 @@
+"""``circuits layers``: the model's addressable layers, their shapes and branch splits."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import model_options
+
+
+@click.command()
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--blocks", is_flag=True, help="Only block-level layers (no branch outputs).")
+def layers(load_model, as_json, blocks):
+    """List the layers a unit can live in.
+
+    A unit is LAYER:CHANNEL, e.g. mixed4c:447, or 4c:447 for Inception models. Inception blocks
+    show their branch split (1x1 | 3x3 | 5x5 | pool): the channel ranges of the concatenation.
+
+    \b
+    Examples:
+      circuits layers -m googlenet-bvlc --blocks
+      circuits layers -m torchvision:resnet50 --json
+    """
+    model = load_model()
+    rows = list(model.layers.values())
+    if blocks:  # block-level view: drop branch outputs (models without blocks keep everything)
+        rows = [info for info in rows if info.kind != "branch"]
+    if as_json:
+        click.echo(json.dumps({
+            "model": model.name, "weights": model.weights_id, "input_size": model.input_size,
+            "layers": [{"name": i.name, "channels": i.channels, "shape": list(i.shape or ()),
+                        "kind": i.kind, "branches": [{"name": b, "channels": n}
+                                                     for b, n in i.branches]} for i in rows]},
+            indent=2))
+        return
+    width = max(len(i.name) for i in rows)
+    click.echo(f"{model.name}  ({model.description or model.weights_id}; "
+               f"input {model.input_size}x{model.input_size})")
+    click.echo(f"{'layer':<{width}}  {'channels x H x W':>16}  {'kind':<6}  branches")
+    for info in rows:
+        shape = " x ".join(str(s) for s in info.shape) if info.shape else str(info.channels)
+        split = ""
+        if info.branches:
+            ranges, start = [], 0
+            for name, size in info.branches:
+                ranges.append(f"{name} {start}-{start + size - 1}")
+                start += size
+            split = " | ".join(ranges)
+        click.echo(f"{info.name:<{width}}  {shape:>16}  {info.kind:<6}  {split}")
+    aliases = ", ".join(f"{k}={v}" for k, v in list(model.aliases.items())[:4])
+    if aliases:
+        click.echo(f"short names: {aliases}, ...")

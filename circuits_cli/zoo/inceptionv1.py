@@ -1,0 +1,233 @@
+"""``inceptionv1``: Lucid's InceptionV1 ("inception5h"), the model of the Circuits papers.
+
+The architecture is lucent's (``lucent.modelzoo.inceptionv1``): same modules, same parameter
+names, so lucent's converted weights load unchanged. Two things differ from lucent's own forward:
+
+- **Local response normalisation is corrected.** lucent calls ``local_response_norm(size=9,
+  alpha=1e-4, beta=0.5, k=1)``, but the TensorFlow graph uses ``depth_radius=5, bias=2,
+  alpha=1e-4, beta=0.5``, which in PyTorch is ``LocalResponseNorm(size=11, alpha=0.0011,
+  beta=0.5, k=2)`` (PyTorch divides alpha by size and centres a window of ``size`` channels;
+  lucent PR #51). ``tests/test_inceptionv1.py`` checks this against TensorFlow's formula.
+- **It returns logits** (the pre-softmax ``softmax2_pre_activation_matmul``), and the two LRNs
+  are modules (``localresponsenorm0/1``) so that their outputs are addressable layers.
+
+Weights: ``--weights FILE`` loads a local state dict (``inception5h.pth``). Without it the file is
+downloaded on first use into the torch hub cache (``$TORCH_HOME/hub/checkpoints``) with a progress
+bar. Upstream publishes no digest for it, so the sha256 of the first download is recorded beside
+the file (``inception5h.pth.sha256``) and every later load is checked against it; set
+``$CIRCUITS_INCEPTIONV1_SHA256`` to pin a digest you trust. ``$CIRCUITS_INCEPTIONV1_URL`` points
+the download at a mirror.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lucent.modelzoo.inceptionv1.InceptionV1 import InceptionV1 as LucentInceptionV1
+from lucent.modelzoo.inceptionv1.InceptionV1 import model_urls
+from torch import nn
+
+from ..errors import CircuitsError
+from .base import Branch, InceptionBlock, LayerInfo, LoadedModel
+
+WEIGHTS_URL = model_urls["inceptionv1"]
+WEIGHTS_FILE = "inception5h.pth"
+URL_ENV = "CIRCUITS_INCEPTIONV1_URL"
+SHA256_ENV = "CIRCUITS_INCEPTIONV1_SHA256"
+
+#: TensorFlow's LRN (depth_radius 5, bias 2, alpha 1e-4, beta 0.5) in PyTorch's convention.
+CORRECT_LRN = dict(size=11, alpha=0.0011, beta=0.5, k=2.0)
+#: What lucent 0.1.8 uses (kept to prove that our forward equals lucent's otherwise).
+LUCENT_LRN = dict(size=9, alpha=9.99999974738e-05, beta=0.5, k=1.0)
+
+BLOCKS = ("mixed3a", "mixed3b", "mixed4a", "mixed4b", "mixed4c", "mixed4d", "mixed4e",
+          "mixed5a", "mixed5b")
+_BRANCH_ORDER = ("1x1", "3x3_bottleneck", "3x3", "5x5_bottleneck", "5x5", "pool", "pool_reduce")
+_BLOCK_INPUT = {"mixed3a": "maxpool1", "mixed4a": "maxpool4", "mixed5a": "maxpool10"}
+_POOL_BEFORE = {"mixed4a": "maxpool4", "mixed5a": "maxpool10"}
+NEG_INF = float("-inf")
+
+
+class InceptionV1(LucentInceptionV1):
+    """lucent's InceptionV1 with a structured forward, LRN modules and logits as output."""
+
+    def __init__(self, lrn: dict | None = None, redirected_relu: bool = True):
+        super().__init__(pretrained=False, redirected_ReLU=redirected_relu)
+        lrn = CORRECT_LRN if lrn is None else lrn
+        self.localresponsenorm0 = nn.LocalResponseNorm(**lrn)
+        self.localresponsenorm1 = nn.LocalResponseNorm(**lrn)
+
+    @staticmethod
+    def _maxpool(layer: nn.Module, x: torch.Tensor, stride: int) -> torch.Tensor:
+        # TF "SAME" pooling: pad right/bottom (stride 2) or all sides (stride 1) with -inf.
+        pad = (0, 1, 0, 1) if stride == 2 else (1, 1, 1, 1)
+        return layer(F.pad(x, pad, value=NEG_INF), kernel_size=(3, 3), stride=(stride, stride),
+                     padding=0, ceil_mode=False)
+
+    def _conv(self, name: str, x: torch.Tensor, pad: int = 0) -> torch.Tensor:
+        """``name``_pre_relu_conv, then the ReLU module ``name`` (the addressable output)."""
+        if pad:
+            x = F.pad(x, (pad, pad, pad, pad))
+        return getattr(self, name)(getattr(self, f"{name}_pre_relu_conv")(x))
+
+    def _mixed(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        b1 = self._conv(f"{name}_1x1", x)
+        b3 = self._conv(f"{name}_3x3", self._conv(f"{name}_3x3_bottleneck", x), pad=1)
+        b5 = self._conv(f"{name}_5x5", self._conv(f"{name}_5x5_bottleneck", x), pad=2)
+        bp = self._conv(f"{name}_pool_reduce", self._maxpool(getattr(self, f"{name}_pool"), x, 1))
+        return getattr(self, name)((b1, b3, b5, bp), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._conv("conv2d0", F.pad(x, (2, 3, 2, 3)))
+        x = self.localresponsenorm0(self._maxpool(self.maxpool0, x, 2))
+        x = self._conv("conv2d2", self._conv("conv2d1", x), pad=1)
+        x = self._maxpool(self.maxpool1, self.localresponsenorm1(x), 2)
+        for name in BLOCKS:
+            if name in _POOL_BEFORE:
+                x = self._maxpool(getattr(self, _POOL_BEFORE[name]), x, 2)
+            x = self._mixed(name, x)
+        x = F.avg_pool2d(x, kernel_size=(7, 7), stride=(1, 1))
+        return self.softmax2_pre_activation_matmul(x.reshape(-1, 1024))
+
+
+def preprocess(x: torch.Tensor) -> torch.Tensor:
+    """Lucid's convention: RGB in [0, 1] -> ``x * 255 - 117``."""
+    return x * 255.0 - 117.0
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download() -> Path:
+    """The cached weights file, downloaded (with progress) on first use and checked by sha256."""
+    url = os.environ.get(URL_ENV, WEIGHTS_URL)
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
+    pin = dest.with_name(dest.name + ".sha256")
+    if not dest.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(dest), progress=True)
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise CircuitsError(
+                f"could not download the InceptionV1 weights from {url} ({reason}); offline, "
+                f"pass a local copy of {WEIGHTS_FILE} with --weights FILE") from None
+    digest = sha256_of(dest)
+    expected = os.environ.get(SHA256_ENV) or (pin.read_text().split()[0] if pin.is_file()
+                                              else None)
+    if expected is None:
+        pin.write_text(f"{digest}  {WEIGHTS_FILE}\n")
+    elif digest != expected.lower():
+        raise CircuitsError(
+            f"{dest} has sha256 {digest[:16]}..., expected {expected[:16]}...; the file is "
+            f"corrupt or not the InceptionV1 weights: delete it to download again, or pass "
+            f"--weights FILE")
+    return dest
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise CircuitsError(f"cannot read {str(path)!r} as a PyTorch state dict "
+                            f"({type(err).__name__}); --weights expects inception5h.pth") from None
+    if not isinstance(state, dict):
+        raise CircuitsError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict; "
+                            "--weights expects inception5h.pth")
+    return state
+
+
+def _check_state(model: nn.Module, state: dict, path: Path) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise CircuitsError(f"{str(path)!r} lacks {missing[0]!r} ({len(missing)} keys missing); "
+                            "it is not an InceptionV1 (inception5h) state dict")
+    for key, value in own.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise CircuitsError(f"{str(path)!r}: {key!r} has shape {tuple(state[key].shape)}, "
+                                f"expected {tuple(value.shape)}; not InceptionV1 weights")
+
+
+def _layer_names() -> list[str]:
+    names = ["conv2d0", "maxpool0", "localresponsenorm0", "conv2d1", "conv2d2",
+             "localresponsenorm1", "maxpool1"]
+    for block in BLOCKS:
+        if block in _POOL_BEFORE:
+            names.append(_POOL_BEFORE[block])
+        names += [f"{block}_{b}" for b in _BRANCH_ORDER] + [block]
+    return names
+
+
+def _kind(name: str) -> str:
+    if name in BLOCKS:
+        return "block"
+    if "pool" in name and not name.endswith("pool_reduce"):
+        return "pool"
+    if name.startswith("localresponsenorm"):
+        return "norm"
+    return "branch" if name.startswith("mixed") else "conv"
+
+
+def describe(module: InceptionV1) -> tuple[dict[str, LayerInfo], dict[str, InceptionBlock]]:
+    """Layers (with shapes from one forward pass on a zero image) and Inception blocks."""
+    shapes: dict[str, tuple[int, int, int]] = {}
+
+    def record(name):
+        def hook(_m, _i, out):
+            shapes.setdefault(name, tuple(out.shape[1:]))  # a hook returning None keeps the output
+        return hook
+
+    handles = [module.get_submodule(n).register_forward_hook(record(n)) for n in _layer_names()]
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, 3, 224, 224, device=next(module.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    layers: dict[str, LayerInfo] = {}
+    blocks: dict[str, InceptionBlock] = {}
+    for name in _layer_names():
+        branches: tuple[tuple[str, int], ...] = ()
+        if name in BLOCKS:
+            branches = tuple((b, shapes[f"{name}_{b}"][0])
+                             for b in ("1x1", "3x3", "5x5", "pool_reduce"))
+            branches = tuple(("pool" if b == "pool_reduce" else b, n) for b, n in branches)
+            prev = _BLOCK_INPUT.get(name) or BLOCKS[BLOCKS.index(name) - 1]
+            blocks[name] = InceptionBlock(output=name, input=prev, branches=(
+                Branch("1x1", (f"{name}_1x1_pre_relu_conv",)),
+                Branch("3x3", (f"{name}_3x3_bottleneck_pre_relu_conv",
+                               f"{name}_3x3_pre_relu_conv")),
+                Branch("5x5", (f"{name}_5x5_bottleneck_pre_relu_conv",
+                               f"{name}_5x5_pre_relu_conv")),
+                Branch("pool", (f"{name}_pool_reduce_pre_relu_conv",), pool=(3, 1, 1)),
+            ))
+        layers[name] = LayerInfo(name=name, module=name, channels=shapes[name][0],
+                                 shape=shapes[name], branches=branches, kind=_kind(name))
+    return layers, blocks
+
+
+def build(weights: Path | None = None) -> LoadedModel:
+    module = InceptionV1().eval()
+    path = Path(weights) if weights is not None else _download()
+    state = load_state(path)
+    _check_state(module, state, path)
+    module.load_state_dict(state, strict=False)  # the LRN modules have no parameters
+    layers, blocks = describe(module)
+    return LoadedModel(
+        name="inceptionv1", module=module, layers=layers, preprocess=preprocess,
+        input_size=224, labels=[f"class {i}" for i in range(1008)],
+        weights_id="sha256:" + sha256_of(path)[:16],
+        aliases={b[len("mixed"):]: b for b in BLOCKS}, blocks=blocks,
+        description="Lucid InceptionV1 (inception5h) through lucent, LRN corrected",
+    )

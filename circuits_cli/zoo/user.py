@@ -1,0 +1,67 @@
+"""A user's own model: ``--model path/to/file.py:factory``.
+
+``factory()`` must return an ``nn.Module`` taking (N, 3, H, W) images. Optional attributes on the
+returned module customise it: ``input_size`` (int, default 224), ``preprocess`` (a function from
+[0, 1] RGB to the model's input; default ImageNet mean/std normalisation), ``labels`` (class names).
+``--weights FILE`` loads a state dict into it. Addressable layers: every module whose output is an
+image-shaped (N, C, H, W) tensor, in the order they run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import CircuitsError
+from .base import LoadedModel, discover_layers, imagenet_normalize
+
+
+def build(spec: str, weights: Path | None = None) -> LoadedModel:
+    file, _, factory_name = spec.rpartition(":")
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise CircuitsError(f"model file {file!r} does not exist; write --model FILE.py:FACTORY "
+                            "with FACTORY a function returning an nn.Module")
+    if not factory_name.isidentifier():
+        raise CircuitsError(f"{factory_name!r} is not a function name; write FILE.py:FACTORY")
+    mod_name = f"circuits_user_model_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+    spec_obj = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec_obj)
+    sys.modules[mod_name] = module
+    try:
+        spec_obj.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 - the user's file; report, don't crash
+        raise CircuitsError(f"importing {file!r} failed: {type(err).__name__}: {err}") from None
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        found = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
+        raise CircuitsError(f"{file!r} has no function {factory_name!r}; it defines: "
+                            f"{', '.join(found[:8]) or 'nothing callable'}")
+    net = factory()
+    if not isinstance(net, nn.Module):
+        raise CircuitsError(f"{factory_name}() in {file!r} returned {type(net).__name__}, "
+                            "not a torch.nn.Module")
+    weights_id = "random"
+    if weights is not None:
+        from .inceptionv1 import load_state
+
+        try:
+            net.load_state_dict(load_state(Path(weights)))
+        except RuntimeError as err:
+            raise CircuitsError(f"{str(weights)!r} does not fit {factory_name}(): "
+                                f"{str(err).splitlines()[0]}") from None
+        weights_id = "sha256:" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    else:
+        weights_id = f"{path.name}:{factory_name}"
+    net.eval()
+    size = int(getattr(net, "input_size", 224))
+    return LoadedModel(
+        name=spec, module=net, layers=discover_layers(net, size, lambda _p, _m: True),
+        preprocess=getattr(net, "preprocess", imagenet_normalize), input_size=size,
+        labels=list(getattr(net, "labels", [])), weights_id=weights_id,
+        description=f"user model {factory_name}() from {file}",
+    )
