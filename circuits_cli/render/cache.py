@@ -1,0 +1,117 @@
+"""On-disk cache of renders, keyed by everything that determines the picture.
+
+A render is identified by the model (name and weights identity), the unit, the objective (with
+its parameters), the sign, the steps, the image size, the seed and the version of the rendering
+recipe. Each entry is a PNG and a JSON record beside it; both are written atomically (temporary
+file + rename) and the JSON is written last, so an entry whose JSON exists is complete: a crash
+or Ctrl-C never leaves half an entry, and every other command that needs the same render finds it.
+
+Default location: ``$CIRCUITS_CACHE`` or ``~/.cache/circuits/renders``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CACHE_ENV = "CIRCUITS_CACHE"
+
+# Bump when the rendering recipe changes in a way that changes the pictures.
+RECIPE = "lucid-fft-decorrelated-standard-transforms-adam/v1"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "circuits" / "renders"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", str(text)).strip("-") or "x"
+
+
+def render_key(**settings) -> str:
+    """A stable hash of the settings (a dict of JSON-serialisable values)."""
+    blob = json.dumps({"recipe": RECIPE, **settings}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) floats in [0, 1] -> uint8, rounded (what a PNG stores)."""
+    return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG encoding of an (H, W, 3) image in [0, 1] (or uint8); deterministic bytes."""
+    arr = image if image.dtype == np.uint8 else to_uint8(image)
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def read_png(path: Path) -> np.ndarray:
+    """A PNG as (H, W, 3) float32 in [0, 1]."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+
+
+class RenderCache:
+    """``get(settings) -> (image, record) | None`` and ``put(settings, image, record)``.
+
+    ``settings`` must contain ``model``, ``weights_id``, ``layer``, ``channel`` and
+    ``objective``; they name the entry's folder and file for people browsing the cache.
+    """
+
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+
+    def paths(self, settings: dict) -> tuple[Path, Path]:
+        key = render_key(**settings)
+        folder = (self.root / _slug(settings["model"]) / _slug(str(settings["weights_id"])[:24])
+                  / _slug(settings["layer"]))
+        stem = f"{_slug(settings['layer'])}_{settings['channel']}-{_slug(settings['objective'])}"
+        if settings.get("negative"):
+            stem += "-neg"
+        stem += f"-{key[:16]}"
+        return folder / f"{stem}.png", folder / f"{stem}.json"
+
+    def get(self, settings: dict) -> tuple[np.ndarray, dict] | None:
+        png, meta = self.paths(settings)
+        try:
+            record = json.loads(meta.read_text())
+            if record.get("settings") != json.loads(json.dumps(settings)):
+                return None  # a hash collision or a foreign file: treat as a miss
+            return read_png(png), record
+        except (OSError, ValueError):
+            return None
+
+    def put(self, settings: dict, image: np.ndarray, record: dict) -> Path:
+        png, meta = self.paths(settings)
+        atomic_write_bytes(png, png_bytes(image))
+        body = json.dumps({"settings": settings, **record}, indent=2, sort_keys=True) + "\n"
+        atomic_write_bytes(meta, body.encode())
+        return png
