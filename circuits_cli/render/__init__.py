@@ -33,9 +33,10 @@ from ..units import Unit
 from ..zoo.base import LoadedModel
 from . import objectives as obj
 from .cache import RenderCache, read_png, to_uint8
-from .engine import LEARNING_RATE, optimize
+from .engine import LEARNING_RATE, PRECISIONS, bf16_supported, optimize
 
-__all__ = ["Render", "render_units", "OBJECTIVES", "DEFAULT_FACETS", "DIVERSITY_WEIGHT",
+__all__ = ["Render", "render_units", "render_settings", "check_unit", "resolve_precision",
+           "OBJECTIVES", "DEFAULT_FACETS", "DIVERSITY_WEIGHT", "DEFAULT_PRECISION",
            "default_batch"]
 
 OBJECTIVES = ("channel", "neuron", "direction", "diversity")
@@ -43,6 +44,7 @@ DEFAULT_FACETS = 4
 # Weight of the diversity term against the unit's mean activation (Lucid's tutorials use 1e2
 # against a batch-mean objective; per item that is 1e2 / facets, so 25 for 4 facets).
 DIVERSITY_WEIGHT = 25.0
+DEFAULT_PRECISION = "auto"
 
 
 @dataclass
@@ -81,6 +83,7 @@ def render_units(model: LoadedModel, units: list[Unit], *, steps: int = 512, siz
                  negative: bool = False, device=None, cache_dir: Path | None = None,
                  progress: bool = True, directions: np.ndarray | None = None,
                  facets: int = DEFAULT_FACETS, lr: float = LEARNING_RATE,
+                 precision: str = DEFAULT_PRECISION,
                  on_render: Callable[[Render], None] | None = None) -> list[Render]:
     """Render ``units`` of ``model``; returns one :class:`Render` per unit, in order.
 
@@ -94,22 +97,27 @@ def render_units(model: LoadedModel, units: list[Unit], *, steps: int = 512, siz
     ``direction`` (``directions`` is an array (K, C) over the layer's channels and
     ``Unit(layer, k)`` renders row k), ``diversity`` (``facets`` images per unit that maximise
     the channel while differing from each other: the facets of a polysemantic unit).
-    ``negative=True`` minimises instead. ``on_render(render)`` is called as each unit is done.
+    ``negative=True`` minimises instead. ``precision``: ``fp32``, ``bf16`` (bfloat16 forward and
+    backward through the network; images, Adam and reported activations stay float32) or
+    ``auto`` (bf16 where the hardware has it natively). ``on_render(render)`` is called as each
+    unit is done (cache hits first).
     """
     from ..zoo import resolve_device
 
     steps, size, seed, facets = _check_settings(steps, size, seed, batch, objective, facets, lr)
     if device is not None:
         model.to(resolve_device(device))
-    units = [_check_unit(model, u, objective, directions) for u in units]
+    units = [check_unit(model, u, objective, directions) for u in units]
     dev = model.device
+    precision = resolve_precision(precision, dev)
     per_batch = max(1, int(batch or default_batch(dev)))
     n_images = facets if objective == "diversity" else 1
     units_per_batch = max(1, per_batch // n_images)
     cache = None if cache_dir is False else RenderCache(cache_dir)
-    dir_hash = _array_hash(directions) if objective == "direction" else None
-    settings = {u: _settings(model, u, objective, negative, steps, size, seed, lr, facets,
-                             dir_hash) for u in dict.fromkeys(units)}
+    settings = {u: render_settings(model, u, objective=objective, negative=negative,
+                                   steps=steps, size=size, seed=seed, lr=lr, facets=facets,
+                                   directions=directions, precision=precision)
+                for u in dict.fromkeys(units)}
 
     done: dict[Unit, Render] = {}
     todo: list[Unit] = []
@@ -131,7 +139,7 @@ def render_units(model: LoadedModel, units: list[Unit], *, steps: int = 512, siz
         with _frozen(model):
             for chunk in batches:
                 renders = _render_batch(model, chunk, objective, negative, steps, size, seed, lr,
-                                        facets, directions, on_step=tick)
+                                        facets, directions, precision, on_step=tick)
                 for render in renders:
                     if cache:
                         record = {"activation": render.activation, "seconds": render.seconds,
@@ -165,7 +173,19 @@ def _check_settings(steps, size, seed, batch, objective, facets, lr):
     return int(steps), int(size), int(seed), int(facets)
 
 
-def _check_unit(model: LoadedModel, unit, objective: str, directions) -> Unit:
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where the device has native bfloat16, else ``fp32``."""
+    if precision not in PRECISIONS:
+        raise CircuitsError(f"unknown precision {precision!r}; choose one of "
+                            + ", ".join(PRECISIONS))
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return precision
+
+
+def check_unit(model: LoadedModel, unit, objective: str, directions=None) -> Unit:
+    """The unit with its layer's canonical name, checked against the model (and, for the
+    direction objective, against ``directions``); a one-line error otherwise."""
     if not isinstance(unit, Unit):
         raise CircuitsError(f"expected a Unit (layer, channel), got {unit!r}")
     info = model.layer(unit.layer)
@@ -197,17 +217,21 @@ def _array_hash(arr) -> str:
     return hashlib.sha256(a.tobytes() + str(a.shape).encode()).hexdigest()[:16]
 
 
-def _settings(model, unit, objective, negative, steps, size, seed, lr, facets, dir_hash) -> dict:
+def render_settings(model: LoadedModel, unit: Unit, *, objective: str = "channel",
+                    negative: bool = False, steps: int = 512, size: int = 128, seed: int = 0,
+                    lr: float = LEARNING_RATE, facets: int = DEFAULT_FACETS, directions=None,
+                    precision: str = "fp32") -> dict:
+    """Everything that determines a render (the cache key, and what a manifest records)."""
     s = {"model": model.name, "weights_id": str(model.weights_id), "layer": unit.layer,
-         "channel": unit.channel, "objective": objective, "negative": bool(negative),
-         "steps": steps, "size": size, "seed": seed}
+         "channel": int(unit.channel), "objective": objective, "negative": bool(negative),
+         "steps": int(steps), "size": int(size), "seed": int(seed), "precision": precision}
     if lr != LEARNING_RATE:
-        s["lr"] = lr
+        s["lr"] = float(lr)
     if objective == "diversity":
-        s["facets"] = facets
+        s["facets"] = int(facets)
         s["diversity_weight"] = DIVERSITY_WEIGHT
     if objective == "direction":
-        s["directions"] = dir_hash
+        s["directions"] = _array_hash(directions)
     return s
 
 
@@ -258,7 +282,7 @@ def _frozen(model: LoadedModel):
 
 
 def _render_batch(model, units: list[Unit], objective: str, negative: bool, steps: int,
-                  size: int, seed: int, lr: float, facets: int, directions,
+                  size: int, seed: int, lr: float, facets: int, directions, precision: str,
                   on_step=None) -> list[Render]:
     """One optimisation for units of one layer; returns their renders (not yet cached)."""
     layer = units[0].layer
@@ -277,7 +301,7 @@ def _render_batch(model, units: list[Unit], objective: str, negative: bool, step
     if objective == "diversity":
         target = target - DIVERSITY_WEIGHT * obj.diversity(layer, group=k)
     result = optimize(model, target, seeds, steps=steps, size=size, seed=seed, lr=lr,
-                      measure_with=measure, on_step=on_step)
+                      measure_with=measure, precision=precision, on_step=on_step)
     share = result.seconds / len(units)
     renders = []
     for i, unit in enumerate(units):

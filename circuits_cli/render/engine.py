@@ -15,6 +15,8 @@ Adam step on the image parameters.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +32,70 @@ from .objectives import Objective
 from .transforms import Transform, compose, standard_transforms
 
 LEARNING_RATE = 0.05  # Lucid's Adam learning rate
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float,
+                        k: float) -> torch.Tensor:
+    """:func:`torch.nn.functional.local_response_norm`, computed with ``size`` shifted adds
+    instead of a 3-D average pool (5-10x faster forward and backward on CPU, where torch's LRN
+    took a third of a GoogLeNet rendering step). Same formula:
+    ``x / (k + alpha/size * sum of x^2 over the size channels around)^beta``."""
+    c = x.shape[1]
+    sq = F.pad(x * x, (0, 0, 0, 0, size // 2, (size - 1) // 2))
+    total = sq[:, 0:c]
+    for i in range(1, size):
+        total = total + sq[:, i:i + c]
+    d = total * (alpha / size) + k
+    if beta == 0.75:
+        return x * d.rsqrt() * d.sqrt().rsqrt()
+    if beta == 0.5:
+        return x * d.rsqrt()
+    return x / d.pow(beta)
+
+
+@contextlib.contextmanager
+def fast_modules(model: LoadedModel):
+    """While rendering, run every ``nn.LocalResponseNorm`` of the model through
+    :func:`local_response_norm` (numerically the same); restored afterwards."""
+    patched = []
+    for module in model.module.modules():
+        if type(module) is torch.nn.LocalResponseNorm and "forward" not in vars(module):
+            module.forward = functools.partial(_lrn_forward, module)
+            patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def _lrn_forward(module: torch.nn.LocalResponseNorm, x: torch.Tensor) -> torch.Tensor:
+    if x.dim() != 4:
+        return F.local_response_norm(x, module.size, module.alpha, module.beta, module.k)
+    return local_response_norm(x, module.size, module.alpha, module.beta, module.k)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def autocast_for(precision: str, device: torch.device):
+    """The autocast context of the forward pass: bfloat16 for ``bf16`` (``auto``: where the
+    hardware has native bfloat16), else a no-op. Images, transforms, Adam and the reported
+    activations stay float32."""
+    if precision == "auto":
+        precision = "bf16" if bf16_supported(device) else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -62,7 +128,7 @@ def measure(model: LoadedModel, images01: torch.Tensor, objective: Objective) ->
 def optimize(model: LoadedModel, objective: Objective, seeds: list[int], *, steps: int = 512,
              size: int = 128, seed: int = 0, lr: float = LEARNING_RATE,
              transforms: list[Transform] | None = None, measure_with: Objective | None = None,
-             fft: bool = True, decorrelate: bool = True,
+             fft: bool = True, decorrelate: bool = True, precision: str = "fp32",
              on_step: Callable[[int], None] | None = None,
              on_eval: Callable[[int, torch.Tensor], None] | None = None,
              eval_every: int = 0) -> Optimized:
@@ -84,26 +150,27 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int], *, step
     rng = np.random.RandomState(seed % 2**32)
     history: list[float] = []
     spent = 0.0
-    for step in range(1, steps + 1):
+    with fast_modules(model):
+        for step in range(1, steps + 1):
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            x = transform(image_f(), rng)
+            with hooked(model, objective.layers) as acts, autocast_for(precision, device):
+                run_until(model, to_model_input(model, x))
+            value = objective({k: v.float() for k, v in acts.items()}).sum()
+            (-value).backward()
+            optimizer.step()
+            history.append(float(value.detach()))
+            spent += time.perf_counter() - t0
+            if on_step is not None:
+                on_step(step)
+            if on_eval is not None and eval_every and (step % eval_every == 0 or step == steps):
+                with torch.no_grad():
+                    on_eval(step, measure(model, image_f(), measure_with))
         t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        x = transform(image_f(), rng)
-        with hooked(model, objective.layers) as acts:
-            run_until(model, to_model_input(model, x))
-        value = objective(acts).sum()
-        (-value).backward()
-        optimizer.step()
-        history.append(float(value.detach()))
+        with torch.no_grad():
+            final = torch.round(image_f() * 255.0) / 255.0  # what the 8-bit PNG will hold
+        activations = measure(model, final, measure_with).numpy()
         spent += time.perf_counter() - t0
-        if on_step is not None:
-            on_step(step)
-        if on_eval is not None and eval_every and (step % eval_every == 0 or step == steps):
-            with torch.no_grad():
-                on_eval(step, measure(model, image_f(), measure_with))
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        final = torch.round(image_f() * 255.0) / 255.0  # what the 8-bit PNG will hold
-    activations = measure(model, final, measure_with).numpy()
-    spent += time.perf_counter() - t0
     images = final.permute(0, 2, 3, 1).float().cpu().numpy()
     return Optimized(images=images, activations=activations, seconds=spent, history=history)

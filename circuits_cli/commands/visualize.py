@@ -1,0 +1,110 @@
+"""``circuits visualize``: feature visualizations of whole layers, batched and resumable."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from .common import model_options
+
+OBJECTIVE_CHOICES = ["channel", "neuron", "direction", "diversity"]
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    from ..errors import CircuitsError
+
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+    if not m:
+        raise CircuitsError(f"malformed --shard {value!r}; write K/N with 0 <= K < N, e.g. 0/4 "
+                            "(Slurm: --shard $SLURM_ARRAY_TASK_ID/N with --array=0-(N-1))")
+    k, n = int(m[1]), int(m[2])
+    if n < 1 or not 0 <= k < n:
+        raise CircuitsError(f"--shard {value!r} is out of range; K must be 0..N-1 and N >= 1")
+    return k, n
+
+
+@click.command()
+@click.argument("layer")
+@model_options
+@click.option("--units", "units_spec", default="all", show_default=True, metavar="LIST",
+              help="Channels to render: 'all' or e.g. '0-63,447'. For --objective direction: "
+                   "rows of the --direction file.")
+@click.option("--objective", type=click.Choice(OBJECTIVE_CHOICES), default="channel",
+              show_default=True,
+              help="channel: mean over positions; neuron: centre position; direction: a vector "
+                   "over the layer's channels (--direction); diversity: --facets pictures per "
+                   "unit that differ from each other (a polysemantic unit's facets).")
+@click.option("--direction", "direction_file", type=click.Path(path_type=Path), default=None,
+              metavar="FILE", help="Directions for --objective direction: .npy, .txt/.csv or "
+                                   ".json holding one vector (C,) or rows (K, C).")
+@click.option("--facets", type=click.IntRange(2, 16), default=4, show_default=True,
+              help="Pictures per unit for --objective diversity.")
+@click.option("--negative", is_flag=True, help="Minimise instead: what the unit responds to "
+                                               "least (negative feature visualization).")
+@click.option("--steps", type=click.IntRange(1, 100000), default=None,
+              help="Optimisation steps per unit  [default: 512, as Lucid]")
+@click.option("--size", type=click.IntRange(16, 1024), default=128, show_default=True,
+              help="Picture size in pixels (upsampled to the model's input size, as Lucid).")
+@click.option("--batch", type=click.IntRange(1, 4096), default=None,
+              help="Pictures optimised together  [default: 16 on CPU, 64 on a GPU]")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+              show_default=True,
+              help="Arithmetic of the forward/backward pass: auto = bfloat16 where the hardware "
+                   "has it natively, else float32.")
+@click.option("--shard", "shard_spec", default=None, metavar="K/N",
+              help="Render only every N-th unit, starting at the K-th (K = 0..N-1), to split a "
+                   "layer across processes or machines; shards writing to the same --out merge "
+                   "into one manifest and contact sheet.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder  [default: outputs/visualize/MODEL/LAYER]")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def visualize(layer, load_model, units_spec, objective, direction_file, facets, negative, steps,
+              size, batch, seed, precision, shard_spec, out_dir, quiet):
+    """Render feature visualizations of the units of LAYER.
+
+    Activation maximization as in Lucid: a decorrelated Fourier image, random jitter, scale and
+    rotation, Adam at 0.05. Many units are optimised together in one batch and the forward pass
+    stops at LAYER. Writes one PNG per unit (units/), a labelled contact sheet (sheet*.png) and
+    a manifest (manifest*.json: model, weights, settings, each unit's final activation and time).
+
+    Finished units are kept as they complete: a re-run with the same settings skips them (resume
+    after Ctrl-C or a crash), and renders are also cached across commands ($CIRCUITS_CACHE).
+
+    \b
+    Examples:
+      circuits visualize inception_4c --units 0-15 -m googlenet-bvlc
+      circuits visualize 4c --units 447 --objective diversity -m googlenet-bvlc
+      circuits visualize 4c --units 447 --negative --steps 256 -m googlenet-bvlc
+      circuits visualize 4c --objective direction --direction dirs.npy -m googlenet-bvlc
+      # Slurm array job, 8 machines:  #SBATCH --array=0-7
+      circuits visualize 4c --shard $SLURM_ARRAY_TASK_ID/8 --out runs/4c -m googlenet-bvlc
+    """
+    from ..errors import CircuitsError
+
+    shard = _parse_shard(shard_spec)
+    if direction_file is not None and objective != "direction":
+        raise CircuitsError("--direction is only used with --objective direction")
+    if objective == "direction" and direction_file is None:
+        raise CircuitsError("--objective direction needs --direction FILE (a .npy, .txt/.csv or "
+                            ".json vector over the layer's channels, or rows of them)")
+
+    from ..render.run import load_directions, visualize_layer
+    from ..units import parse_channels
+
+    model = load_model()
+    info = model.layer(layer)
+    directions = None
+    if objective == "direction":
+        directions = load_directions(direction_file, info.channels, info.name)
+    n = directions.shape[0] if directions is not None else info.channels
+    what = "directions in the file" if directions is not None else info.name
+    channels = parse_channels(units_spec, n, what)
+    visualize_layer(model, info.name, channels=channels, objective=objective,
+                    directions=directions, facets=facets, negative=negative,
+                    steps=steps or 512, size=size, batch=batch, seed=seed, precision=precision,
+                    shard=shard, out_dir=out_dir, progress=not quiet, echo=click.echo)
