@@ -18,6 +18,7 @@ from .errors import CircuitsError
 COMMANDS = {
     "layers": "circuits_cli.commands.layers:layers",
     "classify": "circuits_cli.commands.classify:classify",
+    "visualize": "circuits_cli.commands.visualize:visualize",
 }
 
 
