@@ -1,0 +1,102 @@
+"""``circuits examples``: dataset examples of a unit (top images and receptive-field crops)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from .common import model_options
+
+DEFAULT_OUT = Path("outputs") / "examples"
+
+
+@contextmanager
+def warnings_to_stderr():
+    """Show the API's warnings (skipped files, ...) as ``Warning: ...`` lines on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, UserWarning):
+                    click.echo(f"Warning: {w.message}", err=True)
+
+
+def images_option(required: bool = True):
+    return click.option("--images", "images", required=required, multiple=True,
+                        type=click.Path(path_type=Path), metavar="DIR",
+                        help="Folder (searched recursively) or files of images; repeatable. "
+                             "Activations are computed once and cached "
+                             "($CIRCUITS_CACHE/activations).")
+
+
+def cache_option(func):
+    return click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+                        default=None, help="Activation cache (default $CIRCUITS_CACHE/"
+                                           "activations or ~/.cache/circuits/activations).")(func)
+
+
+@click.command()
+@click.argument("unit", metavar="UNIT")
+@images_option()
+@click.option("--top", "-n", default=9, show_default=True, type=click.IntRange(min=1),
+              help="How many images.")
+@click.option("--negative", is_flag=True,
+              help="The most negative examples instead (lowest min; for a non-negative layer "
+                   "after a ReLU, the images where the unit stays quietest).")
+@click.option("--box", type=click.Choice(["effective", "support"]), default="effective",
+              show_default=True, help="Crop: effective receptive field (90% of the gradient "
+                                      "mass) or its full theoretical support.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=DEFAULT_OUT, show_default=True, help="Folder for the PNG sheet and JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the examples as JSON on stdout.")
+@click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Images per forward pass when computing activations.")
+@cache_option
+@model_options
+def examples(unit, images, top, negative, box, out_dir, as_json, batch, cache_dir, load_model):
+    """Dataset examples of UNIT (LAYER:CHANNEL): the images that activate it most.
+
+    For each image: the unit's strongest activation (spatial max), where it is, and the crop of
+    the image under the unit's receptive field there. Writes a PNG sheet (crop, and the whole
+    image with the box) and a JSON file to --out, and prints a table (or --json).
+    Unreadable and non-image files are skipped with a warning.
+
+    \b
+    Example:
+      circuits examples inception_4e:800 -m googlenet-bvlc \\
+          --images ../shared/images/imagenet-samples
+    """
+    from ..evidence import dataset_examples, examples_sheet, image_set
+    from ..evidence._io import write_text
+    from ..units import parse_unit
+
+    imgs = image_set(list(images))  # bad folders fail before the model loads
+    model = load_model()
+    u = parse_unit(unit, model)
+    with warnings_to_stderr():
+        exs = dataset_examples(model, u, imgs, top=top, negative=negative, box=box,
+                               cache_dir=cache_dir, batch_size=batch, progress=True)
+    stem = f"{model.name.replace(':', '-').replace('/', '-')}_{u.slug}" + (
+        "_negative" if negative else "")
+    png = examples_sheet(exs, out_dir / f"{stem}.png")
+    data = exs.to_json()
+    data["sheet"] = str(png)
+    write_text(out_dir / f"{stem}.json", json.dumps(data, indent=1))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    kind = "negative dataset examples" if negative else "dataset examples"
+    click.echo(f"{u} ({model.name}): {kind} from {exs.n_images} images, ranked by "
+               f"{exs.ranking}")
+    width = max(len(e.path.name) for e in exs.examples)
+    for e in exs.examples:
+        x0, y0, x1, y1 = e.box
+        click.echo(f"  {e.rank:>3}. {e.activation:10.4g}  {e.path.name:<{width}}  "
+                   f"at ({e.position[0]}, {e.position[1]})  crop x {x0}-{x1}, y {y0}-{y1}")
+    click.echo(f"Sheet: {png}")

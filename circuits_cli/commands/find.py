@@ -1,0 +1,80 @@
+"""``circuits find``: the units of a layer that build a class (e.g. the car detector)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import model_options
+from .examples import cache_option, images_option, warnings_to_stderr
+
+
+@click.command()
+@click.option("--class", "class_name", required=True, metavar="NAME",
+              help="Class name ('sports car'; a unique part of a name works), wnid "
+                   "(n04285008) or index (817).")
+@click.option("--layer", "-l", required=True, metavar="LAYER", help="Layer whose units to rank.")
+@click.option("--top", "-k", default=10, show_default=True, type=click.IntRange(min=1),
+              help="How many units.")
+@images_option(required=False)
+@click.option("--examples", "n_examples", default=3, show_default=True,
+              type=click.IntRange(min=0),
+              help="With --images, list each unit's top N dataset examples (file names).")
+@click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON on stdout.")
+@click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Images per forward pass when computing activations.")
+@cache_option
+@model_options
+def find(class_name, layer, top, images, n_examples, as_json, batch, cache_dir, load_model):
+    """Rank the units of LAYER by their contribution to a class logit.
+
+    Without images: by the expanded weight of each unit to the class logit (linear
+    approximation, summed over positions). With --images: weight x (the unit's mean activation
+    on the images of the class, known by the wnid at the start of the file name or a folder
+    named after it, minus its mean over all images). Check the result with the units' dataset
+    examples (listed with --images) and 'circuits examples'.
+
+    \b
+    Example:
+      circuits find --class "sports car" --layer inception_4e -m googlenet-bvlc \\
+          --images ../shared/images/imagenet-samples
+    """
+    import numpy as np
+
+    from ..evidence import find_units, image_set, layer_activations
+
+    imgs = image_set(list(images)) if images else None
+    model = load_model()
+    with warnings_to_stderr():
+        res = find_units(model, class_name, layer, top=top, images=imgs, cache_dir=cache_dir,
+                         batch_size=batch, progress=True)
+    tops: dict[int, list[str]] = {}
+    if imgs is not None and n_examples:
+        acts = layer_activations(model, res.layer, imgs, cache_dir=cache_dir, warn=False)
+        for s in res.units:
+            order = np.argsort(-acts.column("max", s.unit.channel), kind="stable")[:n_examples]
+            tops[s.unit.channel] = [acts.paths[i].name for i in order]
+    data = res.to_json()
+    if tops:
+        for entry, s in zip(data["units"], res.units, strict=True):
+            entry["top_examples"] = tops[s.unit.channel]
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    wn = f", {res.wnid}" if res.wnid else ""
+    click.echo(f"Class {res.class_index} {res.label!r}{wn}; units of {res.layer} ranked by "
+               f"{res.ranking}")
+    has_act = res.units[0].class_activation is not None
+    head = f"  {'rank':>4}  {'unit':<{len(res.layer) + 6}} {'score':>10} {'weight':>10}"
+    if has_act:
+        head += f" {'class act':>10} {'mean act':>10}"
+    click.echo(head)
+    for i, s in enumerate(res.units, 1):
+        line = (f"  {i:>4}  {str(s.unit):<{len(res.layer) + 6}} {s.score:10.4g} "
+                f"{s.weight:10.4g}")
+        if has_act:
+            line += f" {s.class_activation:10.4g} {s.mean_activation:10.4g}"
+        if tops:
+            line += "  " + ", ".join(tops[s.unit.channel])
+        click.echo(line)

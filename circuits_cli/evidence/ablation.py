@@ -1,0 +1,335 @@
+"""Ablation: does the circuit do what the weights say?
+
+The weights claim that some input units build a target unit. Ablating them tests the claim on
+real images: replace the input units' activations by zero (``zero``) or by their mean over the
+image set (``mean``), run the rest of the network, and measure how much the target's activation
+drops. A drop means little on its own (removing any units of a layer lowers most things a bit),
+so the same number of *random* units of the same layer (never the ablated ones) are ablated in
+many draws, giving the drop to expect by chance: its mean and spread, a z-score and an empirical
+p-value (the share of random draws that drop the target at least as much, counted as
+(k + 1) / (draws + 1)).
+
+The ablation is a forward hook on the input layer that replaces its output. All variants of an
+image (no ablation, the given units, each random draw) share one forward pass: the hook stacks
+them along the batch, so the layers before the input layer run once per image. Networks where
+that stacking is impossible (a skip connection from before the input layer to after it) fall
+back to one forward pass per variant.
+
+The target's activation in an image is its spatial mean (``reduce="mean"``, the channel objective
+of feature visualization), its spatial max (``max``, the dataset-example statistic), or its value
+at the centre (``center``, the position expanded weights describe).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CircuitsError
+from ..units import Unit, parse_channels
+from ..zoo.base import LoadedModel
+from .activations import ImageSet, layers_activations
+
+REDUCES = ("mean", "max", "center")
+MODES = ("zero", "mean")
+
+
+@dataclass
+class AblationResult:
+    """The effect of ablating ``inputs`` on ``target``, against random units of the same layer.
+
+    Activations are averaged over the images; drops are ``baseline - ablated`` (positive when the
+    target falls). ``random_drops`` holds one drop per random draw.
+    """
+
+    target: Unit
+    inputs: list[Unit]
+    mode: str
+    reduce: str
+    n_images: int
+    n_skipped: int
+    baseline: float
+    ablated: float
+    random_drops: list[float]
+    seed: int = 0
+    images: list[Path] = field(default_factory=list, repr=False)
+    per_image: dict = field(default_factory=dict, repr=False)  # baseline/ablated arrays (N,)
+
+    @property
+    def drop(self) -> float:
+        return self.baseline - self.ablated
+
+    @property
+    def relative_drop(self) -> float:
+        """Drop as a fraction of the baseline (nan when the target is never active)."""
+        return self.drop / self.baseline if self.baseline > 0 else float("nan")
+
+    @property
+    def draws(self) -> int:
+        return len(self.random_drops)
+
+    @property
+    def random_mean(self) -> float:
+        return float(np.mean(self.random_drops)) if self.random_drops else float("nan")
+
+    @property
+    def random_std(self) -> float:
+        return float(np.std(self.random_drops, ddof=1)) if self.draws > 1 else float("nan")
+
+    @property
+    def random_relative_mean(self) -> float:
+        return self.random_mean / self.baseline if self.baseline > 0 else float("nan")
+
+    @property
+    def z_score(self) -> float:
+        """(drop - mean random drop) / std of the random drops."""
+        std = self.random_std
+        if not np.isfinite(std):
+            return float("nan")
+        diff = self.drop - self.random_mean
+        if std > 0:
+            return diff / std
+        return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+
+    @property
+    def p_value(self) -> float:
+        """Share of random draws dropping the target at least as much (with the +1 rule)."""
+        if not self.random_drops:
+            return float("nan")
+        k = int(np.sum(np.asarray(self.random_drops) >= self.drop))
+        return (k + 1) / (self.draws + 1)
+
+    def to_json(self) -> dict:
+        def r(v):
+            v = float(v)
+            return round(v, 6) if np.isfinite(v) else None
+
+        return {"target": str(self.target), "inputs": [str(u) for u in self.inputs],
+                "mode": self.mode, "reduce": self.reduce, "n_images": self.n_images,
+                "n_skipped": self.n_skipped, "baseline": r(self.baseline),
+                "ablated": r(self.ablated), "drop": r(self.drop),
+                "relative_drop": r(self.relative_drop),
+                "random": {"draws": self.draws, "units_per_draw": len(self.inputs),
+                           "seed": self.seed, "mean_drop": r(self.random_mean),
+                           "std_drop": r(self.random_std),
+                           "mean_relative_drop": r(self.random_relative_mean),
+                           "drops": [r(d) for d in self.random_drops]},
+                "z_score": r(self.z_score), "p_value": r(self.p_value)}
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        pct = 100 * self.relative_drop
+        rpct = 100 * self.random_relative_mean
+        rstd = 100 * self.random_std / self.baseline if self.baseline > 0 else float("nan")
+        names = ", ".join(str(u) for u in self.inputs[:8]) + (
+            f", ... ({len(self.inputs)} units)" if len(self.inputs) > 8 else "")
+        return "\n".join([
+            f"target {self.target}: {self.reduce} activation {self.baseline:.4g} over "
+            f"{self.n_images} images",
+            f"{self.mode}-ablating {names}: {self.ablated:.4g}  (drop {self.drop:.4g}, "
+            f"{pct:.1f}%)",
+            f"{len(self.inputs)} random units of {self.inputs[0].layer}, {self.draws} draws: "
+            f"drop {self.random_mean:.4g} +- {self.random_std:.4g}  ({rpct:.1f}% +- {rstd:.1f}%)",
+            f"z = {self.z_score:.2f}, p = {self.p_value:.3g} (share of random draws dropping "
+            "the target at least as much)",
+        ])
+
+
+def parse_inputs(spec: str | Sequence[str], model: LoadedModel) -> list[Unit]:
+    """``"mixed4b:237,373,491"``, ``"4b:237,4b:373"`` or ``"4b:0-7"`` -> units (one layer).
+
+    A bare channel (or range) belongs to the layer named last.
+    """
+    parts = spec.split(",") if isinstance(spec, str) else [p for s in spec for p in s.split(",")]
+    layer = None
+    units: list[Unit] = []
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        m = re.fullmatch(r"(?:(?P<layer>[^:\s]+):)?(?P<ch>\d+(?:-\d+)?)", part)
+        if not m:
+            raise CircuitsError(f"malformed input unit {part!r} in {spec!r}; write "
+                                "LAYER:C,C,... e.g. 'mixed4b:237,373'")
+        if m["layer"]:
+            layer = model.layer(m["layer"])
+        elif layer is None:
+            raise CircuitsError(f"input {part!r} has no layer; write LAYER:C first, e.g. "
+                                f"'{list(model.layers)[0]}:{part}'")
+        for ch in parse_channels(m["ch"], layer.channels, layer.name):
+            units.append(Unit(layer.name, ch))
+    units = list(dict.fromkeys(units))
+    if not units:
+        raise CircuitsError("no input units given; write LAYER:C,C,... e.g. 'mixed4b:237,373'")
+    return units
+
+
+def ablate(model: LoadedModel, target: Unit, inputs: Sequence[Unit],
+           images: str | Path | Sequence[str | Path] | ImageSet, *, mode: str = "zero",
+           draws: int = 100, seed: int = 0, reduce: str = "mean", top_images: int | None = None,
+           cache_dir: str | Path | None = None, batch_rows: int = 256, batch_size: int = 16,
+           progress: bool = False) -> AblationResult:
+    """Ablate ``inputs`` (units of one layer before ``target``'s) and measure ``target``.
+
+    ``top_images`` restricts the measurement to the images where the target is most active
+    (by spatial max; faster, and where the unit is actually doing its job). ``draws`` random
+    sets of ``len(inputs)`` units of the input layer, excluding ``inputs``, give the baseline.
+    ``batch_rows`` bounds how many image variants go through the network together.
+    """
+    inputs = list(dict.fromkeys(inputs))
+    if not inputs:
+        raise CircuitsError("no input units to ablate; pass --inputs LAYER:C,...")
+    if mode not in MODES:
+        raise CircuitsError(f"unknown ablation mode {mode!r}; use zero or mean")
+    if reduce not in REDUCES:
+        raise CircuitsError(f"unknown reduction {reduce!r}; use {', '.join(REDUCES)}")
+    if draws < 0:
+        raise CircuitsError(f"--draws must be 0 or more, got {draws}")
+    layers = {u.layer for u in inputs}
+    if len(layers) != 1:
+        raise CircuitsError(f"inputs come from several layers ({', '.join(sorted(layers))}); "
+                            "ablate units of one layer at a time")
+    in_info = model.layer(inputs[0].layer)
+    t_info = model.layer(target.layer)
+    if model.layer_index(in_info.name) >= model.layer_index(t_info.name):
+        raise CircuitsError(f"input layer {in_info.name!r} does not come before the target's "
+                            f"layer {t_info.name!r}; ablate units of an earlier layer")
+    pool = np.array([c for c in range(in_info.channels) if c not in {u.channel for u in inputs}])
+    k = len(inputs)
+    if draws and len(pool) < k:
+        raise CircuitsError(f"layer {in_info.name!r} has only {len(pool)} other units, fewer "
+                            f"than the {k} ablated; use --draws 0 or fewer inputs")
+
+    acts = layers_activations(model, [in_info.name, t_info.name], images, cache_dir=cache_dir,
+                              batch_size=batch_size, progress=progress)
+    t_acts = acts[t_info.name]
+    rows = np.arange(t_acts.n_images)
+    if top_images is not None:
+        if top_images < 1:
+            raise CircuitsError(f"--top-images must be at least 1, got {top_images}")
+        rows = np.sort(np.argsort(-t_acts.column("max", target.channel),
+                                  kind="stable")[:top_images])
+    paths = [t_acts.paths[i] for i in rows]
+
+    rng = np.random.default_rng(seed)
+    masks = np.ones((2 + draws, in_info.channels), dtype=np.float32)
+    masks[1, [u.channel for u in inputs]] = 0
+    for d in range(draws):
+        masks[2 + d, rng.choice(pool, size=k, replace=False)] = 0
+    fill = np.zeros(in_info.channels, dtype=np.float32)
+    if mode == "mean":  # each channel's mean over the images and positions
+        fill = np.asarray(acts[in_info.name].stats["mean"], dtype=np.float64).mean(0)
+        fill = fill.astype(np.float32)
+
+    values = _run_variants(model, in_info.name, t_info.name, target.channel, paths,
+                           torch.from_numpy(masks), torch.from_numpy(fill), reduce=reduce,
+                           size=int(t_acts.preprocessing["size"]),
+                           resize=t_acts.preprocessing.get("resize"), batch_rows=batch_rows,
+                           progress=progress)  # (variants, images)
+    base = values[0]
+    means = values.mean(axis=1)
+    return AblationResult(target=target, inputs=inputs, mode=mode, reduce=reduce,
+                          n_images=len(paths), n_skipped=t_acts.n_skipped,
+                          baseline=float(means[0]), ablated=float(means[1]),
+                          random_drops=[float(means[0] - m) for m in means[2:]], seed=seed,
+                          images=paths, per_image={"baseline": base, "ablated": values[1]})
+
+
+def _reduce(t: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, H, W) -> (B,)"""
+    if how == "mean":
+        return t.mean(dim=(1, 2))
+    if how == "max":
+        return t.amax(dim=(1, 2))
+    return t[:, t.shape[1] // 2, t.shape[2] // 2]
+
+
+@torch.no_grad()
+def _run_variants(model: LoadedModel, in_layer: str, t_layer: str, channel: int,
+                  paths: list[Path], masks: torch.Tensor, fill: torch.Tensor, *, reduce: str,
+                  size: int, resize: int | None, batch_rows: int, progress: bool) -> np.ndarray:
+    """Target values (variants, images) with each mask applied to the input layer."""
+    from ..hooks import hooked, run_until
+    from ..images import iter_batches
+
+    device = model.device
+    masks = masks.to(device)
+    fill = fill.to(device)
+    n_var = masks.shape[0]
+    var_chunk = max(1, min(n_var, batch_rows))
+    img_batch = max(1, batch_rows // n_var)
+    out = np.zeros((n_var, len(paths)), dtype=np.float64)
+    state = {"masks": None, "stack": True}
+
+    def replace(_m, _inp, o):
+        m = state["masks"]
+        if m is None:
+            return None
+        keep = m[:, :, None, None].to(o.dtype)
+        f = fill[None, :, None, None].to(o.dtype)
+        if state["stack"]:  # (V, n, C, H, W) -> (V * n, C, H, W)
+            v = o[None] * keep[:, None] + (1 - keep[:, None]) * f[:, None]
+            return v.reshape(-1, *o.shape[1:])
+        return o * keep + (1 - keep) * f
+
+    handle = model.submodule(in_layer).register_forward_hook(replace)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), desc="ablation", unit="img", leave=False)
+    try:
+        col = 0
+        for x, ok, _ in iter_batches(paths, batch=img_batch, size=size, resize=resize):
+            if not ok:
+                continue
+            x = model.preprocess(x.to(device))
+            n = x.shape[0]
+            for v0 in range(0, n_var, var_chunk):
+                chunk = masks[v0:v0 + var_chunk]
+                out[v0:v0 + len(chunk), col:col + n] = _forward(model, x, t_layer, channel,
+                                                                chunk, state, reduce,
+                                                                hooked, run_until)
+            col += n
+            if bar is not None:
+                bar.update(n)
+        if col != len(paths):  # an image became unreadable since its activations were stored
+            raise CircuitsError(f"{len(paths) - col} image(s) could not be read any more; "
+                                "re-run to refresh the activation cache")
+    finally:
+        handle.remove()
+        if bar is not None:
+            bar.close()
+    return out
+
+
+def _forward(model, x, t_layer, channel, chunk, state, reduce, hooked, run_until) -> np.ndarray:
+    n, v = x.shape[0], chunk.shape[0]
+    if state["stack"]:
+        state["masks"] = chunk
+        try:
+            with hooked(model, [t_layer]) as acts:
+                run_until(model, x)
+            t = acts[t_layer]
+            if t.shape[0] == v * n:
+                return _reduce(t[:, channel].float(), reduce).reshape(v, n).cpu().numpy()
+        except RuntimeError:
+            pass
+        finally:
+            state["masks"] = None
+        state["stack"] = False  # a skip connection mixes batch sizes: one variant at a time
+    res = np.zeros((v, n))
+    for i in range(v):
+        state["masks"] = chunk[i:i + 1]
+        try:
+            with hooked(model, [t_layer]) as acts:
+                run_until(model, x)
+        finally:
+            state["masks"] = None
+        res[i] = _reduce(acts[t_layer][:, channel].float(), reduce).cpu().numpy()
+    return res
