@@ -19,6 +19,11 @@ COMMANDS = {
     "layers": "circuits_cli.commands.layers:layers",
     "classify": "circuits_cli.commands.classify:classify",
     "visualize": "circuits_cli.commands.visualize:visualize",
+    "weights": "circuits_cli.commands.weights:weights",
+    "trace": "circuits_cli.commands.trace:trace",
+    "examples": "circuits_cli.commands.examples:examples",
+    "ablate": "circuits_cli.commands.ablate:ablate",
+    "find": "circuits_cli.commands.find:find",
 }
 
 
