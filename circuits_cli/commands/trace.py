@@ -1,0 +1,96 @@
+"""``circuits trace``: the circuit of a unit through the weights, as JSON and a diagram."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .common import model_options
+
+METHOD_HELP = ("How to compute expanded weights: exact (kernels multiplied out: a conv feeding a "
+               "conv, an Inception block's input to its output), linear (the linear "
+               "approximation: ReLU as identity, max-pool as average pool; any two layers), "
+               "auto (exact where it exists).")
+
+
+def render_options(func):
+    """``--steps``, ``--size``, ``--seed``, ``--no-render``: the feature visualizations."""
+    func = click.option("--no-render", is_flag=True,
+                        help="Skip feature visualizations (units drawn as 'no render').")(func)
+    func = click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0,
+                        show_default=True, help="Seed of the feature visualizations.")(func)
+    func = click.option("--size", type=click.IntRange(16, 1024), default=128, show_default=True,
+                        help="Feature visualization size in pixels.")(func)
+    func = click.option("--steps", type=click.IntRange(1, 100000), default=512,
+                        show_default=True,
+                        help="Feature visualization steps; renders come from the cache of "
+                             "'circuits visualize' (same steps/size/seed), fewer steps for a "
+                             "quick look.")(func)
+    return func
+
+
+@click.command()
+@click.argument("unit")
+@model_options
+@click.option("--depth", type=click.IntRange(1, 8), default=2, show_default=True,
+              help="Hops back from UNIT (layers of inputs).")
+@click.option("--top-k", "top_k", type=click.IntRange(1, 32), default=3, show_default=True,
+              help="Strongest inputs kept per unit (by L2 norm of the spatial kernel).")
+@click.option("--from", "source", default=None, metavar="LAYER",
+              help="Layer of the first hop  [default: the layer UNIT reads, e.g. the input of "
+                   "its Inception block]")
+@click.option("--method", type=click.Choice(["auto", "exact", "linear"]), default="auto",
+              show_default=True, help=METHOD_HELP)
+@render_options
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder  [default: outputs/trace/MODEL/UNIT]")
+@click.option("--json", "as_json", is_flag=True, help="Print the circuit as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, no_render, out_dir,
+          as_json, quiet):
+    """Trace the circuit of UNIT (LAYER:CHANNEL) back through the weights.
+
+    From UNIT, find its TOP-K strongest inputs in the previous layer by expanded weights (L2
+    norm of each input's spatial kernel, sign kept), then theirs, over DEPTH hops. Writes
+    circuit.json (nodes, edges with signed strengths and spatial kernels, the method of each
+    hop) and circuit.png: feature visualizations as nodes, edges coloured by sign (red excites,
+    blue inhibits), as wide as their strength, each carrying its spatial weights.
+
+    \b
+    Examples:
+      circuits trace inception_4c:447 -m googlenet-bvlc
+      circuits trace 4c:447 --depth 1 --top-k 6 --steps 128 -m googlenet-bvlc
+      circuits trace mixed4c:447 --from mixed4a --method linear
+    """
+    from ..trace import attach_renders, check_out_dir, default_out_dir, render_tree
+    from ..trace import trace as trace_circuit
+    from ..units import parse_unit
+
+    model = load_model()
+    target = parse_unit(unit, model)
+    if source is not None:
+        model.layer(source)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(model, "trace", target.slug)
+    check_out_dir(out, ("circuit.json", "circuit.png"))
+
+    circuit = trace_circuit(model, target, depth=depth, top_k=top_k, source=source,
+                            method=method)
+    images = {}
+    if not no_render:
+        if not quiet and not as_json:
+            click.echo(f"Feature visualizations of {len(circuit.nodes)} units "
+                       f"({steps} steps, cached)...", err=True)
+        images = attach_renders(circuit, model, steps=steps, size=size, seed=seed,
+                                progress=not quiet and not as_json)
+    from ..reports.diagrams import draw_circuit
+
+    out.mkdir(parents=True, exist_ok=True)
+    circuit.save(out / "circuit.json")
+    draw_circuit(circuit, out / "circuit.png", images)
+    if as_json:
+        click.echo(json.dumps(circuit.to_json(), indent=2))
+        return
+    click.echo(render_tree(circuit))
+    click.echo(f"Wrote {out / 'circuit.json'} and {out / 'circuit.png'}")

@@ -1,0 +1,316 @@
+"""Circuit diagrams and weight figures, drawn as in the Circuits thread ("Zoom In").
+
+Conventions (both figures): spatial weights are diverging heatmaps, **red = excitation, blue =
+inhibition, white = 0**, each normalised by the target unit's largest |weight| (over all its
+inputs), so that a full red square is the target's strongest weight. Units are shown by their
+feature visualizations; a unit without a render is a grey square marked "no render".
+
+- :func:`draw_circuit` (``circuit.png``): layers as columns, earliest at the left, the target at
+  the right; each edge is a line from an input to the unit it feeds, coloured by sign, as wide
+  as the input's strength relative to the unit's strongest input, with the spatial kernel drawn
+  on it.
+- :func:`draw_weights` (``weights.png``): one unit's strongest inputs, each with its feature
+  visualization and its spatial kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+RED = "#c0392b"
+BLUE = "#2166ac"
+CMAP = "RdBu_r"
+INK = "#202020"
+MUTED = "#606060"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _load(path: str | None) -> np.ndarray | None:
+    if not path:
+        return None
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except OSError:
+        return None
+
+
+def _thumb(ax, image, x, y, size, label_lines=(), fontsize=10):
+    """A feature-visualization thumbnail with its lower-left corner at (x, y), labels below."""
+    from matplotlib.patches import Rectangle
+
+    if image is not None:
+        ax.imshow(image, extent=(x, x + size, y, y + size), interpolation="lanczos", zorder=3)
+    else:
+        ax.add_patch(Rectangle((x, y), size, size, facecolor="#e4e4e4", edgecolor="none",
+                               zorder=3))
+        ax.text(x + size / 2, y + size / 2, "no render", ha="center", va="center",
+                fontsize=fontsize, color=MUTED, style="italic", zorder=4)
+    ax.add_patch(Rectangle((x, y), size, size, fill=False, edgecolor="#303030", lw=0.8,
+                           zorder=4))
+    for i, (text, weight) in enumerate(label_lines):
+        ax.text(x + size / 2, y - 0.06 - i * 0.2, text, ha="center", va="top",
+                fontsize=fontsize - (1.5 if i else 0), fontweight=weight,
+                color=INK if i == 0 else MUTED, zorder=5)
+
+
+def _heatmap(ax, kernel, x, y, size, vmax, zorder=6):
+    """A spatial kernel as a diverging heatmap, square, lower-left corner at (x, y)."""
+    from matplotlib.patches import Rectangle
+
+    k = np.asarray(kernel, dtype=np.float64)
+    vmax = float(vmax) if vmax and vmax > 0 else max(float(np.abs(k).max()), 1e-12)
+    h, w = k.shape
+    cell = size / max(h, w)
+    width, height = w * cell, h * cell
+    x0, y0 = x + (size - width) / 2, y + (size - height) / 2
+    ax.add_patch(Rectangle((x0 - 0.03, y0 - 0.03), width + 0.06, height + 0.06, facecolor="white",
+                           edgecolor="#404040", lw=0.7, zorder=zorder))
+    ax.imshow(k, cmap=CMAP, vmin=-vmax, vmax=vmax, extent=(x0, x0 + width, y0, y0 + height),
+              interpolation="nearest", zorder=zorder + 0.5)
+
+
+def _colorbar(fig, rect, label):
+    import matplotlib as mpl
+
+    cax = fig.add_axes(rect)
+    norm = mpl.colors.Normalize(-1, 1)
+    cb = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=CMAP), cax=cax,
+                      orientation="horizontal", ticks=[-1, -0.5, 0, 0.5, 1])
+    cb.ax.set_xticklabels(["-1\ninhibits", "-0.5", "0", "0.5", "1\nexcites"], fontsize=9)
+    cb.set_label(label, fontsize=9.5)
+    return cb
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, facecolor="white")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _columns(circuit) -> list[list[str]]:
+    """Node ids per depth, ordered so that each unit's inputs sit together, strongest first."""
+    by_depth: dict[int, list[str]] = {}
+    placed: set[str] = set()
+    by_depth[0] = [circuit.target]
+    placed.add(circuit.target)
+    depth = 0
+    while True:
+        nxt = []
+        for node_id in by_depth[depth]:
+            for edge in circuit.inputs(node_id):
+                if edge.source not in placed and circuit.node(edge.source).depth == depth + 1:
+                    placed.add(edge.source)
+                    nxt.append(edge.source)
+        if not nxt:
+            break
+        depth += 1
+        by_depth[depth] = nxt
+    return [by_depth[d] for d in range(depth + 1)]
+
+
+def _overlap(a, b) -> float:
+    """Overlap area of two (x, y, w, h) boxes."""
+    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return max(0.0, w) * max(0.0, h)
+
+
+def _branch_text(node) -> str:
+    return f"{node.branch} branch" if node.branch else ""
+
+
+def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = None,
+                 title: str | None = None, dpi: int = 110) -> Path:
+    """Draw ``circuit`` (a :class:`~circuits_cli.trace.Circuit`) to ``path`` (PNG)."""
+    plt = _pyplot()
+    images = dict(images or {})
+    columns = _columns(circuit)  # depth 0 (target) first
+    n_cols = len(columns)
+    tallest = max(len(c) for c in columns)
+    thumb, slot = 1.45, 2.15            # inches: thumbnail side, vertical room per node
+    col_gap = 3.3 if n_cols > 1 else 0  # horizontal room for the edges and their heatmaps
+    heat = 0.72                         # edge heatmap side
+    margin_x, top, bottom = 0.5, 1.25, 1.45
+    width = max(2 * margin_x + n_cols * thumb + (n_cols - 1) * col_gap, 7.5)
+    height = top + bottom + tallest * slot
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, height)
+    ax.axis("off")
+
+    x_left = (width - (n_cols * thumb + (n_cols - 1) * col_gap)) / 2
+    pos: dict[str, tuple[float, float]] = {}  # node id -> lower-left corner of its thumbnail
+    area_top = height - top
+    for d, ids in enumerate(columns):
+        x = x_left + (n_cols - 1 - d) * (thumb + col_gap)
+        block = len(ids) * slot
+        y_top = area_top - (tallest * slot - block) / 2
+        for i, node_id in enumerate(ids):
+            y = y_top - i * slot - thumb - 0.12
+            pos[node_id] = (x, y)
+
+    # column headers: layer, and the method of each hop
+    layers = circuit.layers()
+    for d, ids in enumerate(columns):
+        x = x_left + (n_cols - 1 - d) * (thumb + col_gap) + thumb / 2
+        layer = circuit.node(ids[0]).layer if ids else (layers[d] if d < len(layers) else "")
+        ax.text(x, height - top + 0.32, layer, ha="center", va="bottom", fontsize=11,
+                fontweight="bold", color=INK)
+    for d, hop in enumerate(circuit.hops[:n_cols - 1]):
+        x = x_left + (n_cols - 1 - d) * (thumb + col_gap) - col_gap / 2
+        text = "exact weights" if hop.method == "exact" else "linear approximation"
+        ax.text(x, height - top + 0.32, text, ha="center", va="bottom", fontsize=9,
+                color=MUTED, style="italic")
+
+    # edges first (under the nodes), each with its kernel placed where it overlaps nothing
+    taken = [(x - 0.1, y - 0.5, thumb + 0.2, thumb + 0.6) for x, y in pos.values()]
+    order = sorted(circuit.edges, key=lambda e: (circuit.node(e.target).depth, e.rank))
+    for edge in order:
+        if edge.source not in pos or edge.target not in pos:
+            continue
+        (sx, sy), (tx, ty) = pos[edge.source], pos[edge.target]
+        x0, y0 = sx + thumb, sy + thumb / 2
+        x1, y1 = tx, ty + thumb / 2
+        colour = RED if edge.sign > 0 else BLUE
+        lw = 1.0 + 6.0 * max(0.0, min(1.0, edge.relative))
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=2,
+                    arrowprops=dict(arrowstyle="-|>", color=colour, lw=lw, alpha=0.8,
+                                    shrinkA=0, shrinkB=2, mutation_scale=10 + 2 * lw))
+        best = None
+        for t in (0.42, 0.3, 0.54, 0.2, 0.64, 0.12, 0.74):
+            hx, hy = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+            box = (hx - heat / 2 - 0.05, hy - heat / 2 - 0.3, heat + 0.1, heat + 0.35)
+            overlap = sum(_overlap(box, other) for other in taken)
+            if best is None or overlap < best[0] - 1e-9:
+                best = (overlap, hx, hy, box)
+            if overlap == 0:
+                break
+        _, hx, hy, box = best
+        taken.append(box)
+        vmax = circuit.node(edge.target).max_weight
+        _heatmap(ax, edge.kernel_array(), hx - heat / 2, hy - heat / 2, heat, vmax)
+        ax.text(hx, hy - heat / 2 - 0.06, f"{'+' if edge.sign > 0 else '−'}{edge.relative:.2f}",
+                ha="center", va="top", fontsize=8, color=colour, zorder=7,
+                bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none",
+                          alpha=0.85))
+
+    for node in circuit.nodes:
+        if node.id not in pos:
+            continue
+        x, y = pos[node.id]
+        image = images.get(node.id)
+        if image is None:
+            image = _load(node.render)
+        lines = [(f"{node.layer}:{node.channel}", "bold")]
+        if node.branch:
+            lines.append((_branch_text(node), "normal"))
+        _thumb(ax, image, x, y, thumb, lines, fontsize=10 if len(node.layer) < 16 else 9)
+
+    head = title or f"Circuit of {circuit.target}"
+    sub = (f"{circuit.model} · expanded weights, top {circuit.top_k} inputs per unit, "
+           f"{len(circuit.hops)} hop{'s' if len(circuit.hops) != 1 else ''}")
+    if circuit.render_settings:
+        sub += f" · feature visualizations: {circuit.render_settings['steps']} steps"
+    ax.text(width / 2, height - 0.22, head, ha="center", va="top", fontsize=14,
+            fontweight="bold", color=INK)
+    ax.text(width / 2, height - 0.55, sub, ha="center", va="top", fontsize=9.5, color=MUTED)
+
+    # legend: weight colour scale, line colour and width
+    bar_w = min(3.2, width * 0.34)
+    _colorbar(fig, (0.5 / width, 0.62 / height, bar_w / width, 0.16 / height),
+              "weight / target unit's largest |weight|")
+    lx = 0.5 + bar_w + 0.6
+    ly = 0.98
+    for dy, colour, text in ((0.0, RED, "excites (kernel sum > 0)"),
+                             (-0.3, BLUE, "inhibits (kernel sum < 0)")):
+        ax.plot([lx, lx + 0.5], [ly + dy, ly + dy], color=colour, lw=3, alpha=0.8)
+        ax.text(lx + 0.6, ly + dy, text, va="center", fontsize=9, color=INK)
+    ax.plot([lx, lx + 0.5], [ly - 0.6, ly - 0.6], color=MUTED, lw=1.0)
+    ax.plot([lx + 0.9, lx + 1.4], [ly - 0.6, ly - 0.6], color=MUTED, lw=7.0)
+    ax.text(lx + 1.5, ly - 0.6, "width, label: strength (L2 norm) / unit's strongest input",
+            va="center", fontsize=9, color=INK)
+    if circuit.note:
+        ax.text(width - 0.3, 0.2, circuit.note, ha="right", va="bottom", fontsize=8, color=MUTED)
+    try:
+        return _save(fig, path, dpi)
+    finally:
+        plt.close(fig)
+
+
+def draw_weights(target, inputs: Sequence, path: Path, *, source_layer: str, method: str,
+                 max_weight: float, images: Mapping[str, np.ndarray] | None = None,
+                 model_name: str = "", columns: int = 4, dpi: int = 110) -> Path:
+    """One unit's strongest inputs. ``target`` is the unit (``layer:channel``); ``inputs`` are
+    :class:`~circuits_cli.connections.Connection` objects (strongest first) from
+    ``source_layer``; ``images`` maps ``layer:channel`` to feature visualizations."""
+    plt = _pyplot()
+    images = dict(images or {})
+    n = len(inputs)
+    columns = max(1, min(columns, n))
+    rows = -(-n // columns)
+    thumb, gap = 1.45, 0.35
+    cell_w, cell_h = thumb + gap, 2 * thumb + 0.95
+    left = 0.5 + thumb + 1.0  # target column
+    width = left + columns * cell_w + 0.3
+    top, bottom = 1.0, 1.6
+    height = top + bottom + rows * cell_h
+    fig = plt.figure(figsize=(max(width, 7.0), height))
+    width = max(width, 7.0)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, height)
+    ax.axis("off")
+    ax.text(width / 2, height - 0.2, f"Strongest inputs of {target} from {source_layer}",
+            ha="center", va="top", fontsize=14, fontweight="bold", color=INK)
+    sub = (f"{model_name} · " if model_name else "") + (
+        "exact expanded weights" if method == "exact" else "expanded weights, linear approximation")
+    ax.text(width / 2, height - 0.52, sub + " · ranked by L2 norm of the spatial kernel",
+            ha="center", va="top", fontsize=9.5, color=MUTED)
+
+    ty = height - top - thumb - 0.2
+    _thumb(ax, images.get(str(target)), 0.5, ty, thumb,
+           [(str(target), "bold"), ("target", "normal")])
+    for i, conn in enumerate(inputs):
+        r, c = divmod(i, columns)
+        x = left + c * cell_w
+        y_img = height - top - r * cell_h - thumb - 0.2
+        unit_id = f"{source_layer}:{conn.channel}"
+        colour = RED if conn.sign > 0 else BLUE
+        _thumb(ax, images.get(unit_id), x, y_img, thumb, [])
+        _heatmap(ax, conn.kernel, x, y_img - thumb - 0.12, thumb, max_weight)
+        ax.text(x + thumb / 2, y_img - thumb - 0.2, unit_id, ha="center", va="top",
+                fontsize=9.5 if len(unit_id) < 20 else 8.5, fontweight="bold", color=INK)
+        ax.text(x + thumb / 2, y_img - thumb - 0.42,
+                f"#{i + 1} {'excites' if conn.sign > 0 else 'inhibits'} · "
+                f"{conn.strength:.3g}", ha="center", va="top", fontsize=8.5, color=colour)
+    _colorbar(fig, (0.5 / width, 0.85 / height, min(3.2, width * 0.4) / width, 0.15 / height),
+              f"weight / largest |weight| into {target} ({max_weight:.3g})")
+    try:
+        return _save(fig, path, dpi)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,319 @@
+"""Circuits: from one target unit back through the weights to the units that build it.
+
+:func:`trace` starts at a unit, computes the expanded weights from the previous layer to it
+(:func:`~circuits_cli.connections.expanded_weights`), keeps its ``top_k`` strongest inputs (L2 norm
+of the spatial kernel), and repeats from those inputs for ``depth`` hops. The result is a
+:class:`Circuit`: nodes (units), edges (signed strength and spatial kernel of each connection) and
+the hops (which layers, which method). It is written as ``circuit.json`` (:meth:`Circuit.save`)
+and drawn by :func:`circuits_cli.reports.diagrams.draw_circuit`.
+
+The previous layer of a layer is the input of its Inception block (``model.blocks``) when the
+model describes one, skipping pooling/normalisation layers (so ``inception_4a`` reads
+``inception_3b`` through the max-pool, with the linear approximation); a branch layer
+(``inception_4c/5x5``) reads its block's input; other layers read the previous conv or block
+layer in forward order. ``source`` fixes the layer of the first hop.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .connections import expanded_weights, rank_inputs, resolve_method
+from .errors import CircuitsError
+from .units import Unit
+from .zoo.base import LoadedModel
+
+FORMAT = "circuits-circuit/1"
+SKIPPED_KINDS = ("pool", "norm")  # layers a hop reads through, never stops at
+
+
+@dataclass
+class Node:
+    """One unit of the circuit. ``depth`` 0 is the target; ``max_weight`` is the largest |weight|
+    over all the unit's inputs from the next hop (what its kernels are normalised by), None for
+    the units of the last hop. ``render`` is the feature visualization PNG, if rendered."""
+
+    id: str
+    layer: str
+    channel: int
+    depth: int
+    branch: str | None = None
+    max_weight: float | None = None
+    render: str | None = None
+    activation: float | None = None
+
+
+@dataclass
+class Edge:
+    """A connection ``source`` -> ``target`` (node ids): ``strength`` = L2 norm of the expanded
+    weight's spatial kernel, ``sign`` = +1 excitation / -1 inhibition (sign of the kernel sum),
+    ``rank`` = 1 for the target's strongest input, ``relative`` = strength over the target's
+    strongest input, ``kernel`` = the signed spatial kernel (h x w, source-layer positions)."""
+
+    source: str
+    target: str
+    strength: float
+    sign: int
+    rank: int
+    relative: float
+    kernel: list[list[float]]
+
+    def kernel_array(self) -> np.ndarray:
+        return np.asarray(self.kernel, dtype=np.float32)
+
+
+@dataclass
+class Hop:
+    """One layer-to-layer step: expanded weights from ``source`` to ``target`` by ``method``."""
+
+    source: str
+    target: str
+    method: str
+    kernel_size: tuple[int, int]
+
+
+@dataclass
+class Circuit:
+    model: str
+    weights_id: str
+    target: str
+    depth: int
+    top_k: int
+    method: str
+    nodes: list[Node] = field(default_factory=list)
+    edges: list[Edge] = field(default_factory=list)
+    hops: list[Hop] = field(default_factory=list)
+    note: str = ""
+    render_settings: dict | None = None
+
+    # -- lookup --------------------------------------------------------------------------
+    def node(self, node_id: str) -> Node:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    def inputs(self, node_id: str) -> list[Edge]:
+        """Edges into ``node_id``, strongest first."""
+        return sorted((e for e in self.edges if e.target == node_id), key=lambda e: e.rank)
+
+    def layers(self) -> list[str]:
+        """Layers from the target's back to the earliest."""
+        return [self.hops[0].target] + [h.source for h in self.hops] if self.hops \
+            else [self.node(self.target).layer]
+
+    # -- JSON ----------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        data = {"format": FORMAT, **asdict(self)}
+        for hop in data["hops"]:
+            hop["kernel_size"] = list(hop["kernel_size"])
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> Circuit:
+        if data.get("format") != FORMAT:
+            raise CircuitsError(f"not a circuit file (format {data.get('format')!r}, expected "
+                                f"{FORMAT!r}); write one with 'circuits trace'")
+        fields = {k: v for k, v in data.items() if k not in ("format", "nodes", "edges", "hops")}
+        return cls(**fields, nodes=[Node(**n) for n in data["nodes"]],
+                   edges=[Edge(**e) for e in data["edges"]],
+                   hops=[Hop(h["source"], h["target"], h["method"], tuple(h["kernel_size"]))
+                         for h in data["hops"]])
+
+    def save(self, path: Path) -> None:
+        from .commands.common import write_json_atomic
+
+        write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> Circuit:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise CircuitsError(f"cannot read circuit file {str(path)!r} ({err})") from None
+        return cls.from_json(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+
+
+def _enclosing_block(model: LoadedModel, layer: str) -> str | None:
+    """The Inception block a branch layer belongs to (``inception_4c/3x3`` or ``mixed4c_3x3``
+    -> the block), by name."""
+    for block in model.blocks:
+        if layer != block and layer.startswith(block) and layer[len(block)] in "/_.":
+            return block
+    return None
+
+
+def previous_layer(model: LoadedModel, layer: str) -> str | None:
+    """The layer a hop from ``layer`` reads (module docstring), None at the network's input."""
+    name = model.layer(layer).name
+    names = list(model.layers)
+    block = model.blocks.get(name) or model.blocks.get(_enclosing_block(model, name) or "")
+    if block is not None:
+        prev = model.layer(block.input).name
+    else:
+        prev = None
+        for cand in reversed(names[:names.index(name)]):
+            if model.layers[cand].kind in ("conv", "block"):
+                prev = cand
+                break
+        return prev
+    while prev is not None and model.layers[prev].kind in SKIPPED_KINDS:
+        i = names.index(prev)
+        prev = next((c for c in reversed(names[:i]) if model.layers[c].kind not in SKIPPED_KINDS
+                     and model.layers[c].kind != "branch"), None)
+    return prev
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracing
+
+
+def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
+          source: str | None = None, method: str = "auto") -> Circuit:
+    """The circuit of ``unit``: its ``top_k`` strongest inputs, theirs, ... over ``depth`` hops.
+    All units of one hop are computed in one batched call."""
+    if depth < 1:
+        raise CircuitsError(f"depth must be at least 1, got {depth}")
+    if top_k < 1:
+        raise CircuitsError(f"top-k must be at least 1, got {top_k}")
+    info = model.layer(unit.layer)
+    if not 0 <= unit.channel < info.channels:
+        raise CircuitsError(f"channel {unit.channel} is out of range for layer {info.name!r}, "
+                            f"which has {info.channels} channels (0-{info.channels - 1})")
+    unit = Unit(info.name, unit.channel)
+    if source is not None:
+        source = model.layer(source).name
+        if model.layer_index(source) >= model.layer_index(info.name):
+            raise CircuitsError(f"--from layer {source!r} does not come before {info.name!r}; "
+                                "choose an earlier layer")
+        resolve_method(model, source, info.name, method)  # fail early on exact-without-path
+
+    circuit = Circuit(model=model.name, weights_id=model.weights_id, target=str(unit),
+                      depth=depth, top_k=top_k, method=method)
+    circuit.nodes.append(_node(model, unit, 0))
+    frontier = [unit]
+    layer = info.name
+    for hop in range(depth):
+        src = source if hop == 0 and source is not None else previous_layer(model, layer)
+        if src is None:
+            circuit.note = f"stopped after {hop} hop(s): {layer!r} reads the network's input"
+            break
+        used = resolve_method(model, src, layer, method)
+        with torch.no_grad():
+            kernels = expanded_weights(model, src, layer, [u.channel for u in frontier],
+                                       method=used)
+        kernels = kernels.detach().cpu().double()
+        circuit.hops.append(Hop(src, layer, used, tuple(kernels.shape[-2:])))
+        next_frontier: list[Unit] = []
+        for row, target in zip(kernels, frontier, strict=True):
+            node = circuit.node(str(target))
+            node.max_weight = float(row.abs().max())
+            ranked = rank_inputs(row, top_k)
+            top = ranked[0].strength if ranked and ranked[0].strength > 0 else 1.0
+            for rank, conn in enumerate(ranked, 1):
+                src_unit = Unit(src, conn.channel)
+                if not any(n.id == str(src_unit) for n in circuit.nodes):
+                    circuit.nodes.append(_node(model, src_unit, hop + 1))
+                    next_frontier.append(src_unit)
+                circuit.edges.append(Edge(
+                    source=str(src_unit), target=str(target), strength=conn.strength,
+                    sign=conn.sign, rank=rank, relative=conn.strength / top,
+                    kernel=np.round(conn.kernel.astype(np.float64), 7).tolist()))
+        frontier, layer = next_frontier, src
+    return circuit
+
+
+def _node(model: LoadedModel, unit: Unit, depth: int) -> Node:
+    branch = model.layer(unit.layer).branch_of(unit.channel)
+    return Node(id=str(unit), layer=unit.layer, channel=unit.channel, depth=depth,
+                branch=branch[0] if branch else None)
+
+
+def attach_renders(circuit: Circuit, model: LoadedModel, *, steps: int = 512, size: int = 128,
+                   seed: int = 0, cache_dir: Path | None = None,
+                   progress: bool = True) -> dict[str, np.ndarray]:
+    """Feature visualizations of every node, from the render cache where they exist (rendered
+    and cached otherwise). Sets each node's ``render`` path and ``activation``; returns the
+    pictures by node id."""
+    from .render import render_units
+
+    units = [Unit(n.layer, n.channel) for n in circuit.nodes]
+    renders = render_units(model, units, steps=steps, size=size, seed=seed,
+                           cache_dir=cache_dir, progress=progress)
+    for node, render in zip(circuit.nodes, renders, strict=True):
+        node.render = str(render.path) if render.path is not None else None
+        node.activation = float(render.activation)
+    circuit.render_settings = {"steps": steps, "size": size, "seed": seed}
+    return {node.id: render.image for node, render in zip(circuit.nodes, renders, strict=True)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line helpers
+
+
+def default_out_dir(model: LoadedModel, command: str, name: str) -> Path:
+    """``outputs/COMMAND/MODEL/NAME`` with file-name-safe parts."""
+    import re
+
+    def slug(s: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", s).strip("-")
+
+    return Path("outputs") / command / slug(model.name) / slug(name)
+
+
+def check_out_dir(out: Path, ours: tuple[str, ...]) -> None:
+    """Refuse an output folder that is a file, or that holds one of our file names with
+    something else in it (never overwrite a user's unrelated file)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CircuitsError(f"--out {str(out)!r} is a file; give a folder")
+    for name in ours:
+        path = out / name
+        if not path.exists():
+            continue
+        if path.is_dir():
+            raise CircuitsError(f"{str(path)!r} is a folder; choose another --out")
+        if name.endswith(".json"):
+            try:
+                fmt = json.loads(path.read_text(encoding="utf-8")).get("format", "")
+            except (OSError, ValueError, AttributeError):
+                fmt = ""
+            if not str(fmt).startswith("circuits-"):
+                raise CircuitsError(f"{str(path)!r} exists and was not written by circuits; "
+                                    "choose another --out or move the file")
+
+
+def render_tree(circuit: Circuit) -> str:
+    """The circuit as indented text, target first, inputs strongest first."""
+    lines = [f"Circuit of {circuit.target} ({circuit.model}), {len(circuit.hops)} hop(s), "
+             f"top {circuit.top_k} inputs per unit"]
+    for hop in circuit.hops:
+        lines.append(f"  {hop.source} -> {hop.target}: {hop.method} expanded weights, kernels "
+                     f"{hop.kernel_size[0]}x{hop.kernel_size[1]}")
+
+    def walk(node_id: str, indent: int, seen: set[str]) -> None:
+        for edge in circuit.inputs(node_id):
+            kind = "excites " if edge.sign > 0 else "inhibits"
+            node = circuit.node(edge.source)
+            branch = f" [{node.branch}]" if node.branch else ""
+            lines.append(f"{'  ' * indent}<- {edge.source}{branch}  {kind}  strength "
+                         f"{edge.strength:.4g} ({edge.relative:.2f})")
+            if edge.source not in seen:
+                seen.add(edge.source)
+                walk(edge.source, indent + 1, seen)
+
+    root = circuit.node(circuit.target)
+    lines.append(circuit.target + (f" [{root.branch}]" if root.branch else ""))
+    walk(circuit.target, 1, {circuit.target})
+    if circuit.note:
+        lines.append(circuit.note)
+    return "\n".join(lines)
