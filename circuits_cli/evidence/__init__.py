@@ -28,12 +28,12 @@ from .activations import (
 )
 from .examples import Example, ExampleSet, dataset_examples, examples_sheet
 from .find import FindResult, UnitScore, find_units, lookup_class
-from .receptive_field import ReceptiveField, receptive_field
+from .receptive_field import ReceptiveField  # the function: .receptive_field.receptive_field
 
 __all__ = ["AblationResult", "ablate", "parse_inputs", "ImageSet", "LayerActivations",
            "default_cache_dir", "image_set", "layer_activations", "layers_activations",
            "Example", "ExampleSet", "dataset_examples", "examples_sheet", "FindResult",
-           "UnitScore", "find_units", "lookup_class", "ReceptiveField", "receptive_field",
+           "UnitScore", "find_units", "lookup_class", "ReceptiveField",
            "Evidence", "CircuitAblation", "add_evidence", "EVIDENCE_FILE"]
 
 EVIDENCE_FILE = "evidence.json"

@@ -282,7 +282,8 @@ def _run_variants(model: LoadedModel, in_layer: str, t_layer: str, channel: int,
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(paths), desc="ablation", unit="img", leave=False)
+        bar = tqdm(total=len(paths), desc="ablation", unit="img", leave=False,
+                   disable=None)  # disable=None: only on a terminal
     try:
         col = 0
         for x, ok, _ in iter_batches(paths, batch=img_batch, size=size, resize=resize):

@@ -254,7 +254,7 @@ def _compute(model: LoadedModel, layers: list[str], imgs: ImageSet, dirs: dict[s
             from tqdm import tqdm
 
             bar = tqdm(total=n_total, desc=f"activations {', '.join(layers)}", unit="img",
-                       leave=False)
+                       leave=False, disable=None)  # disable=None: only on a terminal
         row = 0
         for batch, ok, n_bad in iter_batches(imgs.paths, batch=batch_size, size=size,
                                              resize=resize):

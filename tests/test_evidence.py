@@ -1,0 +1,392 @@
+"""Dataset examples, ablation, class lookup and the circuit report on a planted network whose
+answers are known (tests/planted_evidence_model.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from circuits_cli.cli import cli
+from circuits_cli.errors import CircuitsError
+from circuits_cli.units import Unit
+
+HERE = Path(__file__).resolve().parent
+SPEC = f"{HERE / 'planted_evidence_model.py'}:build"
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def model():
+    from circuits_cli.zoo import load_model
+
+    return load_model(SPEC)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """(image folder, {file name: red square box}), 40 scenes, 8 with a red square."""
+    from planted_evidence_model import make_images
+
+    folder = tmp_path_factory.mktemp("planted_images")
+    return folder, make_images(folder)
+
+
+@pytest.fixture()
+def cache(tmp_path):
+    return tmp_path / "cache"
+
+
+def _redness(img: np.ndarray) -> np.ndarray:
+    return img[..., 0] - 0.5 * img[..., 1] - 0.5 * img[..., 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation store
+
+
+def test_store_matches_a_direct_forward_pass_and_is_reused(model, world, cache):
+    from circuits_cli.evidence import layer_activations
+    from circuits_cli.hooks import capture
+    from circuits_cli.images import load_image
+
+    folder, _ = world
+    acts = layer_activations(model, "relu2", folder, cache_dir=cache)
+    assert not acts.from_cache and acts.n_images == 40 and acts.n_skipped == 0
+    x = torch.stack([load_image(p, size=SIZE, resize=73) for p in acts.paths[:5]])
+    with torch.no_grad():
+        ref = capture(model, x, "relu2")["relu2"].float().numpy()
+    flat = ref.reshape(5, 16, -1)
+    np.testing.assert_allclose(acts.stats["max"][:5], flat.max(2), rtol=1e-6)
+    np.testing.assert_allclose(acts.stats["mean"][:5], flat.mean(2), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(acts.stats["argmax"][:5], flat.argmax(2))
+    np.testing.assert_allclose(acts.maps[:5], ref, atol=2e-3)  # float16 maps
+    assert isinstance(acts.stats["max"], np.memmap) and isinstance(acts.maps, np.memmap)
+
+    again = layer_activations(model, "relu2", folder, cache_dir=cache)
+    assert again.from_cache and again.directory == acts.directory
+    np.testing.assert_array_equal(again.stats["max"], acts.stats["max"])
+    assert not list(acts.directory.parent.glob(".*tmp*"))  # no temporary folders left
+
+
+def test_store_notices_a_changed_image_set(model, world, cache, tmp_path):
+    import shutil
+
+    from circuits_cli.evidence import layer_activations
+
+    folder = tmp_path / "copy"
+    shutil.copytree(world[0], folder)
+    first = layer_activations(model, "relu2", folder, cache_dir=cache)
+    victim = sorted(folder.rglob("*.png"))[0]
+    st = victim.stat()
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    second = layer_activations(model, "relu2", folder, cache_dir=cache)
+    assert not second.from_cache and second.directory != first.directory
+
+
+# ---------------------------------------------------------------------------------------------
+# Receptive fields
+
+
+def test_receptive_field_follows_the_layer_geometry(model, cache):
+    from circuits_cli.evidence.receptive_field import receptive_field
+
+    # 3x3 conv; 7x7 after the 5x5 conv; +1 for the 2x2 pool, +2*2 for the 3x3 conv at stride 2
+    for layer, size, stride in (("relu1", 3, 1), ("relu2", 7, 1), ("relu3", 12, 2)):
+        rf = receptive_field(model, layer, cache_dir=cache)
+        assert rf.size("support") == (size, size), layer
+        assert rf.stride == (stride, stride), layer
+        assert rf.size("effective")[0] <= size
+        x0, y0, x1, y1 = rf.box(5, 5, "support")
+        assert x1 - x0 == size and (x0 + x1) / 2 == pytest.approx(5 * stride + stride / 2, abs=1)
+        assert rf.box(0, 0, "support")[:2] == (0, 0)  # clipped at the border
+    # cached on disk: with the memory cache emptied, the same answer comes from the JSON file
+    import circuits_cli.evidence.receptive_field as rf_module
+
+    rf_module._MEMORY.clear()
+    assert receptive_field(model, "relu3", cache_dir=cache).support == rf.support
+    assert list((cache.parent / "receptive_fields").rglob("*.json"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset examples
+
+
+def test_red_square_examples_are_exactly_the_red_square_images(model, world, cache):
+    from circuits_cli.evidence import dataset_examples
+
+    folder, boxes = world
+    ex = dataset_examples(model, Unit("relu2", 0), folder, top=len(boxes), cache_dir=cache)
+    assert {e.path.name for e in ex.examples} == set(boxes)
+    assert all(e.path.parent.name == "red_square" for e in ex.examples)
+    for e in ex.examples:
+        crop = e.crop
+        assert crop.shape[:2] == (e.box[3] - e.box[1], e.box[2] - e.box[0])
+        # the crop under the receptive field at the strongest position is red square
+        assert (_redness(crop) > 0.5).mean() > 0.8, e.path.name
+    # the next image is not a red square image and activates the unit less (not at all)
+    more = dataset_examples(model, Unit("relu2", 0), folder, top=len(boxes) + 1, cache_dir=cache)
+    assert more.examples[-1].path.name not in boxes and more.examples[-1].activation == 0
+    # negative examples of a ReLU layer: images where the unit stays quietest, none red
+    neg = dataset_examples(model, Unit("relu2", 0), folder, top=10, negative=True,
+                           cache_dir=cache)
+    assert neg.kind == "negative" and "non-negative" in neg.ranking
+    assert not {e.path.name for e in neg.examples} & set(boxes)
+
+
+def test_examples_sheet_and_json(model, world, cache, tmp_path):
+    from PIL import Image
+
+    from circuits_cli.evidence import dataset_examples, examples_sheet
+
+    ex = dataset_examples(model, Unit("relu2", 0), world[0], top=7, cache_dir=cache)
+    png = examples_sheet(ex, tmp_path / "sheet.png")
+    w, h = Image.open(png).size
+    assert w > 600 and h > 300
+    data = json.loads(json.dumps(ex.to_json()))
+    assert [e["rank"] for e in data["examples"]] == list(range(1, 8))
+    assert data["receptive_field"]["kind"] == "effective"
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablation
+
+
+def test_ablating_the_planted_inputs_drops_the_target_far_more_than_random(model, world, cache):
+    from circuits_cli.evidence import ablate, layer_activations
+
+    folder, _ = world
+    planted = [Unit("relu2", c) for c in range(3)]
+    res = ablate(model, Unit("relu3", 0), planted, folder, draws=60, cache_dir=cache)
+    assert res.n_images == 40 and res.draws == 60
+    # the baseline is the store's spatial mean, computed by an independent pass
+    ref = layer_activations(model, "relu3", folder, cache_dir=cache).column("mean", 0)
+    np.testing.assert_allclose(res.per_image["baseline"], ref, rtol=1e-5, atol=1e-7)
+    assert res.relative_drop > 0.5
+    assert res.drop > 5 * res.random_mean
+    assert res.z_score > 4 and res.p_value == pytest.approx(1 / 61)
+    # ablating random units never matters as much as the planted ones
+    assert max(res.random_drops) < res.drop
+    data = res.to_json()
+    assert data["random"]["draws"] == 60 and len(data["random"]["drops"]) == 60
+
+    mean = ablate(model, Unit("relu3", 0), planted, folder, mode="mean", draws=20,
+                  reduce="max", top_images=10, cache_dir=cache)
+    assert mean.n_images == 10 and mean.z_score > 3 and mean.relative_drop > 0.2
+
+
+def test_ablation_without_batch_stacking_gives_the_same_numbers(model, world, cache):
+    """The fallback (one forward per variant) and the stacked pass agree."""
+    from circuits_cli.evidence import ablation
+
+    folder, _ = world
+    planted = [Unit("relu2", c) for c in range(3)]
+    kwargs = dict(draws=5, seed=3, top_images=6, cache_dir=cache)
+    stacked = ablation.ablate(model, Unit("relu3", 0), planted, folder, **kwargs)
+    original = ablation._forward
+
+    def unstacked(model_, x, t_layer, channel, chunk, state, *rest):
+        state["stack"] = False
+        return original(model_, x, t_layer, channel, chunk, state, *rest)
+
+    ablation._forward = unstacked
+    try:
+        single = ablation.ablate(model, Unit("relu3", 0), planted, folder, **kwargs)
+    finally:
+        ablation._forward = original
+    assert single.baseline == pytest.approx(stacked.baseline, rel=1e-5)
+    assert single.ablated == pytest.approx(stacked.ablated, rel=1e-5)
+    np.testing.assert_allclose(single.random_drops, stacked.random_drops, rtol=1e-4, atol=1e-8)
+
+
+def test_ablation_input_errors(model, world, cache):
+    from circuits_cli.evidence import ablate, parse_inputs
+
+    assert parse_inputs("relu2:0,1,relu1:2", model) == [Unit("relu2", 0), Unit("relu2", 1),
+                                                          Unit("relu1", 2)]
+    assert parse_inputs("relu2:0-2", model) == [Unit("relu2", c) for c in range(3)]
+    for spec, msg in (("0,1", "has no layer"), ("relu2:x", "malformed"),
+                      ("relu2:99", "out of range"), ("relu9:1", "unknown layer")):
+        with pytest.raises(CircuitsError, match=msg):
+            parse_inputs(spec, model)
+    folder = world[0]
+    with pytest.raises(CircuitsError, match="several layers"):
+        ablate(model, Unit("relu3", 0), [Unit("relu2", 0), Unit("relu1", 0)], folder,
+               cache_dir=cache)
+    with pytest.raises(CircuitsError, match="does not come before"):
+        ablate(model, Unit("relu1", 0), [Unit("relu2", 0)], folder, cache_dir=cache)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the units of a class
+
+
+def test_lookup_class_by_name_wnid_index_with_suggestions(model):
+    from circuits_cli.evidence import lookup_class
+
+    assert lookup_class(model, "red square") == 0
+    assert lookup_class(model, "Green_Square") == 1
+    assert lookup_class(model, "clut") == 2  # a unique part of a name
+    assert lookup_class(model, "2") == 2
+    with pytest.raises(CircuitsError, match="ambiguous.*red square.*green square"):
+        lookup_class(model, "square")
+    with pytest.raises(CircuitsError, match="did you mean 'red square'"):
+        lookup_class(model, "red sqare")
+    with pytest.raises(CircuitsError, match="out of range"):
+        lookup_class(model, "7")
+
+
+def test_find_ranks_the_planted_detector_first(model, world, cache):
+    from circuits_cli.evidence import find_units
+
+    res = find_units(model, "red square", "relu2", top=3)
+    assert res.units[0].unit == Unit("relu2", 0) and res.units[0].weight > 0
+    assert "no images given" in res.ranking
+    assert find_units(model, "green square", "relu2", top=1).units[0].unit == Unit("relu2", 1)
+    # with images: the class's images are those in the folder named after it
+    res = find_units(model, "red square", "relu2", top=3, images=world[0], cache_dir=cache)
+    assert len(res.class_image_files) == 8
+    top = res.units[0]
+    assert top.unit == Unit("relu2", 0) and top.class_activation > top.mean_activation > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _run(*args, env=None):
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def test_cli_examples_ablate_find(world, tmp_path):
+    folder, boxes = world
+    env = {"CIRCUITS_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "out"
+    r = _run("examples", "relu2:0", "-m", SPEC, "--images", str(folder), "--top", "8",
+             "--out", str(out), env=env)
+    assert r.exit_code == 0, r.output
+    assert set(re.findall(r"scene\d+\.png", r.output)) == set(boxes)
+    pngs = list(out.glob("*relu2_0.png"))
+    assert len(pngs) == 1 and pngs[0].with_suffix(".json").exists()
+    r = _run("examples", "relu2:0", "-m", SPEC, "--images", str(folder), "--top", "3",
+             "--json", "--out", str(out), env=env)
+    data = json.loads(r.stdout)
+    assert data["unit"] == "relu2:0" and len(data["examples"]) == 3
+
+    r = _run("ablate", "relu3:0", "--inputs", "relu2:0,1,2", "-m", SPEC, "--images", str(folder),
+             "--draws", "20", "--json", env=env)
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["relative_drop"] > 0.5 and data["z_score"] > 3
+
+    r = _run("find", "--class", "red square", "--layer", "relu2", "-m", SPEC, "--images",
+             str(folder), "--top", "3", env=env)
+    assert r.exit_code == 0, r.output
+    first = [ln for ln in r.output.splitlines() if ln.strip().startswith("1 ")][0]
+    assert "relu2:0" in first and "scene" in first
+
+
+def test_cli_skips_corrupt_files_with_a_warning(world, tmp_path):
+    import shutil
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(world[0] / "red_square", folder)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (folder / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 20)
+    (folder / "notes.txt").write_text("not an image")
+    env = {"CIRCUITS_CACHE": str(tmp_path / "cache")}
+    r = _run("examples", "relu2:0", "-m", SPEC, "--images", str(folder), "--top", "3",
+             "--out", str(tmp_path / "out"), env=env)
+    assert r.exit_code == 0, r.output
+    assert "Warning: skipped 3 file(s)" in r.stderr
+    assert "2 unreadable" in r.stderr and "1 non-image" in r.stderr
+    assert "from 8 images" in r.stdout
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from circuits_cli.evidence import layer_activations
+        from circuits_cli.zoo import load_model
+
+        acts = layer_activations(load_model(SPEC), "relu2", folder, cache_dir=tmp_path / "c2")
+    assert acts.n_images == 8 and acts.n_skipped == 3
+    assert any("skipped 3" in str(w.message) for w in caught)
+
+
+def test_cli_bad_inputs_are_one_line_errors(world, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_bytes(b"nope")
+    (junk / "b.jpg").write_bytes(b"nope")
+    env = {"CIRCUITS_CACHE": str(tmp_path / "cache")}
+    folder = str(world[0])
+    cases = [
+        (("examples", "relu2:0", "--images", str(empty)), "no images found"),
+        (("examples", "relu2:0", "--images", str(junk)), "none of the 2 image file(s)"),
+        (("examples", "relu2:0", "--images", str(tmp_path / "missing")), "does not exist"),
+        (("examples", "relu2:99", "--images", folder), "out of range"),
+        (("examples", "relu7:0", "--images", folder), "unknown layer"),
+        (("ablate", "relu3:0", "--inputs", "relu3:1", "--images", folder), "does not come before"),
+        (("ablate", "relu3:0", "--inputs", "1,2", "--images", folder), "has no layer"),
+        (("find", "--class", "blue square", "--layer", "relu2"), "unknown class"),
+        (("find", "--class", "red square", "--layer", "relu5"), "unknown layer"),
+    ]
+    for args, msg in cases:
+        r = _run(*args, "-m", SPEC, env=env)
+        assert r.exit_code == 2, (args, r.output)
+        assert msg in r.stderr, (args, r.stderr)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.npy"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Circuit folder: examples per node, ablation of the traced inputs, HTML report
+
+
+def test_add_evidence_to_a_traced_circuit(model, world, tmp_path):
+    from circuits_cli.evidence import add_evidence
+    from circuits_cli.trace import trace
+
+    circuit = trace(model, Unit("relu3", 0), depth=1, top_k=3, source="relu2")
+    assert {e.source for e in circuit.edges} == {"relu2:0", "relu2:1", "relu2:2"}
+    out = tmp_path / "circuit"
+    out.mkdir()
+    circuit.save(out / "circuit.json")
+    ev = add_evidence(out, model, world[0], top=8, draws=30, top_images=None,
+                      cache_dir=tmp_path / "cache")
+    for node in circuit.nodes:
+        slug = Unit(node.layer, node.channel).slug
+        assert (out / "examples" / f"{slug}.png").exists()
+        assert (out / "examples" / f"{slug}.json").exists()
+    data = json.loads((out / "evidence.json").read_text())
+    assert data["n_images"] == 40
+    [abl] = data["ablation"]  # the three planted inputs all excite
+    assert abl["group"] == "excitatory" and abl["agrees"] and abl["relative_drop"] > 0.5
+    # the red square node's examples are the red square images
+    top = {e["file"] for e in data["examples"]["relu2:0"]["top"]}
+    assert top <= set(world[1])
+
+    page = ev.html.read_text()
+    assert ev.html == out / "report.html"
+    srcs = re.findall(r"src='([^']*)'", page)
+    assert srcs and all(s.startswith("data:image/") for s in srcs)  # self-contained
+    for node in circuit.nodes:
+        assert node.id in page
+    assert "agrees" in page and "Ablation" in page
+
+
+def test_add_evidence_refuses_a_foreign_folder(model, world, tmp_path):
+    from circuits_cli.evidence import add_evidence
+
+    with pytest.raises(CircuitsError, match="no circuit.json"):
+        add_evidence(tmp_path, model, world[0])
+    assert not list(tmp_path.iterdir())
