@@ -60,6 +60,7 @@ __all__ = ["Connection", "expanded_weights", "rank_inputs", "resolve_method", "e
 LOGITS = "logits"
 METHODS = ("auto", "exact", "linear")
 _MARGINS = (0, 2)  # source positions kept around the receptive field when the map is shrunk
+_SMALL_IMAGE = 64  # input side tried for the layers before a shrunk source
 _ELEMENT_BUDGET = 12_000_000  # source-gradient elements per batch (activations scale with it)
 
 
@@ -325,7 +326,9 @@ def _avg_for_max(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=F
         return None
     if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
         stride = kernel_size
-    valid = torch.isfinite(x)
+    valid = torch.isfinite(x[:1])  # padding is the same for every item of the batch
+    if bool(valid.all()):
+        return F.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad=False)
     x0 = torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
     num = F.avg_pool2d(x0, kernel_size, stride, padding, ceil_mode, count_include_pad=True)
     den = F.avg_pool2d(valid.to(x.dtype), kernel_size, stride, padding, ceil_mode,
@@ -380,19 +383,22 @@ class _Stop(Exception):
     pass
 
 
-def _image(model: LoadedModel, n: int) -> torch.Tensor:
+def _image(model: LoadedModel, n: int, side: int | None = None) -> torch.Tensor:
+    """A mid-grey input batch (the operating point of the layers before the source)."""
     p = next(model.module.parameters(), None)
     dtype = p.dtype if p is not None else torch.float32
-    x = torch.full((n, 3, model.input_size, model.input_size), 0.5, dtype=dtype,
-                   device=model.device)
+    side = side or model.input_size
+    x = torch.full((n, 3, side, side), 0.5, dtype=dtype, device=model.device)
     return model.preprocess(x)
 
 
 def _grad(model: LoadedModel, src: LayerInfo, tgt: LayerInfo | None, coef: torch.Tensor,
-          size: tuple[int, int] | None) -> tuple[torch.Tensor, tuple[int, ...]]:
+          size: tuple[int, int] | None, side: int | None = None
+          ) -> tuple[torch.Tensor, tuple[int, ...]]:
     """Gradient of ``sum_j coef[b, j] * target[b, j, centre]`` (or the logits) with respect to
     a zero source of spatial ``size`` (None: the natural one), in the linearized network.
-    Returns ([n, C_in, H, W], target shape)."""
+    ``side``: size of the input image that runs the layers before the source (None: the
+    model's). Returns ([n, C_in, H, W], target shape)."""
     n = coef.shape[0]
     state: dict = {}
 
@@ -437,11 +443,11 @@ def _grad(model: LoadedModel, src: LayerInfo, tgt: LayerInfo | None, coef: torch
             return grad, tuple(state["tgt"].shape[1:])
 
     try:
-        return run(_image(model, 1))
+        return run(_image(model, 1, side))
     except RuntimeError:
         if n == 1:
             raise
-        return run(_image(model, n))  # something after the source mixes in earlier layers
+        return run(_image(model, n, side))  # something after the source mixes in earlier layers
 
 
 @dataclass(frozen=True)
@@ -449,6 +455,7 @@ class _Geometry:
     size: tuple[int, int] | None  # source map size to compute at (None: natural)
     window: tuple[slice, slice]   # crop of the gradient that holds the receptive field
     target_shape: tuple[int, ...]
+    side: int | None = None       # input image size that runs the layers before the source
 
 
 _GEOMETRY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -483,7 +490,7 @@ def _geometry(model: LoadedModel, src: LayerInfo, tgt: LayerInfo | None) -> _Geo
         raise CircuitsError(f"layer {tgt.name!r} does not depend on layer {src.name!r} in the "
                             "linearized network (no path between them)")
     same = tuple(tshape[1:]) == (H, W)
-    size = None
+    size, image_side = None, None
     # a stride-1 path whose receptive field reaches the border: compute on a larger map
     limit = 8 * max(H, W)
     while same and max(H, W) < limit and (box[0] == 0 or box[2] == 0 or box[1] == H - 1
@@ -501,20 +508,28 @@ def _geometry(model: LoadedModel, src: LayerInfo, tgt: LayerInfo | None) -> _Geo
         cy, cx = H // 2, W // 2
         radius = max(cy - y0, y1 - cy, cx - x0, x1 - cx)
         full = g[..., window[0], window[1]]
+        found = False
         for margin in _MARGINS:
             s = 2 * (radius + margin) + 1
             if s >= min(H, W):
                 break
-            small, small_shape = _grad(model, src, tgt, coef, (s, s))
             c = s // 2
             crop = (slice(c - (cy - y0), c + (y1 - cy) + 1),
                     slice(c - (cx - x0), c + (x1 - cx) + 1))
-            if small_shape[1:] == (s, s) and torch.allclose(
-                    small[..., crop[0], crop[1]], full, rtol=1e-4,
-                    atol=1e-6 * float(full.abs().max())):
-                size, window = (s, s), crop
+            # the layers before the source only set the operating point: try a small image
+            for side in (_SMALL_IMAGE, None):
+                try:
+                    small, small_shape = _grad(model, src, tgt, coef, (s, s), side)
+                except (RuntimeError, ValueError, CircuitsError):
+                    continue
+                if small_shape[1:] == (s, s) and torch.allclose(
+                        small[..., crop[0], crop[1]], full, rtol=1e-4,
+                        atol=1e-6 * float(full.abs().max())):
+                    size, window, image_side, found = (s, s), crop, side, True
+                    break
+            if found:
                 break
-    geo = _Geometry(size, window, tshape)
+    geo = _Geometry(size, window, tshape, image_side)
     per_model[key] = geo
     return geo
 
@@ -549,6 +564,6 @@ def _linear(model: LoadedModel, src: LayerInfo, tgt: LayerInfo | None, chans: li
         part = torch.as_tensor(chans[start:start + per], device=model.device)
         coef = torch.zeros(len(part), n_out, dtype=_dtype(model), device=model.device)
         coef[torch.arange(len(part), device=model.device), part] = 1.0
-        g, _ = _grad(model, src, tgt, coef, geo.size)
+        g, _ = _grad(model, src, tgt, coef, geo.size, geo.side)
         out.append(g[..., geo.window[0], geo.window[1]].detach())
     return torch.cat(out)
