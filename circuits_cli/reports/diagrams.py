@@ -83,6 +83,11 @@ def _heatmap(ax, kernel, x, y, size, vmax, zorder=6):
                            edgecolor="#404040", lw=0.7, zorder=zorder))
     ax.imshow(k, cmap=CMAP, vmin=-vmax, vmax=vmax, extent=(x0, x0 + width, y0, y0 + height),
               interpolation="nearest", zorder=zorder + 0.5)
+    if 1 < max(h, w) <= 15:  # cell grid: shows the kernel's resolution, e.g. a uniform 3x3
+        ax.vlines([x0 + i * cell for i in range(1, w)], y0, y0 + height, colors="#9a9a9a",
+                  lw=0.35, alpha=0.7, zorder=zorder + 0.6)
+        ax.hlines([y0 + i * cell for i in range(1, h)], x0, x0 + width, colors="#9a9a9a",
+                  lw=0.35, alpha=0.7, zorder=zorder + 0.6)
 
 
 def _colorbar(fig, rect, label):
@@ -132,6 +137,29 @@ def _columns(circuit) -> list[list[str]]:
     return [by_depth[d] for d in range(depth + 1)]
 
 
+def display_crop(kernels: Sequence[np.ndarray], vmax: float | None = None) -> tuple[slice, slice]:
+    """The centred window that holds every non-zero weight of ``kernels`` (one target's inputs):
+    a 1x1-branch unit read through a 3x3 pool shows 3x3, not the 11x11 of its layer. Centred, so
+    positions keep their meaning; values below 1e-5 of ``vmax`` count as zero."""
+    arrs = [np.abs(np.asarray(k, dtype=np.float64)) for k in kernels]
+    if not arrs:
+        return slice(None), slice(None)
+    h, w = arrs[0].shape
+    if h % 2 == 0 or w % 2 == 0 or any(a.shape != (h, w) for a in arrs):
+        return slice(None), slice(None)
+    top = max(float(vmax or 0), max(float(a.max()) for a in arrs))
+    support = np.zeros((h, w), bool)
+    for a in arrs:
+        support |= a > 1e-5 * top
+    if not support.any():
+        return slice(None), slice(None)
+    ys, xs = np.nonzero(support)
+    cy, cx = h // 2, w // 2
+    ry = int(np.abs(ys - cy).max())
+    rx = int(np.abs(xs - cx).max())
+    return slice(cy - ry, cy + ry + 1), slice(cx - rx, cx + rx + 1)
+
+
 def _overlap(a, b) -> float:
     """Overlap area of two (x, y, w, h) boxes."""
     w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
@@ -151,7 +179,9 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
     columns = _columns(circuit)  # depth 0 (target) first
     n_cols = len(columns)
     tallest = max(len(c) for c in columns)
-    thumb, slot = 1.45, 2.15            # inches: thumbnail side, vertical room per node
+    # inches: thumbnail side, vertical room per node (smaller for very tall columns)
+    thumb = max(0.95, 1.45 * min(1.0, 9 / tallest))
+    slot = thumb + 0.7
     col_gap = 3.3 if n_cols > 1 else 0  # horizontal room for the edges and their heatmaps
     heat = 0.72                         # edge heatmap side
     margin_x, top, bottom = 0.5, 1.25, 1.45
@@ -189,6 +219,8 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
 
     # edges first (under the nodes), each with its kernel placed where it overlaps nothing
     taken = [(x - 0.1, y - 0.5, thumb + 0.2, thumb + 0.6) for x, y in pos.values()]
+    crops = {node.id: display_crop([e.kernel_array() for e in circuit.inputs(node.id)],
+                                   node.max_weight) for node in circuit.nodes}
     order = sorted(circuit.edges, key=lambda e: (circuit.node(e.target).depth, e.rank))
     for edge in order:
         if edge.source not in pos or edge.target not in pos:
@@ -213,7 +245,8 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
         _, hx, hy, box = best
         taken.append(box)
         vmax = circuit.node(edge.target).max_weight
-        _heatmap(ax, edge.kernel_array(), hx - heat / 2, hy - heat / 2, heat, vmax)
+        crop = crops[edge.target]
+        _heatmap(ax, edge.kernel_array()[crop], hx - heat / 2, hy - heat / 2, heat, vmax)
         ax.text(hx, hy - heat / 2 - 0.06, f"{'+' if edge.sign > 0 else '−'}{edge.relative:.2f}",
                 ha="center", va="top", fontsize=8, color=colour, zorder=7,
                 bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none",
@@ -292,6 +325,7 @@ def draw_weights(target, inputs: Sequence, path: Path, *, source_layer: str, met
     ax.text(width / 2, height - 0.52, sub + " · ranked by L2 norm of the spatial kernel",
             ha="center", va="top", fontsize=9.5, color=MUTED)
 
+    crop = display_crop([c.kernel for c in inputs], max_weight)
     ty = height - top - thumb - 0.2
     _thumb(ax, images.get(str(target)), 0.5, ty, thumb,
            [(str(target), "bold"), ("target", "normal")])
@@ -302,7 +336,7 @@ def draw_weights(target, inputs: Sequence, path: Path, *, source_layer: str, met
         unit_id = f"{source_layer}:{conn.channel}"
         colour = RED if conn.sign > 0 else BLUE
         _thumb(ax, images.get(unit_id), x, y_img, thumb, [])
-        _heatmap(ax, conn.kernel, x, y_img - thumb - 0.12, thumb, max_weight)
+        _heatmap(ax, np.asarray(conn.kernel)[crop], x, y_img - thumb - 0.12, thumb, max_weight)
         ax.text(x + thumb / 2, y_img - thumb - 0.2, unit_id, ha="center", va="top",
                 fontsize=9.5 if len(unit_id) < 20 else 8.5, fontweight="bold", color=INK)
         ax.text(x + thumb / 2, y_img - thumb - 0.42,
