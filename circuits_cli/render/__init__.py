@@ -41,9 +41,10 @@ __all__ = ["Render", "render_units", "render_settings", "check_unit", "resolve_p
 
 OBJECTIVES = ("channel", "neuron", "direction", "diversity")
 DEFAULT_FACETS = 4
-# Weight of the diversity term against the unit's mean activation (Lucid's tutorials use 1e2
-# against a batch-mean objective; per item that is 1e2 / facets, so 25 for 4 facets).
-DIVERSITY_WEIGHT = 25.0
+# Weight of the diversity term, relative to the unit's own activation: each facet maximises
+# act - DIVERSITY_WEIGHT * |act| * (summed Gram similarity to the other facets) / facets.
+# (Lucid uses a fixed 1e2, which only suits activations of one particular scale.)
+DIVERSITY_WEIGHT = 4.0
 DEFAULT_PRECISION = "auto"
 
 
@@ -83,7 +84,7 @@ def render_units(model: LoadedModel, units: list[Unit], *, steps: int = 512, siz
                  negative: bool = False, device=None, cache_dir: Path | None = None,
                  progress: bool = True, directions: np.ndarray | None = None,
                  facets: int = DEFAULT_FACETS, lr: float = LEARNING_RATE,
-                 precision: str = DEFAULT_PRECISION,
+                 precision: str = DEFAULT_PRECISION, diversity_layer: str | None = None,
                  on_render: Callable[[Render], None] | None = None) -> list[Render]:
     """Render ``units`` of ``model``; returns one :class:`Render` per unit, in order.
 
@@ -96,7 +97,8 @@ def render_units(model: LoadedModel, units: list[Unit], *, steps: int = 512, siz
     ``objective``: ``channel`` (mean over positions), ``neuron`` (centre position),
     ``direction`` (``directions`` is an array (K, C) over the layer's channels and
     ``Unit(layer, k)`` renders row k), ``diversity`` (``facets`` images per unit that maximise
-    the channel while differing from each other: the facets of a polysemantic unit).
+    the channel while differing from each other: the facets of a polysemantic unit; the difference
+    is measured by Gram matrices at ``diversity_layer``, the unit's own layer by default).
     ``negative=True`` minimises instead. ``precision``: ``fp32``, ``bf16`` (bfloat16 forward and
     backward through the network; images, Adam and reported activations stay float32) or
     ``auto`` (bf16 where the hardware has it natively). ``on_render(render)`` is called as each
@@ -108,6 +110,8 @@ def render_units(model: LoadedModel, units: list[Unit], *, steps: int = 512, siz
     if device is not None:
         model.to(resolve_device(device))
     units = [check_unit(model, u, objective, directions) for u in units]
+    if diversity_layer is not None:
+        diversity_layer = model.layer(diversity_layer).name
     dev = model.device
     precision = resolve_precision(precision, dev)
     per_batch = max(1, int(batch or default_batch(dev)))
@@ -116,7 +120,8 @@ def render_units(model: LoadedModel, units: list[Unit], *, steps: int = 512, siz
     cache = None if cache_dir is False else RenderCache(cache_dir)
     settings = {u: render_settings(model, u, objective=objective, negative=negative,
                                    steps=steps, size=size, seed=seed, lr=lr, facets=facets,
-                                   directions=directions, precision=precision)
+                                   directions=directions, precision=precision,
+                                   diversity_layer=diversity_layer)
                 for u in dict.fromkeys(units)}
 
     done: dict[Unit, Render] = {}
@@ -139,7 +144,8 @@ def render_units(model: LoadedModel, units: list[Unit], *, steps: int = 512, siz
         with _frozen(model):
             for chunk in batches:
                 renders = _render_batch(model, chunk, objective, negative, steps, size, seed, lr,
-                                        facets, directions, precision, on_step=tick)
+                                        facets, directions, precision, diversity_layer,
+                                        on_step=tick)
                 for render in renders:
                     if cache:
                         record = {"activation": render.activation, "seconds": render.seconds,
@@ -220,7 +226,7 @@ def _array_hash(arr) -> str:
 def render_settings(model: LoadedModel, unit: Unit, *, objective: str = "channel",
                     negative: bool = False, steps: int = 512, size: int = 128, seed: int = 0,
                     lr: float = LEARNING_RATE, facets: int = DEFAULT_FACETS, directions=None,
-                    precision: str = "fp32") -> dict:
+                    precision: str = "fp32", diversity_layer: str | None = None) -> dict:
     """Everything that determines a render (the cache key, and what a manifest records)."""
     s = {"model": model.name, "weights_id": str(model.weights_id), "layer": unit.layer,
          "channel": int(unit.channel), "objective": objective, "negative": bool(negative),
@@ -230,6 +236,7 @@ def render_settings(model: LoadedModel, unit: Unit, *, objective: str = "channel
     if objective == "diversity":
         s["facets"] = int(facets)
         s["diversity_weight"] = DIVERSITY_WEIGHT
+        s["diversity_layer"] = diversity_layer or unit.layer
     if objective == "direction":
         s["directions"] = _array_hash(directions)
     return s
@@ -283,7 +290,7 @@ def _frozen(model: LoadedModel):
 
 def _render_batch(model, units: list[Unit], objective: str, negative: bool, steps: int,
                   size: int, seed: int, lr: float, facets: int, directions, precision: str,
-                  on_step=None) -> list[Render]:
+                  diversity_layer: str | None = None, on_step=None) -> list[Render]:
     """One optimisation for units of one layer; returns their renders (not yet cached)."""
     layer = units[0].layer
     channels = [u.channel for u in units]
@@ -299,7 +306,8 @@ def _render_batch(model, units: list[Unit], objective: str, negative: bool, step
         measure = obj.direction(layer, torch.from_numpy(arr[items]))
     target = -measure if negative else measure
     if objective == "diversity":
-        target = target - DIVERSITY_WEIGHT * obj.diversity(layer, group=k)
+        target = target + DIVERSITY_WEIGHT * obj.relative_to(
+            obj.diversity(diversity_layer or layer, group=k), measure)
     result = optimize(model, target, seeds, steps=steps, size=size, seed=seed, lr=lr,
                       measure_with=measure, precision=precision, on_step=on_step)
     share = result.seconds / len(units)

@@ -129,6 +129,7 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int], *, step
              size: int = 128, seed: int = 0, lr: float = LEARNING_RATE,
              transforms: list[Transform] | None = None, measure_with: Objective | None = None,
              fft: bool = True, decorrelate: bool = True, precision: str = "fp32",
+             lr_decay: str = "none",
              on_step: Callable[[int], None] | None = None,
              on_eval: Callable[[int, torch.Tensor], None] | None = None,
              eval_every: int = 0) -> Optimized:
@@ -146,6 +147,11 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int], *, step
     measure_with = measure_with or objective
     image_f = param_mod.image(seeds, size, fft=fft, decorrelate=decorrelate, device=device)
     optimizer = torch.optim.Adam(image_f.parameters(), lr=lr)
+    scheduler = None
+    if lr_decay == "cosine":  # from lr down to lr/100 over the run
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, lr / 100)
+    elif lr_decay != "none":
+        raise ValueError(f"unknown lr_decay {lr_decay!r}")
     transform = compose(standard_transforms() if transforms is None else transforms)
     rng = np.random.RandomState(seed % 2**32)
     history: list[float] = []
@@ -160,6 +166,8 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int], *, step
             value = objective({k: v.float() for k, v in acts.items()}).sum()
             (-value).backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             history.append(float(value.detach()))
             spent += time.perf_counter() - t0
             if on_step is not None:

@@ -147,6 +147,18 @@ def diversity(layer: str, group: int | None = None) -> Objective:
     return Objective(fn, [layer], f"diversity({layer})")
 
 
+def relative_to(objective: Objective, reference: Objective) -> Objective:
+    """``objective`` times the magnitude of ``reference`` (per item, no gradient through the
+    magnitude): a penalty that stays in proportion to the unit's activation whatever the
+    model's activation scale (used to weigh :func:`diversity` against the unit objective)."""
+
+    def fn(acts):
+        return objective(acts) * reference(acts).detach().abs()
+
+    return Objective(fn, objective.layers + reference.layers,
+                     f"{objective.name} * |{reference.name}|")
+
+
 def per_item(objectives: Sequence[Objective]) -> Objective:
     """Item ``i`` of the batch maximises ``objectives[i]`` (any objectives, evaluated on that
     item's slice of the activations). The vectorised forms above are faster where they apply."""

@@ -8,8 +8,9 @@ with extra weight on 0, jitter 4). The operations are re-implemented rather than
 lucent's draw their randomness from numpy's *global* generator and move tensors to ``cuda:0``
 whenever a GPU exists; here every transform takes an explicit ``numpy.random.RandomState`` (so a
 render is reproducible from its seed without touching global state) and stays on the input's
-device. Jitter is an exact integer shift (what kornia's ``translate`` computes for integer
-offsets, at a fraction of the cost); scale and rotation use the same bilinear resampling.
+device. Jitter is an exact integer shift, as Lucid's random crop (lucent's kornia-0.4.1
+``translate`` shifts by a fraction of a pixel more than asked and blurs bilinearly); scale uses
+the same bilinear resampling as lucent, rotation bilinear resampling about the centre.
 A batch shares one draw per step, as in Lucid.
 """
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 REPORT_FILE = "report.html"
+GENERATOR = "<meta name='generator' content='circuits report'>"
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;
@@ -108,6 +109,23 @@ def _fmt(v, digits=4) -> str:
     return html.escape(str(v))
 
 
+def _uri_jpeg(path: Path, max_width: int = 1100, quality: int = 85) -> str | None:
+    """A photo-heavy PNG (dataset-example sheet) re-encoded as JPEG: a tenth of the bytes."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.width > max_width:
+                im = im.resize((max_width, round(im.height * max_width / im.width)),
+                               Image.LANCZOS)
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=quality, optimize=True)
+    except OSError:
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def _figures(directory: Path) -> list[Path]:
     """Top-level PNG figures of the folder (circuit diagram and friends)."""
     return sorted(p for p in directory.glob("*.png") if not p.name.startswith("."))
@@ -123,7 +141,7 @@ def build_report(directory: str | Path) -> str:
     edges = c.get("edges", [])
     by_id = {n["id"]: n for n in nodes}
     esc = html.escape
-    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Circuit of "
+    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'>{GENERATOR}<title>Circuit of "
            f"{esc(c['target'])}</title><style>{CSS}</style></head><body>"]
     out.append(f"<h1>Circuit of <code>{esc(c['target'])}</code></h1>")
     hops = "; ".join(f"{esc(h['source'])} &rarr; {esc(h['target'])} ({esc(h['method'])})"
@@ -155,8 +173,8 @@ def build_report(directory: str | Path) -> str:
     if ev and ev.get("ablation"):
         out.append("<h2>Ablation: does the circuit do what the weights say?</h2>")
         s = ev.get("ablation_settings") or {}
-        out.append(f"<p>Each group of traced inputs is set to {esc(str(s.get('mode')))} "
-                   f"({'its mean over the images' if s.get('mode') == 'mean' else 'zero'}) and "
+        how = "their mean over the images" if s.get("mode") == "mean" else "zero"
+        out.append(f"<p>Each group of traced inputs is set to {how} and "
                    f"the target's {esc(str(s.get('reduce')))} activation is measured over the "
                    f"{'top ' + str(s['top_images']) + ' ' if s.get('top_images') else ''}images "
                    "where it is most active, against the same number of random units of the "
@@ -255,7 +273,7 @@ def _node_html(n: dict, edges: list[dict], by_id: dict, ev: dict | None, directo
     parts.append("</div><div class='ex'>")
     exinfo = (ev or {}).get("examples", {}).get(n["id"])
     if exinfo:
-        suri = _uri_file(directory / exinfo["sheet"])
+        suri = _uri_jpeg(directory / exinfo["sheet"])
         if suri:
             parts.append(f"<img src='{suri}' alt='dataset examples of {esc(n['id'])}'>")
         s = exinfo.get("summary", {})
@@ -270,6 +288,23 @@ def _node_html(n: dict, edges: list[dict], by_id: dict, ev: dict | None, directo
     return "".join(parts)
 
 
+def check_report_path(path: str | Path) -> None:
+    """Refuse to overwrite an HTML file that this module did not write (or a folder)."""
+    from ..errors import CircuitsError
+
+    path = Path(path)
+    if path.is_dir():
+        raise CircuitsError(f"{str(path)!r} is a folder; choose another --out")
+    if path.exists():
+        try:
+            head = path.read_text(encoding="utf-8", errors="replace")[:400]
+        except OSError:
+            head = ""
+        if GENERATOR not in head:
+            raise CircuitsError(f"{str(path)!r} exists and was not written by circuits; choose "
+                                "another --out or move the file")
+
+
 def write_report(directory: str | Path, path: str | Path | None = None) -> Path:
     """Write the report of a trace output folder (default ``DIR/report.html``); returns it."""
     from ..evidence._io import write_text
@@ -280,4 +315,6 @@ def write_report(directory: str | Path, path: str | Path | None = None) -> Path:
 
         raise CircuitsError(f"{str(directory)!r} has no circuit.json; pass the output folder of "
                             "'circuits trace'")
-    return write_text(Path(path) if path else directory / REPORT_FILE, build_report(directory))
+    path = Path(path) if path else directory / REPORT_FILE
+    check_report_path(path)
+    return write_text(path, build_report(directory))

@@ -1,0 +1,264 @@
+"""Feature visualization: renders checked against planted ground truth and real weights."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from circuits_cli.errors import CircuitsError
+from circuits_cli.render import Render, render_units
+from circuits_cli.render import objectives as obj
+from circuits_cli.render.cache import png_bytes
+from circuits_cli.render.engine import local_response_norm
+from circuits_cli.render.transforms import random_scale, shift, standard_transforms
+from circuits_cli.units import Unit
+
+PLANTED = Path(__file__).with_name("planted_render_model.py")
+# float32: for a network this small bfloat16's conversions cost more than they save
+FAST = dict(steps=64, size=64, progress=False, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def planted():
+    from circuits_cli.zoo import load_model
+
+    return load_model(f"{PLANTED}:detectors")
+
+
+def orientation(image: np.ndarray) -> tuple[float, float, float]:
+    """Dominant orientation of an image from its power spectrum: (angle of the wave vector in
+    degrees, 0-180, x right / y down; power-weighted mean spatial frequency in cycles/pixel;
+    anisotropy 0 (no orientation) .. 1 (a pure grating))."""
+    g = image.mean(axis=-1)
+    power = np.abs(np.fft.fft2(g - g.mean())) ** 2
+    fy = np.fft.fftfreq(g.shape[0])[:, None]
+    fx = np.fft.fftfreq(g.shape[1])[None, :]
+    z = (power * np.exp(2j * np.arctan2(fy, fx))).sum()
+    angle = math.degrees(np.angle(z) / 2) % 180
+    return angle, float((power * np.hypot(fx, fy)).sum() / power.sum()), float(abs(z) / power.sum())
+
+
+def angle_diff(a: float, b: float) -> float:
+    d = abs(a - b) % 180
+    return min(d, 180 - d)
+
+
+# --- ground truth: planted detectors ------------------------------------------------------------
+
+def test_planted_grating_detectors_render_their_orientation_and_colour_detectors_their_colour(
+        planted):
+    from planted_render_model import ANGLES, PERIOD
+
+    units = [Unit("relu", c) for c in range(7)]
+    renders = render_units(planted, units, cache_dir=False, **FAST)
+    assert [r.unit for r in renders] == units
+    for angle, render in zip(ANGLES, renders[:4], strict=False):
+        found, freq, aniso = orientation(render.image)
+        assert angle_diff(found, angle) < 10, (render.unit, found, angle)
+        assert aniso > 0.3, (render.unit, aniso)  # a grating, not a blob
+        assert 0.6 / PERIOD < freq < 1.6 / PERIOD, (render.unit, freq)
+    for colour, render in enumerate(renders[4:]):
+        mean = render.image.reshape(-1, 3).mean(axis=0)
+        others = np.delete(mean, colour)
+        assert mean.argmax() == colour and mean[colour] > others.max() + 0.04, (render.unit, mean)
+    assert all(r.activation > 0 for r in renders)
+
+
+def test_negative_render_of_a_grating_detector_is_the_antiphase_grating(planted):
+    pos, neg = (render_units(planted, [Unit("detect", 0)], negative=flag, cache_dir=False,
+                             **FAST)[0] for flag in (False, True))
+    assert neg.negative and neg.activation < -0.5 * pos.activation < 0
+    found, _, aniso = orientation(neg.image)
+    assert angle_diff(found, 0.0) < 10 and aniso > 0.3
+
+
+def test_diversity_splits_a_polysemantic_unit_into_its_facets(planted):
+    """``poly:0`` = 0-degree + 90-degree detector: alone it renders as an unoriented plaid; two
+    diverse facets come out as two oriented gratings at right angles."""
+    plain = render_units(planted, [Unit("poly", 0)], cache_dir=False, **FAST)[0]
+    assert orientation(plain.image)[2] < 0.15
+    div = render_units(planted, [Unit("poly", 0)], objective="diversity", facets=2,
+                       diversity_layer="relu", cache_dir=False, **FAST)[0]
+    assert div.image.shape == (64, 128, 3) and len(div.facet_activations) == 2
+    facets = np.split(div.image, 2, axis=1)
+    (a1, _, s1), (a2, _, s2) = (orientation(f) for f in facets)
+    assert s1 > 0.35 and s2 > 0.35, (s1, s2)
+    assert 70 < angle_diff(a1, a2) <= 90, (a1, a2)
+    assert min(div.facet_activations) > 0.4 * plain.activation
+
+
+def test_neuron_objective_shapes_the_centre_more_than_the_border(planted):
+    render = render_units(planted, [Unit("relu", 0)], objective="neuron", cache_dir=False,
+                          **FAST)[0]
+    g = render.image.mean(axis=-1)
+    band = g - torch.nn.functional.avg_pool2d(torch.from_numpy(g)[None, None], 5, 1, 2,
+                                              count_include_pad=False)[0, 0].numpy()
+    centre = (band[24:40, 24:40] ** 2).mean()
+    border = np.concatenate([band[:12].ravel(), band[-12:].ravel()])
+    assert centre > 3 * (border**2).mean()
+
+
+# --- objectives, transforms, LRN: exact identities -------------------------------------------
+
+def test_direction_one_hot_equals_channel_and_objectives_compose():
+    acts = {"a": torch.randn(3, 5, 4, 4), "b": torch.randn(3, 2, 2, 2)}
+    for c in range(5):
+        onehot = torch.zeros(5)
+        onehot[c] = 7.0  # the length is normalised away
+        torch.testing.assert_close(obj.direction("a", onehot)(acts), obj.channel("a", c)(acts))
+    per_item = obj.channel("a", [0, 3, 4])(acts)
+    torch.testing.assert_close(per_item, torch.stack(
+        [acts["a"][0, 0].mean(), acts["a"][1, 3].mean(), acts["a"][2, 4].mean()]))
+    torch.testing.assert_close(obj.neuron("a", 1)(acts), acts["a"][:, 1, 2, 2])
+    combo = 2 * obj.channel("a", 1) - obj.neuron("b", 0) / 4 + 1.5
+    expected = 2 * acts["a"][:, 1].mean((1, 2)) - acts["b"][:, 0, 1, 1] / 4 + 1.5
+    torch.testing.assert_close(combo(acts), expected)
+    assert combo.layers == ("a", "b")
+    mixed = obj.per_item([obj.channel("a", 2), obj.neuron("a", 0), -obj.channel("a", 1)])
+    torch.testing.assert_close(mixed(acts), torch.stack(
+        [acts["a"][0, 2].mean(), acts["a"][1, 0, 2, 2], -acts["a"][2, 1].mean()]))
+
+
+def test_diversity_equals_lucents_and_groups_are_independent():
+    from lucent.optvis import objectives as lucent_obj
+
+    acts = {"x": torch.rand(4, 6, 5, 5)}
+    ours = obj.diversity("x")(acts).sum()
+    theirs = lucent_obj.diversity("x")(lambda name: acts[name])
+    torch.testing.assert_close(ours, theirs)
+    grouped = obj.diversity("x", group=2)(acts)
+    for g in range(2):
+        sub = {"x": acts["x"][2 * g:2 * g + 2]}
+        torch.testing.assert_close(grouped[2 * g:2 * g + 2], obj.diversity("x")(sub))
+
+
+@pytest.mark.parametrize("size,alpha,beta,k", [(5, 1e-4, 0.75, 1.0), (11, 0.0011, 0.5, 2.0),
+                                               (4, 0.01, 0.6, 1.5)])
+def test_fast_lrn_equals_torch(size, alpha, beta, k):
+    x = (torch.randn(2, 16, 7, 7, dtype=torch.float64) * 30).requires_grad_()
+    ref = torch.nn.functional.local_response_norm(x, size, alpha, beta, k)
+    ours = local_response_norm(x, size, alpha, beta, k)
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0],
+                               torch.autograd.grad(ref, x, g)[0])
+
+
+def test_transforms_match_lucents():
+    from lucent.optvis import transform as lucent_tf
+
+    x = torch.rand(2, 3, 20, 20)
+    for dx, dy in [(0, 0), (3, 0), (0, 5), (7, 2)]:  # Lucid's jitter: an exact integer shift
+        ref = torch.zeros_like(x)
+        ref[..., dy:, dx:] = x[..., :20 - dy, :20 - dx]
+        assert torch.equal(shift(x, dx, dy), ref)
+    scales = [1 + (i - 5) / 50.0 for i in range(11)]
+    for seed in range(5):
+        np.random.seed(seed)
+        ref = lucent_tf.random_scale(scales)(x)
+        ours = random_scale(scales)(x, np.random.RandomState(seed))
+        torch.testing.assert_close(ours, ref)
+    out = x
+    rng = np.random.RandomState(0)
+    for t in standard_transforms():
+        out = t(out, rng)
+    assert out.shape[:2] == (2, 3) and 40 <= out.shape[-1] <= 50  # padded 12 a side, rescaled
+
+
+# --- determinism, batching, cache ----------------------------------------------------------
+
+def test_same_seed_same_png_bytes_and_other_seed_differs(planted):
+    units = [Unit("relu", 0), Unit("relu", 5)]
+    kw = dict(steps=16, size=48, progress=False, cache_dir=False, precision="fp32")
+    a, b = render_units(planted, units, seed=3, **kw), render_units(planted, units, seed=3, **kw)
+    c = render_units(planted, units, seed=4, **kw)
+    for ra, rb, rc in zip(a, b, c, strict=True):
+        assert png_bytes(ra.image) == png_bytes(rb.image)
+        assert ra.activation == rb.activation
+        assert png_bytes(ra.image) != png_bytes(rc.image)
+
+
+def test_a_units_render_does_not_depend_on_its_batch(planted):
+    kw = dict(steps=16, size=48, progress=False, cache_dir=False, seed=1, precision="fp32")
+    alone = render_units(planted, [Unit("relu", 2)], **kw)[0]
+    together = render_units(planted, [Unit("relu", c) for c in range(4)], batch=4, **kw)[2]
+    assert np.abs(alone.image - together.image).max() <= 1 / 255 + 1e-6
+    assert alone.activation == pytest.approx(together.activation, rel=1e-3)
+
+
+def test_cache_returns_the_same_render_without_optimising(planted, tmp_path, monkeypatch):
+    import circuits_cli.render as render_mod
+
+    units = [Unit("relu", 1), Unit("relu", 4)]
+    kw = dict(steps=8, size=48, progress=False, cache_dir=tmp_path, precision="fp32")
+    first = render_units(planted, units, **kw)
+    assert all(isinstance(r, Render) and not r.cached and r.path.is_file() for r in first)
+    assert all(r.image.dtype == np.float32 and r.image.shape == (48, 48, 3) for r in first)
+
+    def boom(*a, **k):
+        raise AssertionError("a cached unit was optimised again")
+
+    monkeypatch.setattr(render_mod, "optimize", boom)
+    again = render_units(planted, list(reversed(units)), **kw)
+    assert [r.unit for r in again] == list(reversed(units))
+    for r1, r2 in zip(first, reversed(again), strict=True):
+        assert r2.cached and r2.path == r1.path
+        assert np.array_equal(r1.image, r2.image) and r1.activation == r2.activation
+    with pytest.raises(AssertionError, match="optimised again"):  # other settings: a miss
+        render_units(planted, units[:1], **{**kw, "steps": 9})
+    with pytest.raises(AssertionError, match="optimised again"):
+        render_units(planted, units[:1], negative=True, **kw)
+
+
+def test_default_cache_dir_comes_from_the_environment(planted, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "c"))
+    r = render_units(planted, [Unit("relu", 0)], steps=2, size=32, progress=False)[0]
+    assert r.path is not None and (tmp_path / "c") in r.path.parents
+
+
+# --- bad inputs ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,units,message", [
+    ({}, [Unit("nope", 0)], "unknown layer 'nope'"),
+    ({}, [Unit("relu", 7)], "out of range"),
+    ({"steps": 0}, [Unit("relu", 0)], "steps must be"),
+    ({"size": 4}, [Unit("relu", 0)], "size must be"),
+    ({"batch": 0}, [Unit("relu", 0)], "batch must be"),
+    ({"objective": "dream"}, [Unit("relu", 0)], "unknown objective"),
+    ({"objective": "direction"}, [Unit("relu", 0)], "needs directions"),
+    ({"objective": "direction", "directions": np.ones((2, 5))}, [Unit("relu", 0)], "channels"),
+    ({"objective": "direction", "directions": np.ones((2, 7))}, [Unit("relu", 2)],
+     "direction 2 does not exist"),
+    ({"precision": "fp8"}, [Unit("relu", 0)], "unknown precision"),
+])
+def test_bad_inputs_are_clean_errors(planted, tmp_path, kwargs, units, message):
+    with pytest.raises(CircuitsError, match=message):
+        render_units(planted, units, progress=False, cache_dir=tmp_path, **kwargs)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+# --- real weights --------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_bvlc_renders_beat_natural_images_by_far(bvlc_model, sample_images_dir, tmp_path):
+    """Rendered units of inception_4c reach activations far above what the strongest of 64
+    natural photos give the same units (the point of activation maximization)."""
+    from circuits_cli.hooks import capture
+    from circuits_cli.images import find_images, load_images
+
+    channels = [0, 100, 300, 447]
+    renders = render_units(bvlc_model, [Unit("inception_4c", c) for c in channels], steps=48,
+                           size=128, progress=False, cache_dir=tmp_path)
+    paths, _ = find_images([sample_images_dir])
+    images, _, _ = load_images(paths[::8][:64])
+    with torch.no_grad():
+        acts = capture(bvlc_model, images, "inception_4c")["inception_4c"]
+    natural = acts[:, channels].mean(dim=(2, 3)).max(dim=0).values.numpy()
+    rendered = np.array([r.activation for r in renders])
+    ratio = rendered / natural
+    print("rendered", rendered.round(1), "best natural", natural.round(1), "ratio", ratio.round(2))
+    assert (ratio > 2.0).all(), ratio

@@ -1,0 +1,177 @@
+"""``circuits visualize``: outputs, manifest, resume, shards, bad inputs (on the planted model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from circuits_cli.cli import cli
+
+PLANTED = f"{Path(__file__).with_name('planted_render_model.py')}:detectors"
+QUICK = ["--steps", "6", "--size", "32", "--precision", "fp32", "-q", "-m", PLANTED]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CIRCUITS_MODEL", raising=False)
+
+
+@pytest.fixture
+def count_optimisations(monkeypatch):
+    """Count batched optimisations (and let a test make the n-th one fail)."""
+    import circuits_cli.render as render_mod
+
+    real = render_mod.optimize
+    calls = {"n": 0, "fail_at": None, "exc": KeyboardInterrupt}
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["fail_at"] == calls["n"]:
+            raise calls["exc"]()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(render_mod, "optimize", counting)
+    return calls
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["visualize", *map(str, args)])
+
+
+def test_writes_unit_pngs_contact_sheet_and_manifest(tmp_path):
+    out = tmp_path / "out"
+    res = run("relu", "--units", "0-2,5", "--out", out, "--seed", "7", *QUICK)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == PLANTED and manifest["layer"] == "relu"
+    assert manifest["weights_id"] and manifest["objective"] == "channel"
+    assert (manifest["steps"], manifest["size"], manifest["seed"]) == (6, 32, 7)
+    assert manifest["complete"] and manifest["requested"] == 4
+    assert [u["unit"] for u in manifest["units"]] == ["relu:0", "relu:1", "relu:2", "relu:5"]
+    for entry in manifest["units"]:
+        assert isinstance(entry["activation"], float) and entry["seconds"] >= 0
+        with Image.open(out / entry["png"]) as im:
+            assert im.size == (32, 32) and im.mode == "RGB"
+    with Image.open(out / "sheet.png") as sheet:
+        assert sheet.width >= 4 * 32 and sheet.height > 32
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_rerun_skips_finished_units_and_extends_the_sheet(tmp_path, count_optimisations):
+    out = tmp_path / "out"
+    assert run("relu", "--units", "0-1", "--out", out, *QUICK).exit_code == 0
+    first = (out / "units" / "relu_0.png").read_bytes()
+    assert count_optimisations["n"] == 1
+    res = run("relu", "--units", "0-1", "--out", out, *QUICK)
+    assert res.exit_code == 0 and "0 unit(s) to render, 2 already finished" in res.output
+    assert count_optimisations["n"] == 1  # nothing optimised again
+    assert (out / "units" / "relu_0.png").read_bytes() == first
+    res = run("relu", "--units", "0-3", "--out", out, *QUICK)
+    assert "2 unit(s) to render, 2 already finished" in res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [u["channel"] for u in manifest["units"]] == [0, 1, 2, 3]
+    # other settings are a different render: not skipped, and kept apart for --negative
+    res = run("relu", "--units", "0", "--out", out, "--negative", *QUICK)
+    assert "1 unit(s) to render" in res.output
+    assert (out / "units" / "relu_0-neg.png").is_file() and (out / "sheet-neg.png").is_file()
+    assert (out / "units" / "relu_0.png").read_bytes() == first
+
+
+def test_interrupted_run_keeps_finished_batches_and_resumes(tmp_path, count_optimisations):
+    out = tmp_path / "out"
+    count_optimisations["fail_at"] = 2  # Ctrl-C during the second batch
+    res = run("relu", "--units", "0-3", "--batch", "2", "--out", out, *QUICK)
+    assert res.exit_code == 130 and "re-run to resume" in res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["complete"] and [u["channel"] for u in manifest["units"]] == [0, 1]
+    res = run("relu", "--units", "0-3", "--batch", "2", "--out", out, *QUICK)
+    assert res.exit_code == 0 and "2 unit(s) to render, 2 already finished" in res.output
+    assert count_optimisations["n"] == 3
+    assert json.loads((out / "manifest.json").read_text())["complete"]
+
+
+def test_shards_split_the_units_and_merge_into_one_sheet(tmp_path, count_optimisations):
+    out = tmp_path / "out"
+    res0 = run("relu", "--units", "0-4", "--shard", "0/2", "--out", out, *QUICK)
+    assert res0.exit_code == 0 and "3 unit(s) to render" in res0.output
+    part = json.loads((out / "manifest.json").read_text())
+    assert [u["channel"] for u in part["units"]] == [0, 2, 4] and not part["complete"]
+    res1 = run("relu", "--units", "0-4", "--shard", "1/2", "--out", out, *QUICK)
+    assert res1.exit_code == 0 and "2 unit(s) to render" in res1.output
+    merged = json.loads((out / "manifest.json").read_text())
+    assert merged["complete"] and [u["channel"] for u in merged["units"]] == [0, 1, 2, 3, 4]
+    assert count_optimisations["n"] == 2
+
+
+def test_same_seed_gives_identical_png_bytes_without_any_cache(tmp_path, monkeypatch):
+    outs = []
+    for i in range(2):
+        monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / f"cache{i}"))
+        outs.append(tmp_path / f"out{i}")
+        assert run("relu", "--units", "0,4", "--out", outs[-1], *QUICK).exit_code == 0
+    for name in ("relu_0.png", "relu_4.png"):
+        assert (outs[0] / "units" / name).read_bytes() == (outs[1] / "units" / name).read_bytes()
+
+
+def test_direction_and_diversity_objectives(tmp_path):
+    directions = np.zeros((2, 7), dtype=np.float32)
+    directions[0, 0] = directions[1, 4] = 1.0
+    np.save(tmp_path / "dirs.npy", directions)
+    out = tmp_path / "out"
+    res = run("relu", "--objective", "direction", "--direction", tmp_path / "dirs.npy",
+              "--out", out, *QUICK)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest-direction.json").read_text())
+    assert [u["channel"] for u in manifest["units"]] == [0, 1] and manifest["directions"]
+    res = run("poly", "--objective", "diversity", "--facets", "3", "--out", out, *QUICK)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest-diversity.json").read_text())
+    assert len(manifest["units"][0]["facet_activations"]) == 3
+    with Image.open(out / manifest["units"][0]["png"]) as im:
+        assert im.size == (3 * 32, 32)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["nope", "--units", "0"], "unknown layer 'nope'"),
+    (["relu", "--units", "0-9"], "out of range"),
+    (["relu", "--units", "3-1"], "empty range"),
+    (["relu", "--units", "x"], "malformed unit list"),
+    (["relu", "--shard", "2/2"], "K must be 0..N-1"),
+    (["relu", "--shard", "half"], "malformed --shard"),
+    (["relu", "--objective", "direction"], "needs --direction"),
+    (["relu", "--direction", "dirs.npy"], "only used with --objective direction"),
+    (["relu", "--objective", "direction", "--direction", "missing.npy"], "does not exist"),
+    (["relu", "--objective", "direction", "--direction", "bad.npy"], "7 channels"),
+    (["relu", "--steps", "0"], "--steps"),
+])
+def test_bad_inputs_exit_2_with_one_line_and_touch_nothing(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "dirs.npy", np.eye(7, dtype=np.float32))
+    np.save(tmp_path / "bad.npy", np.ones((2, 5), dtype=np.float32))
+    res = run(*QUICK, "--out", tmp_path / "out", *args)  # later options win
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_refuses_a_folder_of_someone_elses_files(tmp_path):
+    out = tmp_path / "paper"
+    out.mkdir()
+    (out / "draft.tex").write_text("mine")
+    res = run("relu", "--units", "0", "--out", out, *QUICK)
+    assert res.exit_code == 2 and "not circuits visualize outputs" in res.output
+    assert sorted(p.name for p in out.iterdir()) == ["draft.tex"]
+
+
+def test_help_lists_the_options():
+    res = CliRunner().invoke(cli, ["visualize", "--help"])
+    assert res.exit_code == 0
+    for option in ("--units", "--objective", "--shard", "--steps", "--batch", "--seed", "--out",
+                   "--negative", "--device"):
+        assert option in res.output
