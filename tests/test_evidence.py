@@ -390,3 +390,31 @@ def test_add_evidence_refuses_a_foreign_folder(model, world, tmp_path):
     with pytest.raises(CircuitsError, match="no circuit.json"):
         add_evidence(tmp_path, model, world[0])
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_trace_with_images_writes_the_evidence_and_report(world, tmp_path):
+    env = {"CIRCUITS_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "trace"
+    args = ["trace", "relu3:0", "-m", SPEC, "--from", "relu2", "--depth", "1", "--top-k", "3",
+            "--no-render", "--out", str(out)]
+    r = _run(*args, "--images", str(world[0]), "--draws", "20", env=env)
+    assert r.exit_code == 0, r.output
+    assert "agrees" in r.stderr and "report.html" in r.stderr
+    for name in ("circuit.json", "circuit.png", "evidence.json", "report.html"):
+        assert (out / name).is_file(), name
+    page = (out / "report.html").read_text()
+    assert page.count("dataset examples of relu2:") == 3 and "circuit.png" in page
+    # without images: the report still comes, with diagram and weights only
+    out2 = tmp_path / "trace2"
+    r = _run(*args[:-1], str(out2), env=env)
+    assert r.exit_code == 0, r.output
+    assert (out2 / "report.html").is_file() and not (out2 / "evidence.json").exists()
+    # a report.html that circuits did not write is never overwritten
+    (out2 / "report.html").write_text("<html>my notes</html>")
+    r = _run(*args[:-1], str(out2), env=env)
+    assert r.exit_code == 2 and "was not written by circuits" in r.stderr
+    assert (out2 / "report.html").read_text() == "<html>my notes</html>"
+    # a bad image folder fails before anything is written
+    out3 = tmp_path / "trace3"
+    r = _run(*args[:-1], str(out3), "--images", str(tmp_path / "nowhere"), env=env)
+    assert r.exit_code == 2 and not out3.exists()

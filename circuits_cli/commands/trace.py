@@ -48,8 +48,15 @@ def render_options(func):
               help="Output folder  [default: outputs/trace/MODEL/UNIT]")
 @click.option("--json", "as_json", is_flag=True, help="Print the circuit as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--images", "image_dirs", multiple=True, type=click.Path(path_type=Path),
+              metavar="DIR",
+              help="Add evidence from these images (repeatable): dataset examples per unit, "
+                   "ablation of the target's traced inputs against random units, in "
+                   "report.html and evidence.json.")
+@click.option("--draws", type=click.IntRange(0, 10000), default=50, show_default=True,
+              help="With --images: random draws of the ablation baseline.")
 def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, no_render, out_dir,
-          as_json, quiet):
+          as_json, quiet, image_dirs, draws):
     """Trace the circuit of UNIT (LAYER:CHANNEL) back through the weights.
 
     From UNIT, find its TOP-K strongest inputs in the previous layer by expanded weights (L2
@@ -73,7 +80,15 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, no_
     if source is not None:
         model.layer(source)
     out = Path(out_dir) if out_dir is not None else default_out_dir(model, "trace", target.slug)
-    check_out_dir(out, ("circuit.json", "circuit.png"))
+    check_out_dir(out, ("circuit.json", "circuit.png", "evidence.json"))
+    from ..reports.html import check_report_path
+
+    check_report_path(out / "report.html")
+    image_set = None
+    if image_dirs:
+        from ..evidence import image_set as find_image_set
+
+        image_set = find_image_set(list(image_dirs))  # a bad folder fails before any writing
 
     circuit = trace_circuit(model, target, depth=depth, top_k=top_k, source=source,
                             method=method)
@@ -89,6 +104,9 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, no_
     out.mkdir(parents=True, exist_ok=True)
     circuit.save(out / "circuit.json")
     draw_circuit(circuit, out / "circuit.png", images)
+    from .examples import trace_evidence
+
+    trace_evidence(out, model, image_set, draws=draws, quiet=quiet or as_json)
     if as_json:
         click.echo(json.dumps(circuit.to_json(), indent=2))
         return

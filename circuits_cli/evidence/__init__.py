@@ -92,6 +92,8 @@ def add_evidence(circuit_dir: str | Path, model, images: str | Path | Sequence[s
     draws of as many units of the same layer; ``all_nodes`` does the same for every node that
     has traced inputs. Everything is checked before anything is written.
     """
+    import json
+
     from ..errors import CircuitsError
     from ..trace import Circuit
     from ..units import Unit
@@ -108,14 +110,25 @@ def add_evidence(circuit_dir: str | Path, model, images: str | Path | Sequence[s
                             f"{circuit.model!r} (weights {circuit.weights_id}), not "
                             f"{model.name!r} (weights {model.weights_id}); load the same model")
     imgs = image_set(images)
+    if html:
+        from ..reports.html import REPORT_FILE, check_report_path
+
+        check_report_path(directory / REPORT_FILE)
+    evfile = directory / EVIDENCE_FILE
+    if evfile.exists():
+        try:
+            fmt = json.loads(evfile.read_text(encoding="utf-8")).get("format", "")
+        except (OSError, ValueError, AttributeError):
+            fmt = ""
+        if fmt != EVIDENCE_FORMAT:
+            raise CircuitsError(f"{str(evfile)!r} exists and was not written by circuits; move "
+                                "it or choose another folder")
     units = {n.id: Unit(model.layer(n.layer).name, n.channel) for n in circuit.nodes}
     layers = list(dict.fromkeys(u.layer for u in units.values()))
     acts = layers_activations(model, layers, imgs, cache_dir=cache_dir, batch_size=batch_size,
                               progress=progress)
     first = next(iter(acts.values()))
     ev = Evidence(directory=directory, n_images=first.n_images, n_skipped=first.n_skipped)
-    import json
-
     for node_id, unit in units.items():
         exs = dataset_examples(model, unit, acts[unit.layer], top=top, cache_dir=cache_dir)
         png = directory / "examples" / f"{unit.slug}.png"

@@ -137,7 +137,9 @@ class AblationResult:
             f"{len(self.inputs)} random units of {self.inputs[0].layer}, {self.draws} draws: "
             f"drop {self.random_mean:.4g} +- {self.random_std:.4g}  ({rpct:.1f}% +- {rstd:.1f}%)",
             f"z = {self.z_score:.2f}, p = {self.p_value:.3g} (share of random draws dropping "
-            "the target at least as much)",
+            "the target at least as much, counted as (k+1)/(draws+1)"
+            + (f"; none did, so this is the floor for {self.draws} draws)"
+               if self.p_value == 1 / (self.draws + 1) else ")"),
         ])
 
 
