@@ -221,3 +221,15 @@ def test_trace_googlenet_end_to_end(bvlc_weights, tmp_path, monkeypatch):
     assert all(n.render for n in circuit.nodes)
     with Image.open(out / "circuit.png") as im:
         assert min(im.size) > 1000
+
+
+def test_display_crop_keeps_the_centred_support():
+    from circuits_cli.reports.diagrams import display_crop
+
+    k = np.zeros((11, 11))
+    k[4:7, 4:7] = 1.0 / 9          # a 1x1 projection read through a 3x3 pool
+    other = np.zeros((11, 11))
+    other[5, 7] = -0.5             # off-centre: the window must stay centred
+    assert display_crop([k]) == (slice(4, 7), slice(4, 7))
+    assert display_crop([k, other]) == (slice(4, 7), slice(3, 8))
+    assert display_crop([np.zeros((5, 5))]) == (slice(None), slice(None))
