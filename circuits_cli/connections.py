@@ -472,7 +472,7 @@ def _support_box(g: torch.Tensor) -> tuple[int, int, int, int] | None:
 def _geometry(model: LoadedModel, src: LayerInfo, tgt: LayerInfo | None) -> _Geometry:
     """Where the target's receptive field lies in the source map, and the smallest source map
     that computes it exactly; found with one probe (a random mix of all target channels)."""
-    key = (src.name, tgt.name if tgt else LOGITS)
+    key = (src.name, tgt.name if tgt else LOGITS, model.input_size)
     per_model = _GEOMETRY.setdefault(model.module, {})
     if key in per_model:
         return per_model[key]
@@ -491,11 +491,16 @@ def _geometry(model: LoadedModel, src: LayerInfo, tgt: LayerInfo | None) -> _Geo
                             "linearized network (no path between them)")
     same = tuple(tshape[1:]) == (H, W)
     size, image_side = None, None
-    # a stride-1 path whose receptive field reaches the border: compute on a larger map
+    # a receptive field that reaches the border of the map: compute on a larger source map
+    # (odd for a stride-1 path; for a strided one grown by multiples of 16, which keeps the
+    # phase of strides up to 16 between the target's centre and the source)
     limit = 8 * max(H, W)
-    while same and max(H, W) < limit and (box[0] == 0 or box[2] == 0 or box[1] == H - 1
-                                          or box[3] == W - 1):
-        size = (2 * H + 1, 2 * W + 1)
+    while max(H, W) < limit and (box[0] == 0 or box[2] == 0 or box[1] == H - 1
+                                 or box[3] == W - 1):
+        if same:
+            size = (2 * H + 1, 2 * W + 1)
+        else:
+            size = (H + 16 * math.ceil(H / 16), W + 16 * math.ceil(W / 16))
         g, tshape = _grad(model, src, tgt, coef, size)
         H, W = g.shape[-2:]
         box = _support_box(g)

@@ -268,3 +268,18 @@ def test_googlenet_exact_equals_linearized(bvlc_model):
     assert logits.shape == (1, 1024, 7, 7)
     w = bvlc_model.module.loss3.classifier.weight[1]
     _close(logits[0, :, 3, 3], w / 49, 1e-5)
+
+
+def test_receptive_field_larger_than_the_map_is_computed_on_a_larger_map():
+    """At a 16 px input the receptive fields of mixed_b reach past the 8 x 8 maps of pool1
+    (9 x 9) and the 16 x 16 map of stem (19 x 19, through the stride-2 pool): the kernels must
+    be those the same network gives at 32 px, where they fit."""
+    import dataclasses
+
+    model = inception_net(seed=7)
+    small = dataclasses.replace(model, input_size=16)
+    for source, size in (("pool1", 9), ("stem", 19)):
+        want = expanded_weights(model, source, "mixed_b", [0, 11], method="linear")
+        got = expanded_weights(small, source, "mixed_b", [0, 11], method="linear")
+        assert got.shape == want.shape == (2, 8, size, size)
+        _close(got, want, 1e-5)
