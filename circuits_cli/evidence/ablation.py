@@ -207,7 +207,9 @@ def ablate(model: LoadedModel, target: Unit, inputs: Sequence[Unit],
         raise CircuitsError(f"layer {in_info.name!r} has only {len(pool)} other units, fewer "
                             f"than the {k} ablated; use --draws 0 or fewer inputs")
 
-    acts = layers_activations(model, [in_info.name, t_info.name], images, cache_dir=cache_dir,
+    # the input layer's activations are only needed for its means (mean ablation)
+    wanted = [in_info.name, t_info.name] if mode == "mean" else [t_info.name]
+    acts = layers_activations(model, wanted, images, cache_dir=cache_dir,
                               batch_size=batch_size, progress=progress)
     t_acts = acts[t_info.name]
     rows = np.arange(t_acts.n_images)

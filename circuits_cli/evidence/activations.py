@@ -335,7 +335,8 @@ def _write_rows(w: dict, row: int, a: torch.Tensor) -> None:
     w["stats"]["argmin"][rows] = amn.cpu().numpy()
     w["stats"]["mean"][rows] = flat.mean(dim=2).cpu().numpy()
     if w["maps"] is not None:
-        w["maps"][rows] = a.cpu().numpy().astype(np.float16)
+        f16 = np.finfo(np.float16).max  # clip rather than overflow to inf
+        w["maps"][rows] = np.clip(a.cpu().numpy(), -f16, f16).astype(np.float16)
 
 
 def _finish(w: dict, n_rows: int) -> None:

@@ -41,13 +41,13 @@ def lookup_class(model: LoadedModel, query: str | int) -> int:
     case, ``_`` and ``-`` ignored; a unique part of a name also works). A miss or an ambiguous
     name is a :class:`CircuitsError` with suggestions."""
     n = len(model.labels) or len(model.class_ids)
-    if n == 0:
+    q = str(query).strip()
+    if n == 0 and not re.fullmatch(r"\d+", q):
         raise CircuitsError(f"model {model.name!r} has no class labels; give the class as an "
                             "index")
-    q = str(query).strip()
     if re.fullmatch(r"\d+", q):
         idx = int(q)
-        if not 0 <= idx < n:
+        if n and not 0 <= idx < n:
             raise CircuitsError(f"class index {idx} is out of range; model {model.name!r} has "
                                 f"{n} classes (0-{n - 1})")
         return idx
