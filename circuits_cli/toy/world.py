@@ -1,16 +1,21 @@
 """The toy world: procedural scenes whose classes share parts the way ImageNet classes do.
 
-Six classes of small RGB scenes (64x64 by default) on a sky/ground background with clutter:
+Seven classes of small RGB scenes (64x64 by default) on a sky/ground background with clutter:
 
 - ``car``: body, a cabin with windows in its upper half, two wheels at the bottom;
 - ``bus``: a long box with a row of windows along its top, wheels at the bottom;
 - ``truck``: a cab with one window, a windowless cargo box, wheels at the bottom;
+- ``wagon``: a car-sized body on two wheels under an opaque cover (arched, or shaped like a
+  car's cabin): a car without windows;
 - ``house``: walls with framed windows, a roof on top, a door at the bottom;
 - ``bicycle``: two thin-spoked wheels and a frame of coloured tubes;
 - ``tree``: one to three trees, each a trunk under foliage.
 
-So ``car``, ``bus`` and ``truck`` share wheels and windows, ``house`` shares windows, ``bicycle``
-shares wheels, and what tells a car apart is the arrangement: windows on top, wheels below.
+So ``car``, ``bus`` and ``truck`` share wheels and windows, ``house`` shares windows, ``wagon``
+and ``bicycle`` share wheels, and what tells a car apart is the arrangement: windows on top,
+wheels below (a wagon has the wheels and the shape, but no windows).
+Half of all scenes, of every class, also have a stray wheel or window lying about, so the mere
+presence of a part is weak evidence and its place relative to the others matters.
 
 Besides scenes, :func:`make_part_images` renders *part-only* images: one to four instances of a
 single part (``wheels``, ``windows``, ``roof``, ``door``, ``frame``, ``foliage``) on the same kind
@@ -35,9 +40,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-CLASSES = ("car", "bus", "truck", "house", "bicycle", "tree")
+CLASSES = ("car", "bus", "truck", "wagon", "house", "bicycle", "tree")
 PARTS = ("wheels", "windows", "roof", "door", "frame", "foliage")
 NO_PART = "none"
+
+#: Fraction of scenes (of every class) with a stray wheel or window somewhere behind the
+#: object: the presence of wheels and windows alone does not make a vehicle, their arrangement
+#: does.
+LOOSE_PARTS = 0.5
 
 _SS = 2  # supersampling factor
 _BG_STREAM, _OBJ_STREAM, _LABEL_STREAM = 0, 1, 2
@@ -57,10 +67,8 @@ def _jitter(rng: np.random.Generator, base, amount: float = 20):
 
 
 def _glass(rng: np.random.Generator) -> tuple[int, int, int]:
-    """Window glass: light sky-blue most of the time, sometimes tinted dark blue-grey."""
-    if rng.random() < 0.8:
-        return _jitter(rng, (165, 215, 245), 18)
-    return _jitter(rng, (70, 95, 130), 15)
+    """Window glass: a pale cyan-blue, lighter and greener than any sky of the backgrounds."""
+    return _jitter(rng, (175, 225, 240), 15)
 
 
 def _tyre(rng: np.random.Generator) -> tuple[int, int, int]:
@@ -187,18 +195,18 @@ def _wheel(d, rng, cx, cy, r, style="car") -> Box:
     return _box(cx - r, cy - r, cx + r, cy + r)
 
 
-def _window(d, rng, x0, y0, x1, y1, frame=None, cross=False) -> Box:
-    """A window: glass, optionally a frame around it and a cross of glazing bars."""
+def _window(d, rng, x0, y0, x1, y1, frame=None, cross=False, border=0.1) -> Box:
+    """A window: glass, optionally a frame (``border`` times its width) and glazing bars."""
     if frame is not None:
-        f = max(_SS, (x1 - x0) * 0.1)
+        f = max(_SS, (x1 - x0) * border)
         d.rectangle((x0 - f, y0 - f, x1 + f, y1 + f), fill=frame)
         box = _box(x0 - f, y0 - f, x1 + f, y1 + f)
     else:
         box = _box(x0, y0, x1, y1)
     glass = _glass(rng)
     d.rectangle((x0, y0, x1, y1), fill=glass)
-    if rng.random() < 0.5:  # a reflection streak
-        hi = _rgb(np.asarray(glass) * 0.5 + 127)
+    if rng.random() < 0.7:  # a reflection streak
+        hi = _rgb(np.asarray(glass) * 0.4 + 153)
         d.line((x0 + (x1 - x0) * 0.2, y1 - (y1 - y0) * 0.2, x0 + (x1 - x0) * 0.5,
                 y0 + (y1 - y0) * 0.2), fill=hi, width=_SS)
     if cross and frame is not None:
@@ -280,7 +288,7 @@ def _car(d, rng, s, base):
     flip = rng.random() < 0.5
     r = w * rng.uniform(0.10, 0.13)
     hb = w * rng.uniform(0.2, 0.27)
-    hc = w * rng.uniform(0.17, 0.23)
+    hc = w * rng.uniform(0.2, 0.26)
     yw = base - r
     yb1 = yw + 0.25 * r
     yb0 = yb1 - hb
@@ -374,6 +382,42 @@ def _truck(d, rng, s, base):
     return parts, _box(x0, y1 - h, x0 + w, base)
 
 
+def _wagon(d, rng, s, base):
+    """A covered wagon: a car-sized body on two wheels under an opaque canvas cover, arched or
+    shaped like a car's cabin. It differs from a car mainly in having no windows."""
+    w = rng.uniform(0.45, 0.85) * s
+    x0 = rng.uniform(0.0, s - w)
+    r = w * rng.uniform(0.10, 0.14)
+    hb = w * rng.uniform(0.18, 0.26)
+    hc = w * rng.uniform(0.2, 0.3)
+    yw = base - r
+    yb1 = yw + 0.25 * r
+    yb0 = yb1 - hb
+    parts = _parts()
+    canvas = _jitter(rng, [(235, 225, 200), (215, 200, 170), (200, 200, 195), (170, 150, 120)]
+                     [rng.integers(4)], 15) if rng.random() < 0.7 else _paint(rng)
+    c0, c1 = rng.uniform(0.05, 0.2), rng.uniform(0.8, 0.95)
+    if rng.random() < 0.6:  # arched canvas with ribs
+        d.pieslice((x0 + c0 * w, yb0 - hc, x0 + c1 * w, yb0 + hc), 180, 360, fill=canvas)
+        rib = _rgb(np.asarray(canvas) * 0.75)
+        for u in np.linspace(c0, c1, int(rng.integers(3, 6)))[1:-1]:
+            d.line((x0 + u * w, yb0 - hc * 0.95, x0 + u * w, yb0), fill=rib, width=_SS)
+    else:  # a cabin-shaped cover, like a car's but without glass
+        t0, t1 = c0 + rng.uniform(0.08, 0.14), c1 - rng.uniform(0.1, 0.18)
+        d.polygon([(x0 + c0 * w, yb0 + 1), (x0 + t0 * w, yb0 - hc), (x0 + t1 * w, yb0 - hc),
+                   (x0 + c1 * w, yb0 + 1)], fill=canvas)
+    body = _jitter(rng, (120, 80, 45), 25) if rng.random() < 0.6 else _paint(rng)
+    d.rectangle((x0, yb0, x0 + w, yb1), fill=body)
+    if rng.random() < 0.5:  # a shaft at the front
+        fx = x0 + w if rng.random() < 0.5 else x0
+        d.line((fx, yb1 - hb * 0.4, fx + (w * 0.15 if fx > x0 else -w * 0.15), yb1 - hb * 0.2),
+               fill=_jitter(rng, (100, 70, 40), 20), width=_SS)
+    style = "car" if rng.random() < 0.5 else "bicycle"
+    for u in (0.2, 0.8):
+        parts["wheels"].append(_wheel(d, rng, x0 + u * w, yw, r, style))
+    return parts, _box(x0, yb0 - hc, x0 + w, base)
+
+
 def _house(d, rng, s, base):
     w = rng.uniform(0.35, 0.65) * s
     hw = w * rng.uniform(0.55, 0.95)
@@ -446,14 +490,14 @@ def _tree(d, rng, s, base):
     return parts, _box(x0, y0, x1, base)
 
 
-_OBJECTS: dict[str, Callable] = {"car": _car, "bus": _bus, "truck": _truck, "house": _house,
-                                 "bicycle": _bicycle, "tree": _tree}
+_OBJECTS: dict[str, Callable] = {"car": _car, "bus": _bus, "truck": _truck, "wagon": _wagon,
+                                 "house": _house, "bicycle": _bicycle, "tree": _tree}
 
 
-def _lone_part(d, rng, s, part) -> list[Box]:
-    """One to four instances of ``part`` anywhere on the canvas, at scene-like sizes."""
+def _lone_part(d, rng, s, part, count: int | None = None) -> list[Box]:
+    """``count`` (default one to four) instances of ``part`` anywhere, at scene-like sizes."""
     boxes = []
-    for _ in range(rng.integers(1, 5)):
+    for _ in range(rng.integers(1, 5) if count is None else count):
         if part == "wheels":
             r = rng.uniform(0.05, 0.14) * s
             cx, cy = rng.uniform(r, s - r), rng.uniform(r, s - r)
@@ -463,8 +507,13 @@ def _lone_part(d, rng, s, part) -> list[Box]:
             wh = ww * rng.uniform(0.5, 1.2)
             x0, y0 = rng.uniform(0.03 * s, s - ww - 0.03 * s), rng.uniform(0.03 * s,
                                                                            s - wh - 0.03 * s)
-            frame = _jitter(rng, (245, 245, 240), 10) if rng.random() < 0.5 else None
-            boxes.append(_window(d, rng, x0, y0, x0 + ww, y0 + wh, frame, rng.random() < 0.5))
+            # glass always sits in something: a white house frame or a vehicle's paint
+            if rng.random() < 0.5:
+                boxes.append(_window(d, rng, x0, y0, x0 + ww, y0 + wh,
+                                     _jitter(rng, (245, 245, 240), 10), rng.random() < 0.6))
+            else:
+                boxes.append(_window(d, rng, x0, y0, x0 + ww, y0 + wh, _paint(rng),
+                                     border=rng.uniform(0.12, 0.3)))
         elif part == "roof":
             w = rng.uniform(0.25, 0.6) * s
             h = w * rng.uniform(0.35, 0.7)
@@ -509,10 +558,14 @@ def _render(seed_key, what: str, size: int, kind: str) -> tuple[np.ndarray, dict
     _clutter(d, bg_rng, s, horizon)
     meta: dict = {"size": size}
     if kind == "scene":
+        loose = {}
+        if obj_rng.random() < LOOSE_PARTS:  # a stray wheel or window behind the object
+            part = ("wheels", "windows")[obj_rng.integers(2)]
+            loose[part] = _lone_part(d, obj_rng, s, part, int(obj_rng.integers(1, 3)))
         base = obj_rng.uniform(max(horizon, 0.55 * s), 0.97 * s)
         parts, obj_box = _OBJECTS[what](d, obj_rng, s, base)
         meta.update(cls=what, label=CLASSES.index(what), object=obj_box,
-                    parts={p: b for p, b in parts.items() if b})
+                    parts={p: b for p, b in parts.items() if b}, loose=loose)
     elif what == NO_PART:
         meta.update(part=NO_PART, parts={})
     else:
@@ -525,8 +578,9 @@ def make_scene(rng: np.random.Generator | int, cls: str, size: int = 64
     """One scene of class ``cls``: ``(image (size, size, 3) uint8, metadata)``.
 
     ``rng`` is a numpy Generator (one seed is drawn from it) or an int seed. The metadata holds
-    ``cls``, ``label`` (index in :data:`CLASSES`), ``object`` (the object's box) and ``parts``:
-    ``{part: [(x0, y0, x1, y1), ...]}`` in output pixels, for every part the object has.
+    ``cls``, ``label`` (index in :data:`CLASSES`), ``object`` (the object's box), ``parts``:
+    ``{part: [(x0, y0, x1, y1), ...]}`` in output pixels, for every part the object has, and
+    ``loose``: boxes of stray parts (wheels or windows not on the object) in the same form.
     """
     if cls not in CLASSES:
         raise ValueError(f"unknown class {cls!r}; choose one of {', '.join(CLASSES)}")
