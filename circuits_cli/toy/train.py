@@ -1,0 +1,207 @@
+"""Training the toy model: a recipe recorded inside the checkpoint, so that anyone can redo it.
+
+``circuits toy train --out FILE`` runs :func:`train` with the default :class:`Recipe` (the one
+that produced the shipped ``circuits_cli/zoo/data/toy.pt``) and writes a checkpoint::
+
+    {"format": "circuits-toy/1", "arch": {...}, "state_dict": {...}, "classes": [...],
+     "recipe": {...}, "metrics": {"held_out_accuracy": ..., "train_seconds": ..., ...}}
+
+Training scenes are rendered once (seed ``recipe.seed``) and augmented on the fly with horizontal
+flips and small translations; the held-out set is rendered from a different seed
+(``recipe.held_out_seed``), so no held-out scene is ever trained on.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .model import DEFAULT_ARCH, ToyInceptionV1, n_parameters, preprocess
+from .world import CLASSES, render_scenes, to_tensor
+
+FORMAT = "circuits-toy/1"
+
+
+@dataclass
+class Recipe:
+    """Everything that determines the trained weights (up to floating-point nondeterminism)."""
+
+    seed: int = 0                 # training scenes, initialisation and batch order
+    n_train: int = 16_000         # training scenes, balanced over the classes
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 3e-3              # AdamW peak learning rate (linear warm-up, cosine decay)
+    warmup_steps: int = 100
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.05
+    flip: bool = True             # augmentation: random horizontal flip
+    translate: int = 4            # augmentation: random shift of up to this many pixels
+    size: int = 64
+    held_out_seed: int = 1_000_003
+    n_held_out: int = 1_200
+    threads: int = 2              # torch.set_num_threads during training
+    arch: dict = field(default_factory=lambda: dict(DEFAULT_ARCH))
+
+
+def _augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and translations (edge-replicating) of a float batch."""
+    n = x.shape[0]
+    if recipe.flip:
+        flip = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    t = recipe.translate
+    if t > 0:
+        padded = F.pad(x, (t, t, t, t), mode="replicate")
+        dx = torch.randint(0, 2 * t + 1, (n,), generator=gen)
+        dy = torch.randint(0, 2 * t + 1, (n,), generator=gen)
+        h, w = x.shape[2:]
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return x
+
+
+@torch.no_grad()
+def evaluate(module: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             batch: int = 256) -> float:
+    """Top-1 accuracy of ``module`` (taking preprocessed input) on [0, 1] images."""
+    was = module.training
+    module.eval()
+    correct = 0
+    for i in range(0, len(images), batch):
+        logits = module(preprocess(images[i:i + batch]))
+        correct += int((logits.argmax(1) == labels[i:i + batch]).sum())
+    module.train(was)
+    return correct / max(1, len(images))
+
+
+def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
+          progress: bool = True) -> dict:
+    """Train a :class:`ToyInceptionV1` by ``recipe``; returns the checkpoint dict."""
+    from tqdm.auto import tqdm
+
+    recipe = recipe or Recipe()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    try:
+        t0 = time.perf_counter()
+        torch.manual_seed(recipe.seed)
+        gen = torch.Generator().manual_seed(recipe.seed)
+        log(f"rendering {recipe.n_train} training scenes (seed {recipe.seed}) and "
+            f"{recipe.n_held_out} held-out scenes (seed {recipe.held_out_seed})")
+        with tqdm(total=recipe.n_train, desc="scenes", unit="img", disable=not progress,
+                  leave=False) as bar:
+            images, labels = render_scenes(recipe.n_train, recipe.seed, recipe.size,
+                                           progress=lambda k: bar.update(k - bar.n))
+        images = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 N,3,H,W
+        labels = torch.from_numpy(labels)
+        held_images, held_labels = render_scenes(recipe.n_held_out, recipe.held_out_seed,
+                                                 recipe.size)
+        held_images, held_labels = to_tensor(held_images), torch.from_numpy(held_labels)
+        t_data = time.perf_counter() - t0
+
+        module = ToyInceptionV1(recipe.arch).to(memory_format=torch.channels_last)
+        module.train()
+        opt = torch.optim.AdamW(module.parameters(), lr=recipe.lr,
+                                weight_decay=recipe.weight_decay)
+        steps_per_epoch = math.ceil(recipe.n_train / recipe.batch_size)
+        total = steps_per_epoch * recipe.epochs
+
+        def lr_at(step: int) -> float:
+            if step < recipe.warmup_steps:
+                return (step + 1) / recipe.warmup_steps
+            t = (step - recipe.warmup_steps) / max(1, total - recipe.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        history = []
+        for epoch in range(recipe.epochs):
+            order = torch.randperm(recipe.n_train, generator=gen)
+            seen = correct = 0
+            loss_sum = 0.0
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                       unit="batch", disable=not progress, leave=False)
+            for step in bar:
+                idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+                x = _augment(images[idx].float().div_(255.0), recipe, gen)
+                x = preprocess(x).contiguous(memory_format=torch.channels_last)
+                y = labels[idx]
+                logits = module(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                seen += len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                loss_sum += float(loss.detach()) * len(y)
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            held = evaluate(module, held_images, held_labels)
+            history.append({"epoch": epoch + 1, "train_loss": round(loss_sum / seen, 4),
+                            "train_accuracy": round(correct / seen, 4),
+                            "held_out_accuracy": round(held, 4)})
+            log(f"epoch {epoch + 1}/{recipe.epochs}: loss {loss_sum / seen:.3f}, "
+                f"train accuracy {correct / seen:.3f}, held-out accuracy {held:.3f} "
+                f"({time.perf_counter() - t0:.0f} s)")
+        module.eval()
+        module = module.to(memory_format=torch.contiguous_format)
+        elapsed = time.perf_counter() - t0
+        metrics = {
+            "held_out_accuracy": history[-1]["held_out_accuracy"],
+            "held_out": f"{recipe.n_held_out} scenes, seed {recipe.held_out_seed}",
+            "train_seconds": round(elapsed, 1),
+            "data_seconds": round(t_data, 1),
+            "parameters": n_parameters(module),
+            "history": history,
+            "torch": str(torch.__version__),
+            "machine": f"{platform.machine()}, {recipe.threads} threads",
+        }
+        state = {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
+        return {"format": FORMAT, "arch": dict(recipe.arch), "classes": list(CLASSES),
+                "state_dict": state, "recipe": asdict(recipe), "metrics": metrics}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def save_checkpoint(ckpt: dict, path: Path) -> None:
+    """Write ``ckpt`` to ``path`` atomically (temporary file, then rename)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(ckpt, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint is not
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a toy-model checkpoint ({FORMAT})")
+    return ckpt
+
+
+def build_module(ckpt: dict) -> ToyInceptionV1:
+    """The network of a checkpoint, weights loaded, in eval mode."""
+    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["arch"].items()}
+    module = ToyInceptionV1(arch)
+    module.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
+    return module.eval()
+
