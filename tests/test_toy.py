@@ -83,6 +83,18 @@ def test_part_images_contain_that_part_and_nothing_else(part):
     assert changed_somewhere == 40
 
 
+def test_saved_scenes_are_the_generated_scenes(tmp_path):
+    from PIL import Image
+
+    from circuits_cli.toy.world import save_scenes
+
+    paths = save_scenes(tmp_path / "scenes", 9, seed=4)
+    images, labels = render_scenes(9, 4)
+    assert [p.name.split("_", 1)[1] for p in paths] == [f"{CLASSES[k]}.png" for k in labels]
+    for path, img in zip(paths, images, strict=True):
+        assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), img)
+
+
 def test_unknown_class_or_part_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown class 'boat'"):
         make_scene(0, "boat")

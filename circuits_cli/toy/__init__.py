@@ -9,6 +9,6 @@ InceptionV1-style network trained on it, and the analysis that finds its part de
 The trained network ships as the zoo model ``toy`` (``circuits_cli/zoo/data/toy.pt``).
 """
 
-from .world import CLASSES, PARTS, make_dataset, make_part_images, make_scene
+from .world import CLASSES, PARTS, make_dataset, make_part_images, make_scene, save_scenes
 
-__all__ = ["CLASSES", "PARTS", "make_dataset", "make_part_images", "make_scene"]
+__all__ = ["CLASSES", "PARTS", "make_dataset", "make_part_images", "make_scene", "save_scenes"]

@@ -643,3 +643,21 @@ def make_part_images(part: str, n: int, seed: int, size: int = 64, with_meta: bo
         metas.append(meta)
     images = to_tensor(out)
     return (images, metas) if with_meta else images
+
+
+def save_scenes(folder, n: int, seed: int, size: int = 64) -> list:
+    """Write ``n`` scenes as PNG files ``{i:05d}_{class}.png`` into ``folder`` (created if
+    needed), e.g. as an image folder for dataset examples; returns their paths in order."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images, labels = render_scenes(n, seed, size)
+    paths = []
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        path = folder / f"{i:05d}_{CLASSES[label]}.png"
+        tmp = path.with_name(f".{path.name}.tmp")
+        Image.fromarray(img).save(tmp, format="PNG")
+        tmp.replace(path)
+        paths.append(path)
+    return paths
