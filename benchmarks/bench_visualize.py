@@ -311,8 +311,8 @@ def _sheet(out_dir: Path, lucent: dict, ours: dict, channels) -> Path:
     entries = []
     for c, li, lu, oi, ou in zip(channels, lucent["images"], lucent["units"], ours["images"],
                                  ours["units"], strict=True):
-        entries.append(SheetEntry(li, f"lucent {LAYER}:{c}", f"act {lu['activation']:.1f}"))
-        entries.append(SheetEntry(oi, f"ours {LAYER}:{c}", f"act {ou['activation']:.1f}"))
+        entries.append(SheetEntry(li, f"{c} lucent", f"act {lu['activation']:.1f}"))
+        entries.append(SheetEntry(oi, f"{c} ours", f"act {ou['activation']:.1f}"))
     path = out_dir / "visualize_lucent_vs_ours.png"
     save_contact_sheet(path, entries, f"googlenet-bvlc {LAYER}: lucent render_vis (left) vs "
                        "circuits visualize (right)", columns=4)

@@ -169,6 +169,21 @@ def test_refuses_a_folder_of_someone_elses_files(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["draft.tex"]
 
 
+def test_contact_sheet_labels_every_cell_and_wraps_a_long_title():
+    from circuits_cli.reports.sheets import SheetEntry, contact_sheet
+
+    cells = [SheetEntry(np.full((32, 32, 3), i / 10, dtype=np.float32), f"layer:{i}", f"act {i}")
+             for i in range(10)]
+    short = contact_sheet(cells, "t", cell=32, columns=4)
+    long = contact_sheet(cells, "a long title " * 12, cell=32, columns=4)
+    assert short.width == long.width == 6 + 4 * (32 + 6)
+    assert long.height > short.height  # wrapped onto more lines, nothing cut off
+    grid = np.asarray(short)
+    # the cell images are pasted where expected: first and last cell colours
+    assert tuple(grid[40 + 16, 6 + 16]) == (0, 0, 0)
+    assert np.abs(grid[-(32 + 34 + 6) + 16, 6 + 16 + 38].astype(int) - 230).max() <= 1
+
+
 def test_help_lists_the_options():
     res = CliRunner().invoke(cli, ["visualize", "--help"])
     assert res.exit_code == 0

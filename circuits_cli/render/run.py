@@ -156,6 +156,10 @@ def visualize_layer(model: LoadedModel, layer: str, *, channels: list[int] | Non
     finally:
         manifest = write_summary(model, info.name, units, finished, settings, out, suffix,
                                  options, shard)
+    if negative and fresh and all(abs(r.activation) < 1e-6 for r in fresh):
+        echo(f"note: every negative render of {info.name} reached exactly 0: the layer is "
+             "probably after a ReLU, so 'least activating' is any image that silences it; "
+             "negative visualizations say more on a pre-ReLU layer")
     n_cached = sum(r.cached for r in fresh)
     echo(f"rendered {len(fresh) - n_cached}, from cache {n_cached}, skipped {skipped} in "
          f"{time.perf_counter() - started:.1f} s; {len(manifest['units'])}/{len(units)} units "
@@ -207,11 +211,11 @@ def write_summary(model: LoadedModel, layer: str, units: list[Unit], finished: d
     out.mkdir(parents=True, exist_ok=True)
     if done:
         what = options["objective"] + (" (negative)" if options["negative"] else "")
-        title = (f"{model.name}  {layer}  {what}  {options['steps']} steps  {options['size']} px  "
-                 f"seed {options['seed']}  ({len(done)}/{len(units)} units)")
+        title = (f"{model.name} · {layer} · {what} · {options['steps']} steps · "
+                 f"{options['size']} px · seed {options['seed']} · {len(done)}/{len(units)} units")
         unit_word = "dir" if options["objective"] == "direction" else ""
         entries = [SheetEntry(out / finished[u]["png"], f"{layer}:{unit_word}{u.channel}",
-                              f"act {finished[u]['activation']:.4g}") for u in done]
+                              f"act {finished[u]['activation']:.1f}") for u in done]
         save_contact_sheet(out / manifest["sheet"], entries, title)
     atomic_write_bytes(out / manifest["manifest"], (json.dumps(manifest, indent=2) + "\n")
                        .encode())

@@ -56,6 +56,17 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     return text + "…"
 
 
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    """Greedy word wrap of ``text`` into lines no wider than ``width`` pixels."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and draw.textlength(lines[-1] + " " + word, font=font) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return [_fit(draw, line, font, width) for line in lines] or [""]
+
+
 def contact_sheet(entries: Sequence[SheetEntry], title: str = "", cell: int = 128,
                   columns: int | None = None, gap: int = 6) -> Image.Image:
     """A labelled grid of ``entries``; each picture is scaled to ``cell`` pixels high (wide
@@ -74,14 +85,15 @@ def contact_sheet(entries: Sequence[SheetEntry], title: str = "", cell: int = 12
     label_font, detail_font, title_font = _font(13), _font(11), _font(16)
     line = 16
     text_h = line * 2 + 2
-    title_h = 34 if title else 0
     width = gap + columns * (cell_w + gap)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    title_lines = _wrap(measure, title, title_font, width - 2 * gap - 4) if title else []
+    title_h = 10 + 20 * len(title_lines) if title else 0
     height = title_h + gap + rows * (cell + text_h + gap)
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    if title:
-        draw.text((gap + 2, 8), _fit(draw, title, title_font, width - 2 * gap), fill=INK,
-                  font=title_font)
+    for i, text in enumerate(title_lines):
+        draw.text((gap + 2, 8 + 20 * i), text, fill=INK, font=title_font)
     for i, (entry, im) in enumerate(zip(entries, images, strict=True)):
         r, c = divmod(i, columns)
         x = gap + c * (cell_w + gap)
