@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -14,6 +15,16 @@ from circuits_cli.cli import cli
 
 PLANTED = f"{Path(__file__).with_name('planted_render_model.py')}:detectors"
 QUICK = ["--steps", "6", "--size", "32", "--precision", "fp32", "-q", "-m", PLANTED]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread here: on the shared 2-core machine two OpenMP threads lose more to
+    contention than they gain (small rendering steps measured 3-10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
