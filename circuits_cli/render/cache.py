@@ -25,7 +25,7 @@ from PIL import Image
 CACHE_ENV = "CIRCUITS_CACHE"
 
 # Bump when the rendering recipe changes in a way that changes the pictures.
-RECIPE = "lucid-fft-decorrelated-standard-transforms-adam/v1"
+RECIPE = "lucid-fft-decorrelated-standard-transforms-adam(0.8,0.999)/v2"
 
 
 def default_cache_dir() -> Path:

@@ -33,6 +33,10 @@ from .objectives import Objective
 from .transforms import Transform, compose, standard_transforms
 
 LEARNING_RATE = 0.05  # Lucid's Adam learning rate
+# Adam's momentum: 0.8 instead of the usual 0.9. Measured on googlenet-bvlc (8 units of
+# inception_4c, 512 steps): +1.5% final activation at every checkpoint from 64 to 512 steps
+# (0.7: +2%), i.e. lucent's 512-step level about 9% sooner; the pictures look the same.
+BETAS = (0.8, 0.999)
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -205,7 +209,7 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int], *, step
     device = model.device
     measure_with = measure_with or objective
     image_f = param_mod.image(seeds, size, fft=fft, decorrelate=decorrelate, device=device)
-    optimizer = torch.optim.Adam(image_f.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(image_f.parameters(), lr=lr, betas=BETAS)
     scheduler = None
     if lr_decay == "cosine":  # from lr down to lr/100 over the run
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, lr / 100)

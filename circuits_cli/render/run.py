@@ -29,6 +29,7 @@ from ..units import Unit
 from ..zoo.base import LoadedModel
 from . import Render, check_unit, render_settings, render_units, resolve_precision
 from .cache import atomic_write_bytes, png_bytes
+from .engine import BETAS, LEARNING_RATE
 
 TOOL = "circuits visualize"
 _OURS = re.compile(r"^(units|manifest.*\.json|sheet.*\.png|\..*\.tmp)$")
@@ -195,8 +196,9 @@ def write_summary(model: LoadedModel, layer: str, units: list[Unit], finished: d
     manifest = {
         "tool": TOOL, "model": model.name, "weights_id": str(model.weights_id), "layer": layer,
         **{k: v for k, v in common.items() if k not in ("model", "weights_id", "layer")},
-        "lr": options.get("lr", 0.05), "transforms": "lucid standard (pad 12, jitter 8, scale "
-        "0.9-1.1, rotate -10..10, jitter 4)", "parameterization": "fourier, decorrelated colour",
+        "lr": options.get("lr", LEARNING_RATE), "adam_betas": list(BETAS),
+        "transforms": "lucid standard (pad 12, jitter 8, scale 0.9-1.1, rotate -10..10, "
+        "jitter 4)", "parameterization": "fourier, decorrelated colour",
         "input_size": model.input_size,
         "complete": len(done) == len(units), "requested": len(units),
         "shard": f"{shard[0]}/{shard[1]}" if shard else None,
