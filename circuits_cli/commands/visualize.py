@@ -45,13 +45,14 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
               help="Pictures per unit for --objective diversity.")
 @click.option("--negative", is_flag=True, help="Minimise instead: what the unit responds to "
                                                "least (negative feature visualization).")
-@click.option("--steps", type=click.IntRange(1, 100000), default=None,
-              help="Optimisation steps per unit  [default: 512, as Lucid]")
+@click.option("--steps", type=click.IntRange(1, 100000), default=512, show_default=True,
+              help="Optimisation steps per unit (Lucid's 512).")
 @click.option("--size", type=click.IntRange(16, 1024), default=128, show_default=True,
               help="Picture size in pixels (upsampled to the model's input size, as Lucid).")
 @click.option("--batch", type=click.IntRange(1, 4096), default=None,
               help="Pictures optimised together  [default: 16 on CPU, 64 on a GPU]")
-@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True,
+              help="Seed of the initial images and the transforms: same seed, same pictures.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
               show_default=True,
               help="Arithmetic of the forward/backward pass: auto = bfloat16 where the hardware "
@@ -106,5 +107,5 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
     channels = parse_channels(units_spec, n, what)
     visualize_layer(model, info.name, channels=channels, objective=objective,
                     directions=directions, facets=facets, negative=negative,
-                    steps=steps or 512, size=size, batch=batch, seed=seed, precision=precision,
+                    steps=steps, size=size, batch=batch, seed=seed, precision=precision,
                     shard=shard, out_dir=out_dir, progress=not quiet, echo=click.echo)

@@ -107,11 +107,11 @@ def render_units(model: LoadedModel, units: list[Unit], *, steps: int = 512, siz
     from ..zoo import resolve_device
 
     steps, size, seed, facets = _check_settings(steps, size, seed, batch, objective, facets, lr)
-    if device is not None:
-        model.to(resolve_device(device))
     units = [check_unit(model, u, objective, directions) for u in units]
     if diversity_layer is not None:
         diversity_layer = model.layer(diversity_layer).name
+    if device is not None:
+        model.to(resolve_device(device))
     dev = model.device
     precision = resolve_precision(precision, dev)
     per_batch = max(1, int(batch or default_batch(dev)))
