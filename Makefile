@@ -24,7 +24,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: setup
-	$(BIN)/circuits demo --out outputs/demo
+	$(BIN)/circuits demo -m toy --out outputs/demo
 
 bench: setup
 	$(BIN)/python benchmarks/run.py --out outputs/bench

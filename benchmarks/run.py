@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-BENCHES = ("connections", "visualize")
+BENCHES = ("connections", "evidence", "visualize")
 
 
 def machine() -> dict:
