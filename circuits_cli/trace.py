@@ -126,9 +126,9 @@ class Circuit:
                          for h in data["hops"]])
 
     def save(self, path: Path) -> None:
-        from .commands.common import write_json_atomic
+        from .files import write_json
 
-        write_json_atomic(path, self.to_json())
+        write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> Circuit:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .common import model_options, write_json_atomic
+from ..files import write_json
+from .common import model_options
 from .examples import cache_option, images_option, warnings_to_stderr
 
 
@@ -68,7 +69,7 @@ def ablate(unit, inputs, images, mode, draws, top_images, reduce, seed, as_json,
                               cache_dir=cache_dir, batch_size=batch, progress=True)
     data = result.to_json()
     if out_file is not None:
-        write_json_atomic(out_file, data)
+        write_json(out_file, data)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:

@@ -73,7 +73,7 @@ def examples(unit, images, top, negative, box, out_dir, as_json, batch, cache_di
           --images ../shared/images/imagenet-samples
     """
     from ..evidence import dataset_examples, examples_sheet, image_set
-    from ..evidence._io import write_text
+    from ..files import write_text
     from ..units import parse_unit
 
     imgs = image_set(list(images))  # bad folders fail before the model loads

@@ -86,11 +86,11 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, no_rende
                     "render": paths.get(f"{source}:{c.channel}")}
                    for i, c in enumerate(inputs)],
     }
-    from ..commands.common import write_json_atomic
+    from ..files import write_json
     from ..reports.diagrams import draw_weights
 
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "weights.json", result)
+    write_json(out / "weights.json", result)
     draw_weights(str(target), inputs, out / "weights.png", source_layer=source, method=used,
                  max_weight=max_weight, images=images, model_name=model.name)
     if as_json:

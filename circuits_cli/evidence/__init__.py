@@ -95,9 +95,9 @@ def add_evidence(circuit_dir: str | Path, model, images: str | Path | Sequence[s
     import json
 
     from ..errors import CircuitsError
+    from ..files import write_text
     from ..trace import Circuit
     from ..units import Unit
-    from ._io import write_text
 
     directory = Path(circuit_dir)
     cfile = directory / "circuit.json"

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CircuitsError
+from ..files import save_figure
 from ..units import Unit
 from ..zoo.base import LoadedModel
-from ._io import save_figure
 from .activations import ImageSet, LayerActivations, layer_activations
 from .receptive_field import Box, ReceptiveField, receptive_field
 

@@ -15,12 +15,12 @@ feature visualizations; a unit without a render is a grey square marked "no rend
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ..files import save_figure
 
 RED = "#c0392b"
 BLUE = "#2166ac"
@@ -100,20 +100,6 @@ def _colorbar(fig, rect, label):
     cb.ax.set_xticklabels(["-1\ninhibits", "-0.5", "0", "0.5", "1\nexcites"], fontsize=9)
     cb.set_label(label, fontsize=9.5)
     return cb
-
-
-def _save(fig, path: Path, dpi: int) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, facecolor="white")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def _columns(circuit) -> list[list[str]]:
@@ -290,7 +276,7 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
     if circuit.note:
         ax.text(width - 0.3, 0.2, circuit.note, ha="right", va="bottom", fontsize=8, color=MUTED)
     try:
-        return _save(fig, path, dpi)
+        return save_figure(fig, path, dpi)
     finally:
         plt.close(fig)
 
@@ -345,6 +331,6 @@ def draw_weights(target, inputs: Sequence, path: Path, *, source_layer: str, met
     _colorbar(fig, (0.5 / width, 0.85 / height, min(3.2, width * 0.4) / width, 0.15 / height),
               f"weight / largest |weight| into {target} ({max_weight:.3g})")
     try:
-        return _save(fig, path, dpi)
+        return save_figure(fig, path, dpi)
     finally:
         plt.close(fig)

@@ -307,7 +307,7 @@ def check_report_path(path: str | Path) -> None:
 
 def write_report(directory: str | Path, path: str | Path | None = None) -> Path:
     """Write the report of a trace output folder (default ``DIR/report.html``); returns it."""
-    from ..evidence._io import write_text
+    from ..files import write_text
 
     directory = Path(directory)
     if not (directory / "circuit.json").is_file():

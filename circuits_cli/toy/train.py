@@ -171,23 +171,9 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
 
 def save_checkpoint(ckpt: dict, path: Path) -> None:
     """Write ``ckpt`` to ``path`` atomically (temporary file, then rename)."""
-    import os
-    import tempfile
+    from ..files import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(ckpt, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint is not
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def load_checkpoint(path: Path) -> dict:
