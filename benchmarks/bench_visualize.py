@@ -395,6 +395,12 @@ def _main(out_dir: Path, quick: bool) -> dict:
     return result
 
 
+def _mean_curve(units: list[dict]) -> dict[int, float]:
+    steps = sorted({int(k) for u in units for k in u["curve"]})
+    return {s: float(np.mean([u["curve"][str(s)] if str(s) in u["curve"] else u["curve"][s]
+                              for u in units])) for s in steps}
+
+
 def markdown(r: dict) -> str:
     ttq = r["time_to_quality"]
     rows = [
@@ -420,10 +426,18 @@ def markdown(r: dict) -> str:
         f"{r['per_step_interleaved']['median_ratio']:.2f}x |",
         "",
         "Per unit (final activation, ours / lucent): "
-        + ", ".join(f"{c}: {lu['activation']:.0f} / {o['activation']:.0f} = {x:.2f}"
+        + ", ".join(f"{c}: {o['activation']:.0f} / {lu['activation']:.0f} = {x:.2f}"
                     for c, lu, o, x in zip(r["channels"], r["lucent"]["units"],
                                            r["ours"]["units"],
                                            r["activation_ratio_per_unit"], strict=True)),
+        "",
+        "Mean activation by step (both measured the same way, on the 8-bit image without "
+        "transforms): lucent "
+        + ", ".join(f"{k}: {v:.0f}" for k, v in _mean_curve(r["lucent"]["units"]).items())
+        + "; ours "
+        + ", ".join(f"{p['step']}: {p['mean_activation']:.0f}" for p in r["ours"]["curve"]
+                    if p["step"] in _mean_curve(r["lucent"]["units"]) or p["step"] == r["steps"])
+        + ".",
         "",
         "Where the time goes (per image and step; each row adds one change):",
         "",
@@ -450,9 +464,13 @@ def markdown(r: dict) -> str:
         f"GFLOP/s ({f['ours_per_step'] / len(r['channels']) / 1e9:.2f} GFLOP per image-step for "
         f"ours vs {f['lucent_per_unit_step'] / 1e9:.2f} for lucent). Machine: matmul "
         f"{m['matmul_float32_gflops']:.0f} GFLOP/s fp32, {m['matmul_bfloat16_gflops']:.0f} "
-        f"bf16 on {m['threads']} threads"
-        + (f"; theoretical fp32 peak {m['theoretical_fp32_gflops']:.0f} GFLOP/s "
-           f"({m['threads']} cores x {m['cpu_mhz'] / 1e3:.2f} GHz x 32)."
+        f"bf16 on {m['threads']} thread(s), so ours runs at "
+        f"{f['ours_gflops_per_s_bf16'] / m['matmul_bfloat16_gflops'] * 100:.0f}% of the bf16 "
+        f"matmul rate, lucent at {f['lucent_gflops_per_s'] / m['matmul_float32_gflops'] * 100:.0f}"
+        "% of the fp32 one"
+        + (f" (nominal-clock fp32 estimate {m['theoretical_fp32_gflops']:.0f} GFLOP/s = "
+           f"{m['threads']} x {m['cpu_mhz'] / 1e3:.2f} GHz x 32 FLOP/cycle; the measured matmul "
+           "beats it, so the cores boost above the nominal clock)."
            if "theoretical_fp32_gflops" in m else "."),
         "",
         f"Side by side: `{Path(r['sheet']).name}`.",
