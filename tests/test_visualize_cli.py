@@ -71,7 +71,7 @@ def test_writes_unit_pngs_contact_sheet_and_manifest(tmp_path):
             assert im.size == (32, 32) and im.mode == "RGB"
     with Image.open(out / "sheet.png") as sheet:
         assert sheet.width >= 4 * 32 and sheet.height > 32
-    assert not list(out.rglob("*.tmp"))
+    assert not [p for p in out.rglob(".*")]  # no temporary files left behind
 
 
 def test_rerun_skips_finished_units_and_extends_the_sheet(tmp_path, count_optimisations):

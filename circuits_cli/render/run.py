@@ -32,7 +32,8 @@ from .cache import atomic_write_bytes, png_bytes
 from .engine import BETAS, LEARNING_RATE
 
 TOOL = "circuits visualize"
-_OURS = re.compile(r"^(units|manifest.*\.json|sheet.*\.png|\..*\.tmp)$")
+# our files, and the hidden temporary files of an interrupted atomic write of them
+_OURS = re.compile(r"^\.?(units|manifest.*\.json|sheet.*\.png)$")
 
 
 def variant_suffix(objective: str, negative: bool) -> str:
