@@ -1,11 +1,11 @@
 """The whole pipeline on one car detector: the story of "Zoom In", end to end.
 
 :func:`run_demo` finds the model's car unit, traces its circuit, renders the feature
-visualizations of its strongest inputs in the layer that feeds it (a contact sheet), draws the
+visualizations of the layer that feeds it (a contact sheet), draws the
 circuit, and checks it against dataset examples and ablation, writing everything under one folder:
 
-- ``visualize/``: the feature visualizations of the unit's strongest inputs (one PNG each),
-  ``sheet.png``, ``manifest.json``
+- ``visualize/``: feature visualizations of the layer that feeds the unit (one PNG per unit),
+  its contact sheet ``sheet.png`` and ``manifest.json``
 - ``trace/``: ``circuit.json``, ``circuit.png``, ``examples/``, ``evidence.json``, ``report.html``
 - ``scenes/``: the generated toy-world scenes used as dataset (toy model only)
 
@@ -32,8 +32,8 @@ TOY_CAR_LAYER = "mixed4b"
 TOY_SPATIAL_BRANCHES = ("3x3", "5x5")
 #: Feature-visualization steps on the toy model (64 px renders converge fast; 512 elsewhere).
 TOY_STEPS = 128
-#: The contact sheet shows the car unit's strongest inputs in the layer that feeds it.
-SHEET_UNITS = 32
+#: Units rendered together in one optimisation (small 64 px images: large batches pay off).
+TOY_BATCH = 32
 
 
 @dataclass
@@ -108,7 +108,6 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
              size: int | None = None, depth: int = 2, top_k: int = 3, n_scenes: int = 240,
              progress: bool = True, echo: Callable[[str], None] = print) -> DemoResult:
     """Run the pipeline on ``model``'s car unit (or ``unit``) into ``out``; see module doc."""
-    from .connections import expanded_weights, rank_inputs
     from .evidence import add_evidence, image_set
     from .render.run import visualize_layer
     from .reports.diagrams import draw_circuit
@@ -127,12 +126,15 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
     echo(f"[1/4] tracing {unit} through the weights (depth {depth}, top {top_k})")
     circuit = trace(model, unit, depth=depth, top_k=top_k)
     source = circuit.hops[0].source
-    kernels = expanded_weights(model, source, unit.layer, [unit.channel])[0]
-    channels = sorted(c.channel for c in rank_inputs(kernels, SHEET_UNITS))
-    echo(f"[2/4] feature visualizations of the {len(channels)} strongest inputs of {unit} in "
-         f"{source} ({steps} steps)")
+    # The whole layer that feeds the unit on toy; elsewhere (512 steps on big models) only the
+    # unit's traced inputs, which is what the diagram needs.
+    channels = (None if toy else
+                sorted({parse_unit(e.source, model).channel for e in circuit.inputs(str(unit))}))
+    echo(f"[2/4] feature visualizations of {source} "
+         f"({'all units' if channels is None else f'{len(channels)} units'}, {steps} steps)")
     visualize_layer(model, source, channels=channels, steps=steps, size=size,
-                    batch=len(channels), out_dir=out / "visualize", progress=progress, echo=echo)
+                    batch=TOY_BATCH if toy else None, out_dir=out / "visualize",
+                    progress=progress, echo=echo)
     sheets = sorted((out / "visualize").glob("sheet*.png"))
     result.sheet = sheets[0] if sheets else None
 
