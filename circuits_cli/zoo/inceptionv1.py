@@ -33,7 +33,8 @@ from lucent.modelzoo.inceptionv1.InceptionV1 import model_urls
 from torch import nn
 
 from ..errors import CircuitsError
-from .base import Branch, InceptionBlock, LayerInfo, LoadedModel
+from .base import LoadedModel
+from .lucent_style import describe
 
 WEIGHTS_URL = model_urls["inceptionv1"]
 WEIGHTS_FILE = "inception5h.pth"
@@ -169,61 +170,13 @@ def _layer_names() -> list[str]:
     return names
 
 
-def _kind(name: str) -> str:
-    if name in BLOCKS:
-        return "block"
-    if "pool" in name and not name.endswith("pool_reduce"):
-        return "pool"
-    if name.startswith("localresponsenorm"):
-        return "norm"
-    return "branch" if name.startswith("mixed") else "conv"
-
-
-def describe(module: InceptionV1) -> tuple[dict[str, LayerInfo], dict[str, InceptionBlock]]:
-    """Layers (with shapes from one forward pass on a zero image) and Inception blocks."""
-    shapes: dict[str, tuple[int, int, int]] = {}
-
-    def record(name):
-        def hook(_m, _i, out):
-            shapes.setdefault(name, tuple(out.shape[1:]))  # a hook returning None keeps the output
-        return hook
-
-    handles = [module.get_submodule(n).register_forward_hook(record(n)) for n in _layer_names()]
-    try:
-        with torch.no_grad():
-            module(torch.zeros(1, 3, 224, 224, device=next(module.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-    layers: dict[str, LayerInfo] = {}
-    blocks: dict[str, InceptionBlock] = {}
-    for name in _layer_names():
-        branches: tuple[tuple[str, int], ...] = ()
-        if name in BLOCKS:
-            branches = tuple((b, shapes[f"{name}_{b}"][0])
-                             for b in ("1x1", "3x3", "5x5", "pool_reduce"))
-            branches = tuple(("pool" if b == "pool_reduce" else b, n) for b, n in branches)
-            prev = _BLOCK_INPUT.get(name) or BLOCKS[BLOCKS.index(name) - 1]
-            blocks[name] = InceptionBlock(output=name, input=prev, branches=(
-                Branch("1x1", (f"{name}_1x1_pre_relu_conv",)),
-                Branch("3x3", (f"{name}_3x3_bottleneck_pre_relu_conv",
-                               f"{name}_3x3_pre_relu_conv")),
-                Branch("5x5", (f"{name}_5x5_bottleneck_pre_relu_conv",
-                               f"{name}_5x5_pre_relu_conv")),
-                Branch("pool", (f"{name}_pool_reduce_pre_relu_conv",), pool=(3, 1, 1)),
-            ))
-        layers[name] = LayerInfo(name=name, module=name, channels=shapes[name][0],
-                                 shape=shapes[name], branches=branches, kind=_kind(name))
-    return layers, blocks
-
-
 def build(weights: Path | None = None) -> LoadedModel:
     module = InceptionV1().eval()
     path = Path(weights) if weights is not None else _download()
     state = load_state(path)
     _check_state(module, state, path)
     module.load_state_dict(state, strict=False)  # the LRN modules have no parameters
-    layers, blocks = describe(module)
+    layers, blocks = describe(module, _layer_names(), BLOCKS, _BLOCK_INPUT, 224)
     return LoadedModel(
         name="inceptionv1", module=module, layers=layers, preprocess=preprocess,
         input_size=224, labels=[f"class {i}" for i in range(1008)],

@@ -12,10 +12,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import torch
-
 from ..errors import CircuitsError
-from .base import Branch, InceptionBlock, LayerInfo, LoadedModel
+from . import lucent_style
+from .base import LoadedModel
 
 SHIPPED = Path(__file__).resolve().parent / "data" / "toy.pt"
 
@@ -24,57 +23,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _kind(name: str, blocks) -> str:
-    if name in blocks:
-        return "block"
-    if "pool" in name and not name.endswith("pool_reduce"):
-        return "pool"
-    return "branch" if name.startswith("mixed") else "conv"
-
-
 def describe(module, input_size: int = 64):
     """Layers (shapes from one forward pass on a zero image) and Inception blocks."""
     from ..toy.model import BLOCKS, POOL_BEFORE, layer_names
 
-    names = layer_names()
-    shapes: dict[str, tuple[int, int, int]] = {}
-
-    def record(name):
-        def hook(_m, _i, out):  # returns None: the output is left as it is
-            shapes.setdefault(name, tuple(out.shape[1:]))
-        return hook
-
-    handles = [module.get_submodule(n).register_forward_hook(record(n)) for n in names]
-    try:
-        with torch.no_grad():
-            module(torch.zeros(1, 3, input_size, input_size,
-                               device=next(module.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-    layers: dict[str, LayerInfo] = {}
-    blocks: dict[str, InceptionBlock] = {}
-    prev = "conv2d2"
-    for name in names:
-        branches: tuple[tuple[str, int], ...] = ()
-        if name in BLOCKS:
-            branches = tuple((b, shapes[f"{name}_{src}"][0]) for b, src in
-                             (("1x1", "1x1"), ("3x3", "3x3"), ("5x5", "5x5"),
-                              ("pool", "pool_reduce")))
-            block_in = POOL_BEFORE.get(name, prev)
-            blocks[name] = InceptionBlock(output=name, input=block_in, branches=(
-                Branch("1x1", (f"{name}_1x1_pre_relu_conv",)),
-                Branch("3x3", (f"{name}_3x3_bottleneck_pre_relu_conv",
-                               f"{name}_3x3_pre_relu_conv")),
-                Branch("5x5", (f"{name}_5x5_bottleneck_pre_relu_conv",
-                               f"{name}_5x5_pre_relu_conv")),
-                Branch("pool", (f"{name}_pool_reduce_pre_relu_conv",), pool=(3, 1, 1)),
-            ))
-            prev = name
-        layers[name] = LayerInfo(name=name, module=name, channels=shapes[name][0],
-                                 shape=shapes[name], branches=branches,
-                                 kind=_kind(name, BLOCKS))
-    return layers, blocks
+    return lucent_style.describe(module, layer_names(), BLOCKS,
+                                 {BLOCKS[0]: "conv2d2", **POOL_BEFORE}, input_size)
 
 
 def build(weights: Path | None = None) -> LoadedModel:
