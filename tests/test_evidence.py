@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_helpers import run
 
-from circuits_cli.cli import cli
 from circuits_cli.errors import CircuitsError
 from circuits_cli.units import Unit
 
@@ -261,32 +260,28 @@ def test_find_ranks_the_planted_detector_first(model, world, cache):
 # Command line
 
 
-def _run(*args, env=None):
-    return CliRunner().invoke(cli, list(args), env=env)
-
-
 def test_cli_examples_ablate_find(world, tmp_path):
     folder, boxes = world
     env = {"CIRCUITS_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "out"
-    r = _run("examples", "relu2:0", "-m", SPEC, "--images", str(folder), "--top", "8",
+    r = run("examples", "relu2:0", "-m", SPEC, "--images", str(folder), "--top", "8",
              "--out", str(out), env=env)
     assert r.exit_code == 0, r.output
     assert set(re.findall(r"scene\d+\.png", r.output)) == set(boxes)
     pngs = list(out.glob("*relu2_0.png"))
     assert len(pngs) == 1 and pngs[0].with_suffix(".json").exists()
-    r = _run("examples", "relu2:0", "-m", SPEC, "--images", str(folder), "--top", "3",
+    r = run("examples", "relu2:0", "-m", SPEC, "--images", str(folder), "--top", "3",
              "--json", "--out", str(out), env=env)
     data = json.loads(r.stdout)
     assert data["unit"] == "relu2:0" and len(data["examples"]) == 3
 
-    r = _run("ablate", "relu3:0", "--inputs", "relu2:0,1,2", "-m", SPEC, "--images", str(folder),
+    r = run("ablate", "relu3:0", "--inputs", "relu2:0,1,2", "-m", SPEC, "--images", str(folder),
              "--draws", "20", "--json", env=env)
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["relative_drop"] > 0.5 and data["z_score"] > 3
 
-    r = _run("find", "--class", "red square", "--layer", "relu2", "-m", SPEC, "--images",
+    r = run("find", "--class", "red square", "--layer", "relu2", "-m", SPEC, "--images",
              str(folder), "--top", "3", env=env)
     assert r.exit_code == 0, r.output
     first = [ln for ln in r.output.splitlines() if ln.strip().startswith("1 ")][0]
@@ -302,7 +297,7 @@ def test_cli_skips_corrupt_files_with_a_warning(world, tmp_path):
     (folder / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 20)
     (folder / "notes.txt").write_text("not an image")
     env = {"CIRCUITS_CACHE": str(tmp_path / "cache")}
-    r = _run("examples", "relu2:0", "-m", SPEC, "--images", str(folder), "--top", "3",
+    r = run("examples", "relu2:0", "-m", SPEC, "--images", str(folder), "--top", "3",
              "--out", str(tmp_path / "out"), env=env)
     assert r.exit_code == 0, r.output
     assert "Warning: skipped 3 file(s)" in r.stderr
@@ -340,7 +335,7 @@ def test_cli_bad_inputs_are_one_line_errors(world, tmp_path):
         (("find", "--class", "red square", "--layer", "relu5"), "unknown layer"),
     ]
     for args, msg in cases:
-        r = _run(*args, "-m", SPEC, env=env)
+        r = run(*args, "-m", SPEC, env=env)
         assert r.exit_code == 2, (args, r.output)
         assert msg in r.stderr, (args, r.stderr)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
@@ -397,7 +392,7 @@ def test_cli_trace_with_images_writes_the_evidence_and_report(world, tmp_path):
     out = tmp_path / "trace"
     args = ["trace", "relu3:0", "-m", SPEC, "--from", "relu2", "--depth", "1", "--top-k", "3",
             "--no-render", "--out", str(out)]
-    r = _run(*args, "--images", str(world[0]), "--draws", "20", env=env)
+    r = run(*args, "--images", str(world[0]), "--draws", "20", env=env)
     assert r.exit_code == 0, r.output
     assert "agrees" in r.stderr and "report.html" in r.stderr
     for name in ("circuit.json", "circuit.png", "evidence.json", "report.html"):
@@ -406,15 +401,15 @@ def test_cli_trace_with_images_writes_the_evidence_and_report(world, tmp_path):
     assert page.count("dataset examples of relu2:") == 3 and "circuit.png" in page
     # without images: the report still comes, with diagram and weights only
     out2 = tmp_path / "trace2"
-    r = _run(*args[:-1], str(out2), env=env)
+    r = run(*args[:-1], str(out2), env=env)
     assert r.exit_code == 0, r.output
     assert (out2 / "report.html").is_file() and not (out2 / "evidence.json").exists()
     # a report.html that circuits did not write is never overwritten
     (out2 / "report.html").write_text("<html>my notes</html>")
-    r = _run(*args[:-1], str(out2), env=env)
+    r = run(*args[:-1], str(out2), env=env)
     assert r.exit_code == 2 and "was not written by circuits" in r.stderr
     assert (out2 / "report.html").read_text() == "<html>my notes</html>"
     # a bad image folder fails before anything is written
     out3 = tmp_path / "trace3"
-    r = _run(*args[:-1], str(out3), "--images", str(tmp_path / "nowhere"), env=env)
+    r = run(*args[:-1], str(out3), "--images", str(tmp_path / "nowhere"), env=env)
     assert r.exit_code == 2 and not out3.exists()

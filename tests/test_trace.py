@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_helpers import assert_clean_error, run
 from PIL import Image
 from planted_nets import (
     BODY,
@@ -21,7 +21,6 @@ from planted_nets import (
     planted_car_net,
 )
 
-from circuits_cli.cli import cli
 from circuits_cli.errors import CircuitsError
 from circuits_cli.trace import Circuit, previous_layer, trace
 from circuits_cli.units import Unit
@@ -42,19 +41,6 @@ def planted_cli(planted, monkeypatch, tmp_path):
     monkeypatch.setattr(zoo, "load_model", lambda *a, **k: planted.model)
     monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))
     return planted
-
-
-def run(*args):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def assert_clean_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("Error: "), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[-1], lines[-1]
 
 
 # ---------------------------------------------------------------------------------------------

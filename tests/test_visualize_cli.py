@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run as cli_run
 from click.testing import CliRunner
 from PIL import Image
 
@@ -52,7 +53,7 @@ def count_optimisations(monkeypatch):
 
 
 def run(*args):
-    return CliRunner().invoke(cli, ["visualize", *map(str, args)])
+    return cli_run("visualize", *args)
 
 
 def test_writes_unit_pngs_contact_sheet_and_manifest(tmp_path):

@@ -8,9 +8,9 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_helpers import assert_clean_error, run
 
-from circuits_cli.cli import COMMANDS, cli
+from circuits_cli.cli import COMMANDS
 from circuits_cli.errors import CircuitsError
 from circuits_cli.hooks import capture
 from circuits_cli.units import parse_channels, parse_unit
@@ -23,21 +23,6 @@ REFERENCE_CHANNELS = {"conv2d0": 64, "conv2d1": 64, "conv2d2": 192, "mixed3a": 2
                       "mixed4d": 528, "mixed4e": 832, "mixed5a": 832, "mixed5b": 1024}
 REFERENCE_SPLITS = {"mixed3b": (128, 192, 96, 64), "mixed4b": (160, 224, 64, 64),
                     "mixed4c": (128, 256, 64, 64)}
-
-
-def run(*args, env=None):
-    result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
-    return result
-
-
-def assert_clean_error(result, *needles):
-    """Exit status 2, one line on stderr starting with 'Error:', no traceback."""
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("Error: "), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[-1], lines[-1]
 
 
 @pytest.fixture(scope="session")
