@@ -38,3 +38,14 @@ def bvlc_model(bvlc_weights):
     from circuits_cli.zoo import load_model
 
     return load_model("googlenet-bvlc", weights=bvlc_weights, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of small, many-step computations (rendering): on a shared
+    2-core machine two OpenMP threads lose more to contention than they gain (measured 3-10x
+    slower for small rendering steps)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,13 +23,8 @@ FAST = dict(steps=64, size=64, progress=False, precision="fp32")
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread here: on the shared 2-core machine two OpenMP threads lose more to
-    contention than they gain (small rendering steps measured 3-10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Small rendering steps: one torch thread (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from cli_helpers import run as cli_run
 from click.testing import CliRunner
 from PIL import Image
@@ -19,13 +18,8 @@ QUICK = ["--steps", "6", "--size", "32", "--precision", "fp32", "-q", "-m", PLAN
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread here: on the shared 2-core machine two OpenMP threads lose more to
-    contention than they gain (small rendering steps measured 3-10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Small rendering steps: one torch thread (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture(autouse=True)
