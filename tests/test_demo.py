@@ -1,0 +1,58 @@
+"""circuits demo: the whole story on the toy model, and on the papers' model from a local file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from cli_helpers import assert_clean_error, run
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.slow
+def test_demo_on_toy_writes_every_output_and_finds_part_detectors(tmp_path, cache):
+    out = tmp_path / "demo"
+    result = run("demo", "-m", "toy", "--out", out, "--steps", "16", "-q")
+    assert result.exit_code == 0, result.output
+    circuit = json.loads((out / "trace" / "circuit.json").read_text())
+    assert circuit["target"] == "mixed4b:99"  # the toy's car unit (d' 4.9, tests/test_toy.py)
+    manifest = json.loads((out / "visualize" / "manifest.json").read_text())
+    assert len(manifest["units"]) == 160  # the whole of mixed4a, the layer feeding the car unit
+    for path in ("visualize/sheet.png", "trace/circuit.png", "trace/report.html",
+                 "trace/evidence.json", "trace/examples/mixed4b_99.png"):
+        assert (out / path).is_file(), path
+    assert len(list((out / "scenes").glob("*.png"))) == 240
+    assert "most selective for wheels" in result.stdout  # mixed4a:69, a wheel detector
+
+
+def test_demo_traces_the_papers_car_detector_on_inceptionv1(tmp_path, cache):
+    from lucent.modelzoo.inceptionv1.InceptionV1 import InceptionV1 as Lucent
+
+    weights = tmp_path / "inception5h.pth"
+    torch.manual_seed(0)
+    torch.save(Lucent(pretrained=False).state_dict(), weights)
+    out = tmp_path / "demo"
+    result = run("demo", "-m", "inceptionv1", "--weights", weights, "--out", out,
+                 "--steps", "2", "-q")
+    assert result.exit_code == 0, result.output
+    circuit = json.loads((out / "trace" / "circuit.json").read_text())
+    assert circuit["target"] == "mixed4c:447"
+    assert [h["source"] for h in circuit["hops"]] == ["mixed4b", "mixed4a"]
+    assert (out / "trace" / "circuit.png").is_file()
+    assert "no images given" in result.stderr
+
+
+def test_demo_bad_inputs_fail_before_writing(tmp_path, cache):
+    out = tmp_path / "demo"
+    assert_clean_error(run("demo", "-m", "toy", "--out", out, "--unit", "mixed9z:1"),
+                       "unknown layer")
+    assert_clean_error(run("demo", "-m", "toy", "--out", out, "--images", tmp_path / "none"),
+                       "does not exist")
+    assert not out.exists()
+    assert_clean_error(run("demo", "-m", "torchvision:resnet18", "--weights", tmp_path / "x.pth",
+                           "--out", out), "does not exist")
