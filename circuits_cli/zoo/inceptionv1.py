@@ -33,8 +33,8 @@ from lucent.modelzoo.inceptionv1.InceptionV1 import model_urls
 from torch import nn
 
 from ..errors import CircuitsError
+from . import lucent_style
 from .base import LoadedModel
-from .lucent_style import describe
 
 WEIGHTS_URL = model_urls["inceptionv1"]
 WEIGHTS_FILE = "inception5h.pth"
@@ -170,13 +170,18 @@ def _layer_names() -> list[str]:
     return names
 
 
+def describe(module: InceptionV1):
+    """Layers (shapes from one forward pass on a zero image) and Inception blocks."""
+    return lucent_style.describe(module, _layer_names(), BLOCKS, _BLOCK_INPUT, 224)
+
+
 def build(weights: Path | None = None) -> LoadedModel:
     module = InceptionV1().eval()
     path = Path(weights) if weights is not None else _download()
     state = load_state(path)
     _check_state(module, state, path)
     module.load_state_dict(state, strict=False)  # the LRN modules have no parameters
-    layers, blocks = describe(module, _layer_names(), BLOCKS, _BLOCK_INPUT, 224)
+    layers, blocks = describe(module)
     return LoadedModel(
         name="inceptionv1", module=module, layers=layers, preprocess=preprocess,
         input_size=224, labels=[f"class {i}" for i in range(1008)],
