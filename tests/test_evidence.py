@@ -413,3 +413,21 @@ def test_cli_trace_with_images_writes_the_evidence_and_report(world, tmp_path):
     out3 = tmp_path / "trace3"
     r = run(*args[:-1], str(out3), "--images", str(tmp_path / "nowhere"), env=env)
     assert r.exit_code == 2 and not out3.exists()
+
+
+def test_p_value_follows_the_direction_the_weights_predict():
+    """An inhibitory input whose ablation raises the target far beyond every random draw gets a
+    small one-sided p for the predicted rise (not the drop's p of 1)."""
+    from circuits_cli.evidence import CircuitAblation
+    from circuits_cli.evidence.ablation import AblationResult
+
+    random_drops = list(np.linspace(-0.01, 0.01, 49))
+    rise = AblationResult(target=Unit("t", 0), inputs=[Unit("s", 1)], mode="zero", reduce="mean",
+                          n_images=10, n_skipped=0, baseline=1.0, ablated=1.4,
+                          random_drops=random_drops)
+    assert rise.p_value == 1.0 and rise.p_value_rise == pytest.approx(1 / 50)
+    inhibitory = CircuitAblation(node="t:0", group="inhibitory", expected="rise", result=rise)
+    assert inhibitory.p_expected == pytest.approx(1 / 50) and inhibitory.agrees
+    assert inhibitory.to_json()["p_expected"] == pytest.approx(1 / 50)
+    excitatory = CircuitAblation(node="t:0", group="excitatory", expected="drop", result=rise)
+    assert excitatory.p_expected == 1.0 and not excitatory.agrees

@@ -128,6 +128,6 @@ def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = F
         click.echo(f"Ablation of {r.target}'s {a.group} inputs ({names}): "
                    f"{100 * r.relative_drop:+.1f}% drop vs random "
                    f"{100 * r.random_relative_mean:+.1f}% (z = {r.z_score:.1f}, "
-                   f"p = {r.p_value:.3g}): weights predict a {a.expected}; "
+                   f"p = {a.p_expected:.3g}): weights predict a {a.expected}; "
                    f"{'agrees' if a.agrees else 'not shown'}", err=True)
     click.echo(f"Report: {ev.html}", err=True)

@@ -52,16 +52,20 @@ class CircuitAblation:
     result: AblationResult
 
     @property
-    def agrees(self) -> bool:
+    def p_expected(self) -> float:
+        """One-sided p-value in the direction the weights predict (drop or rise)."""
         r = self.result
-        if self.expected == "drop":
-            return r.z_score >= 2 and r.p_value <= 0.05
-        k = sum(d <= r.drop for d in r.random_drops)  # rises as extreme as the measured one
-        return r.z_score <= -2 and (k + 1) / (r.draws + 1) <= 0.05
+        return r.p_value if self.expected == "drop" else r.p_value_rise
+
+    @property
+    def agrees(self) -> bool:
+        z = self.result.z_score
+        return (z >= 2 if self.expected == "drop" else z <= -2) and self.p_expected <= 0.05
 
     def to_json(self) -> dict:
         return {"node": self.node, "group": self.group, "expected": self.expected,
-                "agrees": self.agrees, **self.result.to_json()}
+                "agrees": self.agrees, **self.result.to_json(),
+                "p_expected": self.p_expected}
 
 
 @dataclass

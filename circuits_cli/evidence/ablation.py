@@ -105,6 +105,15 @@ class AblationResult:
         k = int(np.sum(np.asarray(self.random_drops) >= self.drop))
         return (k + 1) / (self.draws + 1)
 
+    @property
+    def p_value_rise(self) -> float:
+        """Share of random draws raising the target at least as much (with the +1 rule): the
+        one-sided p-value when the weights predict a rise (inhibitory inputs)."""
+        if not self.random_drops:
+            return float("nan")
+        k = int(np.sum(np.asarray(self.random_drops) <= self.drop))
+        return (k + 1) / (self.draws + 1)
+
     def to_json(self) -> dict:
         def r(v):
             v = float(v)

@@ -182,7 +182,7 @@ def build_report(directory: str | Path) -> str:
                    "ones rise.</p>")
         out.append("<table><tr><th>target</th><th>inputs</th><th>expected</th>"
                    "<th>baseline</th><th>ablated</th><th>change</th><th>random draws</th>"
-                   "<th>z</th><th>p</th><th>verdict</th></tr>")
+                   "<th>z</th><th>p (one-sided, as predicted)</th><th>verdict</th></tr>")
         for a in ev["ablation"]:
             rel = a["relative_drop"]
             change = f"{-rel * 100:+.1f}%" if rel is not None else "–"
@@ -199,7 +199,8 @@ def build_report(directory: str | Path) -> str:
                        f"<td>{a['expected']}</td><td class='num'>{_fmt(a['baseline'])}</td>"
                        f"<td class='num'>{_fmt(a['ablated'])}</td><td class='num'>{change}</td>"
                        f"<td class='num'>{rtxt}</td><td class='num'>{_fmt(a['z_score'], 3)}</td>"
-                       f"<td class='num'>{_fmt(a['p_value'], 2)}</td><td>{verdict}</td></tr>")
+                       f"<td class='num'>{_fmt(a.get('p_expected', a['p_value']), 2)}</td>"
+                       f"<td>{verdict}</td></tr>")
         out.append("</table>")
         for a in ev["ablation"]:
             out.append(f"<figure class='fig'><img src='{_uri_png_bytes(ablation_png(a))}' "
