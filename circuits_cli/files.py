@@ -1,16 +1,38 @@
-"""Atomic file writes: every output goes to a temporary file in the same folder, then a rename.
+"""Where files go, and how they are written.
 
-A crash or Ctrl-C never leaves half a file, and a reader never sees one. Files get the usual
-permissions (``0666`` less the umask), not the private ``0600`` of a bare ``mkstemp``.
+- Caches live under one root, ``$CIRCUITS_CACHE`` or ``~/.cache/circuits``: ``renders/`` (feature
+  visualizations), ``activations/`` (dataset activations, receptive fields).
+- Command outputs default to ``outputs/COMMAND/MODEL/NAME``.
+- Every output goes to a temporary file in the same folder, then a rename: a crash or Ctrl-C never
+  leaves half a file, and a reader never sees one. Files get the usual permissions (``0666`` less
+  the umask), not the private ``0600`` of a bare ``mkstemp``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+CACHE_ENV = "CIRCUITS_CACHE"
+
+
+def cache_dir(kind: str) -> Path:
+    """``$CIRCUITS_CACHE/KIND`` or ``~/.cache/circuits/KIND`` (``renders``, ``activations``)."""
+    root = os.environ.get(CACHE_ENV)
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "circuits") / kind
+
+
+def output_dir(command: str, model: str, name: str) -> Path:
+    """``outputs/COMMAND/MODEL/NAME`` with file-name-safe parts."""
+
+    def slug(s: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", s).strip("-")
+
+    return Path("outputs") / command / slug(model) / slug(name)
 
 
 def _umask() -> int:

@@ -262,12 +262,9 @@ def attach_renders(circuit: Circuit, model: LoadedModel, *, steps: int = 512, si
 
 def default_out_dir(model: LoadedModel, command: str, name: str) -> Path:
     """``outputs/COMMAND/MODEL/NAME`` with file-name-safe parts."""
-    import re
+    from .files import output_dir
 
-    def slug(s: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", s).strip("-")
-
-    return Path("outputs") / command / slug(model.name) / slug(name)
+    return output_dir(command, model.name, name)
 
 
 def check_out_dir(out: Path, ours: tuple[str, ...]) -> None:

@@ -74,7 +74,7 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
     a manifest (manifest*.json: model, weights, settings, each unit's final activation and time).
 
     Finished units are kept as they complete: a re-run with the same settings skips them (resume
-    after Ctrl-C or a crash), and renders are also cached across commands ($CIRCUITS_CACHE).
+    after Ctrl-C or a crash), and renders are also cached across commands ($CIRCUITS_CACHE/renders).
 
     \b
     Examples:

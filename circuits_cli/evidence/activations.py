@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from ..errors import CircuitsError
+from ..files import cache_dir
 from ..zoo.base import LoadedModel
 
-CACHE_ENV = "CIRCUITS_CACHE"
 FORMAT_VERSION = 1
 MAX_MAP_BYTES = 2 * 1024**3
 STATS = ("max", "min", "mean", "argmax", "argmin")
@@ -50,9 +50,7 @@ STATS = ("max", "min", "mean", "argmax", "argmin")
 
 def default_cache_dir() -> Path:
     """``$CIRCUITS_CACHE/activations`` or ``~/.cache/circuits/activations``."""
-    root = os.environ.get(CACHE_ENV)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "circuits"
-    return base / "activations"
+    return cache_dir("activations")
 
 
 def default_resize(size: int) -> int:

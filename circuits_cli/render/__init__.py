@@ -90,9 +90,9 @@ def render_units(model: LoadedModel, units: list[Unit], *, steps: int = 512, siz
 
     Units are grouped by layer and optimised ``batch`` images at a time (default 16 on CPU, 64
     on a GPU); a unit's picture depends only on its own settings, not on its batch. Each finished
-    render is written to the cache at once (``cache_dir``: None = ``$CIRCUITS_CACHE`` or
-    ``~/.cache/circuits/renders``; False = no cache), so an interrupted call loses at most the
-    batch in progress, and a later call with the same settings returns instantly.
+    render is written to the cache at once (``cache_dir``: None = ``$CIRCUITS_CACHE/renders``,
+    default ``~/.cache/circuits/renders``; False = no cache), so an interrupted call loses at most
+    the batch in progress, and a later call with the same settings returns instantly.
 
     ``objective``: ``channel`` (mean over positions), ``neuron`` (centre position),
     ``direction`` (``directions`` is an array (K, C) over the layer's channels and

@@ -6,7 +6,7 @@ recipe. Each entry is a PNG and a JSON record beside it; both are written atomic
 file + rename) and the JSON is written last, so an entry whose JSON exists is complete: a crash
 or Ctrl-C never leaves half an entry, and every other command that needs the same render finds it.
 
-Default location: ``$CIRCUITS_CACHE`` or ``~/.cache/circuits/renders``.
+Default location: ``$CIRCUITS_CACHE/renders`` (default ``~/.cache/circuits/renders``).
 """
 
 from __future__ import annotations
@@ -14,26 +14,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..files import write_bytes
-
-CACHE_ENV = "CIRCUITS_CACHE"
+from ..files import cache_dir, write_bytes
 
 # Bump when the rendering recipe changes in a way that changes the pictures.
 RECIPE = "lucid-fft-decorrelated-standard-transforms-adam(0.8,0.999)/v2"
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "circuits" / "renders"
+    return cache_dir("renders")
 
 
 def _slug(text: str) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CircuitsError
+from ..files import output_dir
 from ..units import Unit
 from ..zoo.base import LoadedModel
 from . import Render, check_unit, render_settings, render_units, resolve_precision
@@ -44,8 +45,7 @@ def variant_suffix(objective: str, negative: bool) -> str:
 
 
 def default_out_dir(model: LoadedModel, layer: str) -> Path:
-    slug = lambda s: re.sub(r"[^A-Za-z0-9_.+-]+", "-", s).strip("-")  # noqa: E731
-    return Path("outputs") / "visualize" / slug(model.name) / slug(layer)
+    return output_dir("visualize", model.name, layer)
 
 
 def load_directions(path: Path, channels: int, layer: str) -> np.ndarray:
