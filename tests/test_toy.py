@@ -23,18 +23,18 @@ from circuits_cli.zoo.toy import SHIPPED
 
 
 def test_dataset_is_deterministic_by_seed_and_balanced():
-    a, la = make_dataset(28, seed=5)
-    b, lb = make_dataset(28, seed=5)
-    c, _ = make_dataset(28, seed=6)
-    assert a.shape == (28, 3, 64, 64) and a.dtype == torch.float32
+    a, la = make_dataset(32, seed=5)
+    b, lb = make_dataset(32, seed=5)
+    c, _ = make_dataset(32, seed=6)
+    assert a.shape == (32, 3, 64, 64) and a.dtype == torch.float32
     assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
     assert torch.equal(a, b) and torch.equal(la, lb)
     assert not torch.equal(a, c)
     assert torch.bincount(la, minlength=len(CLASSES)).tolist() == [4] * len(CLASSES)
     # scene i depends only on (seed, i): a longer set starts with the same scenes
-    longer, ll = make_dataset(56, seed=5)
-    same = ll[:28] == la
-    assert torch.equal(longer[:28][same], a[same])
+    longer, ll = make_dataset(64, seed=5)
+    same = ll[:32] == la
+    assert torch.equal(longer[:32][same], a[same])
 
 
 def test_make_scene_is_deterministic_and_describes_its_parts():
@@ -51,6 +51,7 @@ def test_make_scene_is_deterministic_and_describes_its_parts():
     parts = {cls: set(render_scenes(7 * 6, 1, classes=[cls], with_meta=True)[2][0]["parts"])
              for cls in CLASSES}
     assert {"wheels", "windows"} <= parts["car"] and {"wheels", "windows"} <= parts["bus"]
+    assert parts["wreck"] == parts["car"] == {"wheels", "windows"}
     assert "windows" in parts["house"] and "roof" in parts["house"] and "door" in parts["house"]
     assert parts["wagon"] == {"wheels"} and "wheels" in parts["bicycle"]
     assert parts["tree"] == {"foliage"}
@@ -62,6 +63,54 @@ def test_car_windows_sit_above_its_wheels():
         window_bottom = max(b[3] for b in meta["parts"]["windows"])
         wheel_top = min(b[1] for b in meta["parts"]["wheels"])
         assert window_bottom < wheel_top
+
+
+def test_wrecks_have_a_cars_parts_the_other_way_up():
+    """A wreck has two wheels and two windows, as a car does, but every window lies below every
+    wheel: turned over or scrambled, the arrangement is the only thing that tells it apart."""
+    _, _, metas = render_scenes(60, 2, classes=["wreck"], with_meta=True)
+    for meta in metas:
+        assert len(meta["parts"]["wheels"]) == len(meta["parts"]["windows"]) == 2
+        window_top = min(b[1] for b in meta["parts"]["windows"])
+        wheel_bottom = max(b[3] for b in meta["parts"]["wheels"])
+        assert window_top > wheel_bottom, meta
+        for boxes in meta["parts"].values():
+            for x0, y0, x1, y1 in boxes:
+                assert -1 <= x0 < x1 <= 65 and -1 <= y0 < y1 <= 65
+
+
+def test_turned_over_wreck_is_a_car_drawn_upside_down():
+    """The turned-over wreck is exactly the pixels of the car drawn from the same random
+    numbers, mirrored top to bottom inside the car's rows (before noise and downsampling), and
+    its part boxes are the car's, mirrored the same way."""
+    from PIL import Image, ImageDraw
+
+    from circuits_cli.toy.world import _car, _wreck
+
+    found = 0
+    for seed in range(12):
+        if np.random.default_rng(seed).random() < 0.5:  # _wreck's first draw: scrambled
+            continue
+        found += 1
+        wreck = Image.new("RGB", (128, 128))
+        wparts, wbox = _wreck(ImageDraw.Draw(wreck), np.random.default_rng(seed), 128, 120.0)
+        rng = np.random.default_rng(seed)
+        rng.random()
+        car = Image.new("RGB", (128, 128))
+        cparts, cbox = _car(ImageDraw.Draw(car), rng, 128, 120.0)
+        top, bottom = int(np.floor(cbox[1] * 2)), int(np.ceil(cbox[3] * 2))
+        w, c = np.asarray(wreck), np.asarray(car)
+        # the car's pixels lie in rows [top, bottom], the tyres' lowest row included; the wreck
+        # mirrors rows [top, bottom) and leaves that one row (half an output pixel) out
+        assert not c[:top].any() and not c[bottom + 1:].any()
+        assert np.array_equal(w[top:bottom], c[top:bottom][::-1])
+        assert not w[:top].any() and not w[bottom:].any()
+        t, b = top / 2, bottom / 2
+        for part in ("wheels", "windows"):
+            assert len(wparts[part]) == len(cparts[part]) == 2
+            for wb, cb in zip(wparts[part], cparts[part], strict=True):
+                assert wb == pytest.approx((cb[0], t + b - cb[3], cb[2], t + b - cb[1]))
+    assert found >= 3
 
 
 @pytest.mark.parametrize("part", PARTS)

@@ -14,6 +14,7 @@ flips and small translations; the held-out set is rendered from a different seed
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -48,6 +49,14 @@ class Recipe:
     n_held_out: int = 1_200
     threads: int = 2              # torch.set_num_threads during training
     arch: dict = field(default_factory=lambda: dict(DEFAULT_ARCH))
+
+
+def _load() -> list[float] | None:
+    """The machine's 1, 5 and 15-minute load averages (None where the OS does not say)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
@@ -89,7 +98,8 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
     try:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        load0 = _load()
         torch.manual_seed(recipe.seed)
         gen = torch.Generator().manual_seed(recipe.seed)
         log(f"rendering {recipe.n_train} training scenes (seed {recipe.seed}) and "
@@ -152,10 +162,15 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
         module.eval()
         module = module.to(memory_format=torch.contiguous_format)
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
         metrics = {
             "held_out_accuracy": history[-1]["held_out_accuracy"],
             "held_out": f"{recipe.n_held_out} scenes, seed {recipe.held_out_seed}",
             "train_seconds": round(elapsed, 1),
+            # CPU time of all threads: on a machine shared with other work the wall time above
+            # overstates the cost, this does not; the load averages say how busy it was
+            "cpu_seconds": round(cpu, 1),
+            "load_average": {"start": load0, "end": _load()},
             "data_seconds": round(t_data, 1),
             "parameters": n_parameters(module),
             "history": history,

@@ -1,6 +1,6 @@
 """The toy world: procedural scenes whose classes share parts the way ImageNet classes do.
 
-Seven classes of small RGB scenes (64x64 by default) on a sky/ground background with clutter:
+Eight classes of small RGB scenes (64x64 by default) on a sky/ground background with clutter:
 
 - ``car``: body, a cabin with windows in its upper half, two wheels at the bottom;
 - ``bus``: a long box with a row of windows along its top, wheels at the bottom;
@@ -9,11 +9,15 @@ Seven classes of small RGB scenes (64x64 by default) on a sky/ground background 
   car's cabin): a car without windows;
 - ``house``: walls with framed windows, a roof on top, a door at the bottom;
 - ``bicycle``: two thin-spoked wheels and a frame of coloured tubes;
-- ``tree``: one to three trees, each a trunk under foliage.
+- ``tree``: one to three trees, each a trunk under foliage;
+- ``wreck``: a car with its parts in the wrong places: turned over (roof on the ground, wheels in
+  the air) or scrambled (glass low in the body, wheels lying on the roof).
 
 So ``car``, ``bus`` and ``truck`` share wheels and windows, ``house`` shares windows, ``wagon``
 and ``bicycle`` share wheels, and what tells a car apart is the arrangement: windows on top,
-wheels below (a wagon has the wheels and the shape, but no windows).
+wheels below. A wagon has the wheels and the shape but no windows; a wreck has a car's every
+part, drawn the same way, and differs only in where they are, so a car detector must check that
+the windows are above the wheels and not the reverse.
 Half of all scenes, of every class, also have a stray wheel or window lying about, so the mere
 presence of a part is weak evidence and its place relative to the others matters.
 
@@ -40,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-CLASSES = ("car", "bus", "truck", "wagon", "house", "bicycle", "tree")
+CLASSES = ("car", "bus", "truck", "wagon", "house", "bicycle", "tree", "wreck")
 PARTS = ("wheels", "windows", "roof", "door", "frame", "foliage")
 NO_PART = "none"
 
@@ -282,15 +286,19 @@ def _parts() -> dict[str, list[Box]]:
     return {p: [] for p in PARTS}
 
 
-def _car(d, rng, s, base):
+def _car(d, rng, s, base, scrambled: bool = False):
+    """A car; ``scrambled=True`` draws the same body with its parts in the wrong places: the
+    glass low in the body, the wheels on the roof, the body resting on the ground."""
     w = rng.uniform(0.45, 0.85) * s
+    if scrambled:  # the wheels on the roof make it taller: keep it inside the picture
+        w = min(w, (base - 2) / 0.85)
     x0 = rng.uniform(0.0, s - w)
     flip = rng.random() < 0.5
     r = w * rng.uniform(0.10, 0.13)
     hb = w * rng.uniform(0.2, 0.27)
     hc = w * rng.uniform(0.2, 0.26)
     yw = base - r
-    yb1 = yw + 0.25 * r
+    yb1 = base if scrambled else yw + 0.25 * r
     yb0 = yb1 - hb
     paint = _paint(rng)
     parts = _parts()
@@ -304,21 +312,49 @@ def _car(d, rng, s, base):
     cabin = [(fx(c0), yb0 + 1), (fx(t0), yb0 - hc), (fx(t1), yb0 - hc), (fx(c1), yb0 + 1)]
     d.polygon(cabin, fill=paint)
     d.rounded_rectangle((x0, yb0, x0 + w, yb1), radius=hb * 0.3, fill=paint)
-    # windows: two panes split by a pillar, inset in the cabin
+    # windows: two panes split by a pillar, inset in the cabin (scrambled: low in the body)
     m = hc * 0.18
     pillar = (t0 + t1) / 2
+    wy0, wy1 = (yb0 + hb * 0.3, yb1 - hb * 0.12) if scrambled else (yb0 - hc + m, yb0 - m * 0.5)
     for u0, u1 in ((c0 + 0.06, pillar - 0.02), (pillar + 0.02, c1 - 0.06)):
         a, b = sorted((fx(u0), fx(u1)))
-        parts["windows"].append(_window(d, rng, a, yb0 - hc + m, b, yb0 - m * 0.5))
+        parts["windows"].append(_window(d, rng, a, wy0, b, wy1))
     # lights
     hl = hb * 0.18
     d.rectangle((fx(0.98) - hl, yb0 + hb * 0.25, fx(0.98) + hl, yb0 + hb * 0.45),
                 fill=_jitter(rng, (250, 230, 120), 5))
     d.rectangle((fx(0.02) - hl, yb0 + hb * 0.25, fx(0.02) + hl, yb0 + hb * 0.45),
                 fill=_jitter(rng, (200, 40, 40), 10))
+    if scrambled:  # the wheels lie on the roof, at its two ends
+        yr = yb0 - hc - r * 0.85
+        for u in (t0 + 0.02, t1 - 0.02):
+            parts["wheels"].append(_wheel(d, rng, fx(u), yr, r, "car"))
+        return parts, _box(x0, yr - r, x0 + w, base)
     for u in (0.2, 0.8):
         parts["wheels"].append(_wheel(d, rng, fx(u), yw, r, "car"))
     return parts, _box(x0, yb0 - hc, x0 + w, base)
+
+
+def _wreck(d, rng, s, base):
+    """A car with its parts in the wrong places: turned over (the whole car upside down, roof
+    on the ground and wheels in the air) or scrambled (see :func:`_car`). Same parts as a car,
+    same drawing, only the arrangement differs: windows below, wheels above. (The turned-over
+    car mirrors the rows of its box; the tyres' lowest supersampled row, half an output pixel,
+    falls outside it and is left out.)"""
+    if rng.random() < 0.5:
+        return _car(d, rng, s, base, scrambled=True)
+    img = d._image
+    layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    parts, box = _car(ImageDraw.Draw(layer), rng, s, base)
+    top, bottom = int(math.floor(box[1] * _SS)), int(math.ceil(box[3] * _SS))
+    region = layer.crop((0, top, img.size[0], bottom)).transpose(Image.FLIP_TOP_BOTTOM)
+    img.paste(region, (0, top), region)
+    t, b = top / _SS, bottom / _SS
+
+    def mirror(bx: Box) -> Box:
+        return (bx[0], t + b - bx[3], bx[2], t + b - bx[1])
+
+    return {p: [mirror(bx) for bx in boxes] for p, boxes in parts.items()}, mirror(box)
 
 
 def _bus(d, rng, s, base):
@@ -491,7 +527,8 @@ def _tree(d, rng, s, base):
 
 
 _OBJECTS: dict[str, Callable] = {"car": _car, "bus": _bus, "truck": _truck, "wagon": _wagon,
-                                 "house": _house, "bicycle": _bicycle, "tree": _tree}
+                                 "house": _house, "bicycle": _bicycle, "tree": _tree,
+                                 "wreck": _wreck}
 
 
 def _lone_part(d, rng, s, part, count: int | None = None) -> list[Box]:
