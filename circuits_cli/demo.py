@@ -81,25 +81,53 @@ def write_scenes(out: Path, n: int, seed: int = 2024) -> Path:
     return out
 
 
-def _toy_findings(model: LoadedModel, circuit) -> list[str]:
-    """What the traced inputs of the toy car unit detect, measured on part-only images, and
-    where in the car unit's receptive field each one acts (top or bottom half of its kernel)."""
-    from .toy.analysis import part_selectivity
+#: A unit is labelled with a part in the toy's diagrams when its d' for it reaches this.
+TOY_LABEL_DPRIME = 1.0
 
-    lines, tables = [], {}
-    for edge in sorted(circuit.inputs(circuit.target), key=lambda e: e.rank):
-        unit = parse_unit(edge.source, model)
-        if unit.layer not in tables:
-            tables[unit.layer] = part_selectivity(model, unit.layer)
-        table = tables[unit.layer]
-        best = table.entry(table.names[int(table.dprime[:, unit.channel].argmax())], unit.channel)
-        kernel = edge.kernel_array()
-        half = kernel.shape[0] // 2
-        top, bottom = float(kernel[:half].sum()), float(kernel[-half:].sum())
+
+def _toy_label(model: LoadedModel, circuit) -> list[str]:
+    """Label every node of ``circuit`` with what it detects, measured on generated images: the
+    target with its class (d' against the other classes on scenes), the others with the part
+    they are most selective for (d' on part-only images); returns the findings, one line per
+    traced input of the target: its part, and where in the car unit's receptive field it
+    excites and inhibits (mean expanded weight of the rows above and below the centre)."""
+    from .toy.analysis import (
+        CAR_LAYOUT,
+        class_selectivity,
+        describe_layout,
+        part_selectivity,
+        vertical_profile,
+    )
+
+    tables: dict = {}
+    for node in circuit.nodes:
+        if node.id == circuit.target:
+            table = class_selectivity(model, node.layer)
+        else:
+            if node.layer not in tables:
+                tables[node.layer] = part_selectivity(model, node.layer)
+            table = tables[node.layer]
+        col = table.dprime[:, node.channel]
+        best = table.entry(table.names[int(col.argmax())], node.channel)
+        node.label = (f"{best.what} (d′ {best.dprime:.1f})" if best.dprime >= TOY_LABEL_DPRIME
+                      else f"no clear part (d′ < {TOY_LABEL_DPRIME:g})")
+    lines = []
+    for edge in circuit.inputs(circuit.target):
+        node = circuit.node(edge.source)
+        table = tables[node.layer]
+        col = table.dprime[:, node.channel]
+        best = table.entry(table.names[int(col.argmax())], node.channel)
+        top, bottom = vertical_profile(edge.kernel_array())
         effect = "excites" if edge.sign > 0 else "inhibits"
-        lines.append(f"{edge.source} (rank {edge.rank}, {effect}): most selective for "
-                     f"{best.what} (d'={best.dprime:.2f}); kernel sum top {top:+.3g}, "
-                     f"bottom {bottom:+.3g}")
+        line = (f"{edge.source} (rank {edge.rank}, {effect}): most selective for {best.what} "
+                f"(d'={best.dprime:.2f}); mean weight above the centre {top:+.3g}, below "
+                f"{bottom:+.3g}: {describe_layout(top, bottom)}")
+        where = CAR_LAYOUT.get(best.what)
+        if where is not None and best.dprime >= TOY_LABEL_DPRIME:
+            on, off = (top, bottom) if where == "top" else (bottom, top)
+            line += (f", as a car has its {best.what} at the {where}" if on > 0 > off
+                     else f", not as a car has its {best.what} (at the {where})")
+        lines.append(line)
     return lines
 
 
@@ -140,6 +168,9 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
 
     echo(f"[3/4] circuit diagram of {unit} ({len(circuit.nodes)} units)")
     pictures = attach_renders(circuit, model, steps=steps, size=size, progress=progress)
+    if toy:  # what each unit detects, measured on generated images, under it in the diagram
+        result.findings = _toy_label(model, circuit)
+        circuit.note = "italic: what each unit detects best (d′ on generated images)"
     (out / "trace").mkdir(parents=True, exist_ok=True)
     circuit.save(out / "trace" / "circuit.json")
     draw_circuit(circuit, out / "trace" / "circuit.png", pictures)
@@ -155,7 +186,5 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
         result.report = evidence.html
     else:
         echo("[4/4] no images given: skipping dataset examples and ablation (pass --images DIR)")
-    if toy:
-        result.findings = _toy_findings(model, circuit)
     result.seconds = time.perf_counter() - started
     return result

@@ -36,7 +36,9 @@ SKIPPED_KINDS = ("pool", "norm")  # layers a hop reads through, never stops at
 class Node:
     """One unit of the circuit. ``depth`` 0 is the target; ``max_weight`` is the largest |weight|
     over all the unit's inputs from the next hop (what its kernels are normalised by), None for
-    the units of the last hop. ``render`` is the feature visualization PNG, if rendered."""
+    the units of the last hop. ``render`` is the feature visualization PNG, if rendered.
+    ``label`` is what the unit is known to detect (e.g. ``"wheels d' 2.3"``), shown under it in
+    diagrams and reports; None where nobody has measured it."""
 
     id: str
     layer: str
@@ -46,6 +48,7 @@ class Node:
     max_weight: float | None = None
     render: str | None = None
     activation: float | None = None
+    label: str | None = None
 
 
 @dataclass

@@ -63,10 +63,12 @@ def _thumb(ax, image, x, y, size, label_lines=(), fontsize=10):
                 fontsize=fontsize, color=MUTED, style="italic", zorder=4)
     ax.add_patch(Rectangle((x, y), size, size, fill=False, edgecolor="#303030", lw=0.8,
                            zorder=4))
-    for i, (text, weight) in enumerate(label_lines):
+    for i, (text, weight) in enumerate(label_lines):  # weight "italic": a measured label
+        italic = weight == "italic"
         ax.text(x + size / 2, y - 0.06 - i * 0.2, text, ha="center", va="top",
-                fontsize=fontsize - (1.5 if i else 0), fontweight=weight,
-                color=INK if i == 0 else MUTED, zorder=5)
+                fontsize=fontsize - (1.5 if i else 0), fontweight="normal" if italic else weight,
+                style="italic" if italic else "normal",
+                color=INK if i == 0 or italic else MUTED, zorder=5)
 
 
 def _heatmap(ax, kernel, x, y, size, vmax, zorder=6):
@@ -248,6 +250,8 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
         lines = [(f"{node.layer}:{node.channel}", "bold")]
         if node.branch:
             lines.append((_branch_text(node), "normal"))
+        if node.label:
+            lines.append((node.label, "italic"))
         _thumb(ax, image, x, y, thumb, lines, fontsize=10 if len(node.layer) < 16 else 9)
 
     head = title or f"Circuit of {circuit.target}"

@@ -224,24 +224,40 @@ def build_report(directory: str | Path) -> str:
                    "<span style='background:#fff;border:1px solid #ccc'></span>zero; "
                    "normalised by the target's largest weight. Strength = L2 norm of the "
                    "kernel.</p>")
-        out.append("<table><tr><th>source</th><th>target</th><th>rank</th><th>sign</th>"
-                   "<th>strength</th><th>relative</th><th>kernel</th></tr>")
+        labelled = any(n.get("label") for n in nodes)
+        out.append("<table><tr><th>source</th>" + ("<th>detects</th>" if labelled else "")
+                   + "<th>target</th><th>rank</th><th>sign</th>"
+                   "<th>strength</th><th>relative</th><th>mean weight above / below the centre"
+                   "</th><th>kernel</th></tr>")
         for e in sorted(edges, key=lambda e: (by_id.get(e["target"], {}).get("depth", 0),
                                               e["target"], e["rank"])):
             tgt = by_id.get(e["target"], {})
             k = np.asarray(e["kernel"], dtype=np.float64)
             scale = tgt.get("max_weight") or float(np.abs(k).max() or 1.0)
             uri = _uri_png_bytes(kernel_png(k, scale))
-            out.append(f"<tr><td><code>{esc(e['source'])}</code></td><td><code>"
+            detects = (f"<td>{esc(by_id.get(e['source'], {}).get('label') or '')}</td>"
+                       if labelled else "")
+            out.append(f"<tr><td><code>{esc(e['source'])}</code></td>{detects}<td><code>"
                        f"{esc(e['target'])}</code></td><td class='num'>{e['rank']}</td><td>"
                        f"{'excites' if e['sign'] > 0 else 'inhibits'}</td><td class='num'>"
                        f"{_fmt(e['strength'])}</td><td class='num'>{_fmt(e['relative'], 3)}"
-                       f"</td><td><img class='kernel' src='{uri}' alt='kernel'></td></tr>")
+                       f"</td><td class='num'>{_vertical(k)}</td>"
+                       f"<td><img class='kernel' src='{uri}' alt='kernel'></td></tr>")
         out.append("</table>")
     out.append("<p class='muted'>Written by <code>circuits</code>. Expanded weights are evidence, "
                "not proof (the linear approximation ignores ReLUs and max-pools); dataset "
                "examples and ablation test them on real images.</p></body></html>")
     return "\n".join(out)
+
+
+def _vertical(kernel: np.ndarray) -> str:
+    """Mean weight of the kernel's rows above the centre and of those below it (where in the
+    target's receptive field an input acts: windows above a car's centre, wheels below)."""
+    h = kernel.shape[0]
+    if h < 3:
+        return "–"
+    top, bottom = float(kernel[: h // 2].mean()), float(kernel[(h + 1) // 2:].mean())
+    return f"{top:+.3g} / {bottom:+.3g}"
 
 
 def _node_html(n: dict, edges: list[dict], by_id: dict, ev: dict | None, directory: Path) -> str:
@@ -261,6 +277,8 @@ def _node_html(n: dict, edges: list[dict], by_id: dict, ev: dict | None, directo
     parts.append(f"<div><b><code>{esc(n['id'])}</code></b></div>")
     if n.get("branch"):
         parts.append(f"<div class='muted'>{esc(n['branch'])} branch</div>")
+    if n.get("label"):
+        parts.append(f"<div><i>{esc(n['label'])}</i></div>")
     ins = sorted((e for e in edges if e["target"] == n["id"]), key=lambda e: e["rank"])
     outs = [e for e in edges if e["source"] == n["id"]]
     if ins:

@@ -163,6 +163,40 @@ class CircuitInput:
         bottom (windows over a car), negative for the reverse (wheels)."""
         return self.top - self.bottom
 
+    @property
+    def layout(self) -> str:
+        """Where the kernel excites and inhibits, in words (see :func:`describe_layout`)."""
+        return describe_layout(self.top, self.bottom)
+
+    @property
+    def as_on_a_car(self) -> bool | None:
+        """Whether the kernel puts its part where a car has it (:func:`car_layout_agrees`)."""
+        return car_layout_agrees(self.part, self.top, self.bottom)
+
+
+#: Where a car has each of its parts in its receptive field, as "Zoom In" shows for 4c:447:
+#: windows excite the top and inhibit the bottom, wheels excite the bottom and inhibit the top.
+CAR_LAYOUT = {"windows": "top", "wheels": "bottom"}
+
+
+def describe_layout(top: float, bottom: float) -> str:
+    """``"excites the top, inhibits the bottom"`` and the like, from the signs of the mean
+    weights above and below the centre."""
+    def verb(v: float) -> str:
+        return "excites" if v > 0 else "inhibits" if v < 0 else "ignores"
+
+    return f"{verb(top)} the top, {verb(bottom)} the bottom"
+
+
+def car_layout_agrees(part: str, top: float, bottom: float) -> bool | None:
+    """True when an input detecting ``part`` excites the half of the field where a car has
+    that part and inhibits the other half (:data:`CAR_LAYOUT`); None for the other parts."""
+    where = CAR_LAYOUT.get(part)
+    if where is None:
+        return None
+    on, off = (top, bottom) if where == "top" else (bottom, top)
+    return on > 0 > off
+
 
 def vertical_profile(kernel: torch.Tensor) -> tuple[float, float]:
     """Mean weight of the rows above and below the centre of an odd-sized kernel (h, w)."""
