@@ -79,38 +79,40 @@ def test_wrecks_have_a_cars_parts_the_other_way_up():
                 assert -1 <= x0 < x1 <= 65 and -1 <= y0 < y1 <= 65
 
 
-def test_turned_over_wreck_is_a_car_drawn_upside_down():
-    """The turned-over wreck is exactly the pixels of the car drawn from the same random
-    numbers, mirrored top to bottom inside the car's rows (before noise and downsampling), and
-    its part boxes are the car's, mirrored the same way."""
+def test_wreck_is_a_cars_own_pixels_rearranged():
+    """A wreck is exactly the pixels of the car drawn from the same random numbers (before
+    noise and downsampling), rearranged: turned over, its rows mirrored; swapped, its lower half
+    (wheels) moved above its upper half (cabin and windows). The part boxes move with them."""
     from PIL import Image, ImageDraw
 
-    from circuits_cli.toy.world import _car, _wreck
+    from circuits_cli.toy.world import WRECKS, _car, _wreck
 
-    found = 0
-    for seed in range(12):
-        if np.random.default_rng(seed).random() < 0.5:  # _wreck's first draw: scrambled
-            continue
-        found += 1
+    seen = set()
+    for seed in range(10):
         wreck = Image.new("RGB", (128, 128))
-        wparts, wbox = _wreck(ImageDraw.Draw(wreck), np.random.default_rng(seed), 128, 120.0)
+        wparts, _ = _wreck(ImageDraw.Draw(wreck), np.random.default_rng(seed), 128, 120.0)
         rng = np.random.default_rng(seed)
-        rng.random()
+        kind = WRECKS[int(rng.integers(len(WRECKS)))]  # _wreck's first draw
+        seen.add(kind)
         car = Image.new("RGB", (128, 128))
         cparts, cbox = _car(ImageDraw.Draw(car), rng, 128, 120.0)
-        top, bottom = int(np.floor(cbox[1] * 2)), int(np.ceil(cbox[3] * 2))
+        top, bottom = int(np.floor(cbox[1] * 2)), int(np.ceil(cbox[3] * 2)) + 1
         w, c = np.asarray(wreck), np.asarray(car)
-        # the car's pixels lie in rows [top, bottom], the tyres' lowest row included; the wreck
-        # mirrors rows [top, bottom) and leaves that one row (half an output pixel) out
-        assert not c[:top].any() and not c[bottom + 1:].any()
-        assert np.array_equal(w[top:bottom], c[top:bottom][::-1])
+        assert not c[:top].any() and not c[bottom:].any()  # the car lies in rows [top, bottom)
         assert not w[:top].any() and not w[bottom:].any()
-        t, b = top / 2, bottom / 2
+        if kind == "turned over":
+            assert np.array_equal(w[top:bottom], c[top:bottom][::-1])
+        else:
+            cut = int(round((max(b[3] for b in cparts["windows"])
+                             + min(b[1] for b in cparts["wheels"])) / 2 * 2))
+            assert np.array_equal(w[top:top + bottom - cut], c[cut:bottom])  # wheels on top
+            assert np.array_equal(w[top + bottom - cut:bottom], c[top:cut])  # windows below
         for part in ("wheels", "windows"):
             assert len(wparts[part]) == len(cparts[part]) == 2
             for wb, cb in zip(wparts[part], cparts[part], strict=True):
-                assert wb == pytest.approx((cb[0], t + b - cb[3], cb[2], t + b - cb[1]))
-    assert found >= 3
+                assert (wb[0], wb[2]) == (cb[0], cb[2])  # same columns
+                assert wb[3] - wb[1] == pytest.approx(cb[3] - cb[1])  # same size
+    assert seen == set(WRECKS)
 
 
 @pytest.mark.parametrize("part", PARTS)

@@ -11,7 +11,7 @@ Eight classes of small RGB scenes (64x64 by default) on a sky/ground background 
 - ``bicycle``: two thin-spoked wheels and a frame of coloured tubes;
 - ``tree``: one to three trees, each a trunk under foliage;
 - ``wreck``: a car with its parts in the wrong places: turned over (roof on the ground, wheels in
-  the air) or scrambled (glass low in the body, wheels lying on the roof).
+  the air), or cut in two between windows and wheels with the halves swapped (wheels on top).
 
 So ``car``, ``bus`` and ``truck`` share wheels and windows, ``house`` shares windows, ``wagon``
 and ``bicycle`` share wheels, and what tells a car apart is the arrangement: windows on top,
@@ -286,19 +286,15 @@ def _parts() -> dict[str, list[Box]]:
     return {p: [] for p in PARTS}
 
 
-def _car(d, rng, s, base, scrambled: bool = False):
-    """A car; ``scrambled=True`` draws the same body with its parts in the wrong places: the
-    glass low in the body, the wheels on the roof, the body resting on the ground."""
+def _car(d, rng, s, base):
     w = rng.uniform(0.45, 0.85) * s
-    if scrambled:  # the wheels on the roof make it taller: keep it inside the picture
-        w = min(w, (base - 2) / 0.85)
     x0 = rng.uniform(0.0, s - w)
     flip = rng.random() < 0.5
     r = w * rng.uniform(0.10, 0.13)
     hb = w * rng.uniform(0.2, 0.27)
     hc = w * rng.uniform(0.2, 0.26)
     yw = base - r
-    yb1 = base if scrambled else yw + 0.25 * r
+    yb1 = yw + 0.25 * r
     yb0 = yb1 - hb
     paint = _paint(rng)
     parts = _parts()
@@ -312,49 +308,64 @@ def _car(d, rng, s, base, scrambled: bool = False):
     cabin = [(fx(c0), yb0 + 1), (fx(t0), yb0 - hc), (fx(t1), yb0 - hc), (fx(c1), yb0 + 1)]
     d.polygon(cabin, fill=paint)
     d.rounded_rectangle((x0, yb0, x0 + w, yb1), radius=hb * 0.3, fill=paint)
-    # windows: two panes split by a pillar, inset in the cabin (scrambled: low in the body)
+    # windows: two panes split by a pillar, inset in the cabin
     m = hc * 0.18
     pillar = (t0 + t1) / 2
-    wy0, wy1 = (yb0 + hb * 0.3, yb1 - hb * 0.12) if scrambled else (yb0 - hc + m, yb0 - m * 0.5)
     for u0, u1 in ((c0 + 0.06, pillar - 0.02), (pillar + 0.02, c1 - 0.06)):
         a, b = sorted((fx(u0), fx(u1)))
-        parts["windows"].append(_window(d, rng, a, wy0, b, wy1))
+        parts["windows"].append(_window(d, rng, a, yb0 - hc + m, b, yb0 - m * 0.5))
     # lights
     hl = hb * 0.18
     d.rectangle((fx(0.98) - hl, yb0 + hb * 0.25, fx(0.98) + hl, yb0 + hb * 0.45),
                 fill=_jitter(rng, (250, 230, 120), 5))
     d.rectangle((fx(0.02) - hl, yb0 + hb * 0.25, fx(0.02) + hl, yb0 + hb * 0.45),
                 fill=_jitter(rng, (200, 40, 40), 10))
-    if scrambled:  # the wheels lie on the roof, at its two ends
-        yr = yb0 - hc - r * 0.85
-        for u in (t0 + 0.02, t1 - 0.02):
-            parts["wheels"].append(_wheel(d, rng, fx(u), yr, r, "car"))
-        return parts, _box(x0, yr - r, x0 + w, base)
     for u in (0.2, 0.8):
         parts["wheels"].append(_wheel(d, rng, fx(u), yw, r, "car"))
     return parts, _box(x0, yb0 - hc, x0 + w, base)
 
 
+#: The kinds of wreck, drawn with equal chances (see :func:`_wreck`).
+WRECKS = ("turned over", "swapped")
+
+
 def _wreck(d, rng, s, base):
-    """A car with its parts in the wrong places: turned over (the whole car upside down, roof
-    on the ground and wheels in the air) or scrambled (see :func:`_car`). Same parts as a car,
-    same drawing, only the arrangement differs: windows below, wheels above. (The turned-over
-    car mirrors the rows of its box; the tyres' lowest supersampled row, half an output pixel,
-    falls outside it and is left out.)"""
-    if rng.random() < 0.5:
-        return _car(d, rng, s, base, scrambled=True)
+    """A car with its parts in the wrong places: the very pixels of a car (:func:`_car`, same
+    random numbers), rearranged so that its wheels end up above its windows.
+
+    - ``turned over``: the car upside down, roof on the ground and wheels in the air;
+    - ``swapped``: the car cut in two between its windows and its wheels, the halves swapped: the
+      lower half (wheels, with the lower body above them) on top, the cabin with its windows
+      below, so that every part keeps its own surroundings and only the arrangement changes.
+    """
+    kind = WRECKS[int(rng.integers(len(WRECKS)))]
     img = d._image
     layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
     parts, box = _car(ImageDraw.Draw(layer), rng, s, base)
-    top, bottom = int(math.floor(box[1] * _SS)), int(math.ceil(box[3] * _SS))
-    region = layer.crop((0, top, img.size[0], bottom)).transpose(Image.FLIP_TOP_BOTTOM)
-    img.paste(region, (0, top), region)
+    # the car's rows: [top, bottom), the tyres' lowest row (PIL draws y = base) included
+    top, bottom = int(math.floor(box[1] * _SS)), int(math.ceil(box[3] * _SS)) + 1
     t, b = top / _SS, bottom / _SS
+    if kind == "turned over":
+        region = layer.crop((0, top, img.size[0], bottom)).transpose(Image.FLIP_TOP_BOTTOM)
+        img.paste(region, (0, top), region)
 
-    def mirror(bx: Box) -> Box:
-        return (bx[0], t + b - bx[3], bx[2], t + b - bx[1])
+        def move(bx: Box) -> Box:
+            return (bx[0], t + b - bx[3], bx[2], t + b - bx[1])
+    else:
+        # cut half-way between the windows' lowest edge and the wheels' highest one
+        cut = int(round((max(w[3] for w in parts["windows"])
+                         + min(w[1] for w in parts["wheels"])) / 2 * _SS))
+        upper = layer.crop((0, top, img.size[0], cut))
+        lower = layer.crop((0, cut, img.size[0], bottom))
+        img.paste(lower, (0, top), lower)
+        img.paste(upper, (0, top + bottom - cut), upper)
+        c = cut / _SS
 
-    return {p: [mirror(bx) for bx in boxes] for p, boxes in parts.items()}, mirror(box)
+        def move(bx: Box) -> Box:
+            dy = (t - c) if bx[1] >= c else (b - c)  # lower half up, upper half down
+            return (bx[0], bx[1] + dy, bx[2], bx[3] + dy)
+
+    return {p: [move(bx) for bx in boxes] for p, boxes in parts.items()}, (box[0], t, box[2], b)
 
 
 def _bus(d, rng, s, base):
