@@ -23,18 +23,18 @@ from circuits_cli.zoo.toy import SHIPPED
 
 
 def test_dataset_is_deterministic_by_seed_and_balanced():
-    a, la = make_dataset(32, seed=5)
-    b, lb = make_dataset(32, seed=5)
-    c, _ = make_dataset(32, seed=6)
-    assert a.shape == (32, 3, 64, 64) and a.dtype == torch.float32
+    a, la = make_dataset(28, seed=5)
+    b, lb = make_dataset(28, seed=5)
+    c, _ = make_dataset(28, seed=6)
+    assert a.shape == (28, 3, 64, 64) and a.dtype == torch.float32
     assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
     assert torch.equal(a, b) and torch.equal(la, lb)
     assert not torch.equal(a, c)
     assert torch.bincount(la, minlength=len(CLASSES)).tolist() == [4] * len(CLASSES)
     # scene i depends only on (seed, i): a longer set starts with the same scenes
-    longer, ll = make_dataset(64, seed=5)
-    same = ll[:32] == la
-    assert torch.equal(longer[:32][same], a[same])
+    longer, ll = make_dataset(56, seed=5)
+    same = ll[:28] == la
+    assert torch.equal(longer[:28][same], a[same])
 
 
 def test_make_scene_is_deterministic_and_describes_its_parts():
@@ -51,7 +51,6 @@ def test_make_scene_is_deterministic_and_describes_its_parts():
     parts = {cls: set(render_scenes(7 * 6, 1, classes=[cls], with_meta=True)[2][0]["parts"])
              for cls in CLASSES}
     assert {"wheels", "windows"} <= parts["car"] and {"wheels", "windows"} <= parts["bus"]
-    assert parts["wreck"] == parts["car"] == {"wheels", "windows"}
     assert "windows" in parts["house"] and "roof" in parts["house"] and "door" in parts["house"]
     assert parts["wagon"] == {"wheels"} and "wheels" in parts["bicycle"]
     assert parts["tree"] == {"foliage"}
@@ -63,56 +62,6 @@ def test_car_windows_sit_above_its_wheels():
         window_bottom = max(b[3] for b in meta["parts"]["windows"])
         wheel_top = min(b[1] for b in meta["parts"]["wheels"])
         assert window_bottom < wheel_top
-
-
-def test_wrecks_have_a_cars_parts_the_other_way_up():
-    """A wreck has two wheels and two windows, as a car does, but every window lies below every
-    wheel: turned over or scrambled, the arrangement is the only thing that tells it apart."""
-    _, _, metas = render_scenes(60, 2, classes=["wreck"], with_meta=True)
-    for meta in metas:
-        assert len(meta["parts"]["wheels"]) == len(meta["parts"]["windows"]) == 2
-        window_top = min(b[1] for b in meta["parts"]["windows"])
-        wheel_bottom = max(b[3] for b in meta["parts"]["wheels"])
-        assert window_top > wheel_bottom, meta
-        for boxes in meta["parts"].values():
-            for x0, y0, x1, y1 in boxes:
-                assert -1 <= x0 < x1 <= 65 and -1 <= y0 < y1 <= 65
-
-
-def test_wreck_is_a_cars_own_pixels_rearranged():
-    """A wreck is exactly the pixels of the car drawn from the same random numbers (before
-    noise and downsampling), rearranged: turned over, its rows mirrored; swapped, its lower half
-    (wheels) moved above its upper half (cabin and windows). The part boxes move with them."""
-    from PIL import Image, ImageDraw
-
-    from circuits_cli.toy.world import WRECKS, _car, _wreck
-
-    seen = set()
-    for seed in range(10):
-        wreck = Image.new("RGB", (128, 128))
-        wparts, _ = _wreck(ImageDraw.Draw(wreck), np.random.default_rng(seed), 128, 120.0)
-        rng = np.random.default_rng(seed)
-        kind = WRECKS[int(rng.integers(len(WRECKS)))]  # _wreck's first draw
-        seen.add(kind)
-        car = Image.new("RGB", (128, 128))
-        cparts, cbox = _car(ImageDraw.Draw(car), rng, 128, 120.0)
-        top, bottom = int(np.floor(cbox[1] * 2)), int(np.ceil(cbox[3] * 2)) + 1
-        w, c = np.asarray(wreck), np.asarray(car)
-        assert not c[:top].any() and not c[bottom:].any()  # the car lies in rows [top, bottom)
-        assert not w[:top].any() and not w[bottom:].any()
-        if kind == "turned over":
-            assert np.array_equal(w[top:bottom], c[top:bottom][::-1])
-        else:
-            cut = int(round((max(b[3] for b in cparts["windows"])
-                             + min(b[1] for b in cparts["wheels"])) / 2 * 2))
-            assert np.array_equal(w[top:top + bottom - cut], c[cut:bottom])  # wheels on top
-            assert np.array_equal(w[top + bottom - cut:bottom], c[top:cut])  # windows below
-        for part in ("wheels", "windows"):
-            assert len(wparts[part]) == len(cparts[part]) == 2
-            for wb, cb in zip(wparts[part], cparts[part], strict=True):
-                assert (wb[0], wb[2]) == (cb[0], cb[2])  # same columns
-                assert wb[3] - wb[1] == pytest.approx(cb[3] - cb[1])  # same size
-    assert seen == set(WRECKS)
 
 
 @pytest.mark.parametrize("part", PARTS)

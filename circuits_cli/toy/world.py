@@ -1,6 +1,6 @@
 """The toy world: procedural scenes whose classes share parts the way ImageNet classes do.
 
-Eight classes of small RGB scenes (64x64 by default) on a sky/ground background with clutter:
+Seven classes of small RGB scenes (64x64 by default) on a sky/ground background with clutter:
 
 - ``car``: body, a cabin with windows in its upper half, two wheels at the bottom;
 - ``bus``: a long box with a row of windows along its top, wheels at the bottom;
@@ -9,15 +9,11 @@ Eight classes of small RGB scenes (64x64 by default) on a sky/ground background 
   car's cabin): a car without windows;
 - ``house``: walls with framed windows, a roof on top, a door at the bottom;
 - ``bicycle``: two thin-spoked wheels and a frame of coloured tubes;
-- ``tree``: one to three trees, each a trunk under foliage;
-- ``wreck``: a car with its parts in the wrong places: turned over (roof on the ground, wheels in
-  the air), or cut in two between windows and wheels with the halves swapped (wheels on top).
+- ``tree``: one to three trees, each a trunk under foliage.
 
 So ``car``, ``bus`` and ``truck`` share wheels and windows, ``house`` shares windows, ``wagon``
 and ``bicycle`` share wheels, and what tells a car apart is the arrangement: windows on top,
-wheels below. A wagon has the wheels and the shape but no windows; a wreck has a car's every
-part, drawn the same way, and differs only in where they are, so a car detector must check that
-the windows are above the wheels and not the reverse.
+wheels below (a wagon has the wheels and the shape, but no windows).
 Half of all scenes, of every class, also have a stray wheel or window lying about, so the mere
 presence of a part is weak evidence and its place relative to the others matters.
 
@@ -44,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-CLASSES = ("car", "bus", "truck", "wagon", "house", "bicycle", "tree", "wreck")
+CLASSES = ("car", "bus", "truck", "wagon", "house", "bicycle", "tree")
 PARTS = ("wheels", "windows", "roof", "door", "frame", "foliage")
 NO_PART = "none"
 
@@ -325,49 +321,6 @@ def _car(d, rng, s, base):
     return parts, _box(x0, yb0 - hc, x0 + w, base)
 
 
-#: The kinds of wreck, drawn with equal chances (see :func:`_wreck`).
-WRECKS = ("turned over", "swapped")
-
-
-def _wreck(d, rng, s, base):
-    """A car with its parts in the wrong places: the very pixels of a car (:func:`_car`, same
-    random numbers), rearranged so that its wheels end up above its windows.
-
-    - ``turned over``: the car upside down, roof on the ground and wheels in the air;
-    - ``swapped``: the car cut in two between its windows and its wheels, the halves swapped: the
-      lower half (wheels, with the lower body above them) on top, the cabin with its windows
-      below, so that every part keeps its own surroundings and only the arrangement changes.
-    """
-    kind = WRECKS[int(rng.integers(len(WRECKS)))]
-    img = d._image
-    layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
-    parts, box = _car(ImageDraw.Draw(layer), rng, s, base)
-    # the car's rows: [top, bottom), the tyres' lowest row (PIL draws y = base) included
-    top, bottom = int(math.floor(box[1] * _SS)), int(math.ceil(box[3] * _SS)) + 1
-    t, b = top / _SS, bottom / _SS
-    if kind == "turned over":
-        region = layer.crop((0, top, img.size[0], bottom)).transpose(Image.FLIP_TOP_BOTTOM)
-        img.paste(region, (0, top), region)
-
-        def move(bx: Box) -> Box:
-            return (bx[0], t + b - bx[3], bx[2], t + b - bx[1])
-    else:
-        # cut half-way between the windows' lowest edge and the wheels' highest one
-        cut = int(round((max(w[3] for w in parts["windows"])
-                         + min(w[1] for w in parts["wheels"])) / 2 * _SS))
-        upper = layer.crop((0, top, img.size[0], cut))
-        lower = layer.crop((0, cut, img.size[0], bottom))
-        img.paste(lower, (0, top), lower)
-        img.paste(upper, (0, top + bottom - cut), upper)
-        c = cut / _SS
-
-        def move(bx: Box) -> Box:
-            dy = (t - c) if bx[1] >= c else (b - c)  # lower half up, upper half down
-            return (bx[0], bx[1] + dy, bx[2], bx[3] + dy)
-
-    return {p: [move(bx) for bx in boxes] for p, boxes in parts.items()}, (box[0], t, box[2], b)
-
-
 def _bus(d, rng, s, base):
     w = rng.uniform(0.6, 0.95) * s
     h = w * rng.uniform(0.33, 0.45)
@@ -538,8 +491,7 @@ def _tree(d, rng, s, base):
 
 
 _OBJECTS: dict[str, Callable] = {"car": _car, "bus": _bus, "truck": _truck, "wagon": _wagon,
-                                 "house": _house, "bicycle": _bicycle, "tree": _tree,
-                                 "wreck": _wreck}
+                                 "house": _house, "bicycle": _bicycle, "tree": _tree}
 
 
 def _lone_part(d, rng, s, part, count: int | None = None) -> list[Box]:
