@@ -285,3 +285,6 @@ def test_trace_from_car_unit_recovers_wheel_and_window_detectors(toy, car_unit, 
     window = windows[0]
     assert window.sign > 0
     assert window.top >= 0.02 and window.bottom <= -0.008, window
+    assert window.as_on_a_car and window.layout == "excites the top, inhibits the bottom"
+    # the half that does not hold (issue 14): no wheel unit inhibits the top of the field
+    assert not any(i.as_on_a_car for i in wheels)

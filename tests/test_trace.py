@@ -107,6 +107,31 @@ def test_circuit_json_round_trip(planted, tmp_path):
         Circuit.from_json({"nodes": []})
 
 
+def test_report_says_what_each_input_detects_and_where_it_acts(planted, tmp_path):
+    """Labels (what a unit detects) round-trip through circuit.json and show in the report; the
+    report's mean weight above / below the centre reads the planted layout: windows excite the
+    top of the car's field and inhibit the bottom, wheels the reverse."""
+    from circuits_cli.reports.html import build_report
+    from circuits_cli.toy.analysis import car_layout_agrees, describe_layout, vertical_profile
+
+    circuit = trace(planted.model, Unit("mixed_b", CAR), depth=1, top_k=3)
+    circuit.node(f"mixed_a:{WINDOWS}").label = "windows (planted)"
+    circuit.node(f"mixed_a:{WHEELS}").label = "wheels (planted)"
+    circuit.save(tmp_path / "circuit.json")
+    assert Circuit.load(tmp_path / "circuit.json") == circuit
+    windows, wheels, _ = circuit.inputs(CAR_ID)
+    wt, wb = vertical_profile(windows.kernel_array())
+    ht, hb = vertical_profile(wheels.kernel_array())
+    assert describe_layout(wt, wb) == "excites the top, inhibits the bottom"
+    assert describe_layout(ht, hb) == "inhibits the top, excites the bottom"
+    assert car_layout_agrees("windows", wt, wb) and car_layout_agrees("wheels", ht, hb)
+    assert not car_layout_agrees("wheels", wt, wb) and not car_layout_agrees("windows", ht, hb)
+    assert car_layout_agrees("roof", wt, wb) is None
+    html = build_report(tmp_path)
+    assert "<i>windows (planted)</i>" in html and "<td>wheels (planted)</td>" in html
+    assert f"{wt:+.3g} / {wb:+.3g}" in html and f"{ht:+.3g} / {hb:+.3g}" in html
+
+
 def test_previous_layer_stops_at_the_input(planted):
     model = planted.model
     assert previous_layer(model, "mixed_b") == "mixed_a"
