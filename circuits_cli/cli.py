@@ -25,6 +25,7 @@ COMMANDS = {
     "ablate": "circuits_cli.commands.ablate:ablate",
     "find": "circuits_cli.commands.find:find",
     "toy": "circuits_cli.commands.toy:toy",
+    "superposition": "circuits_cli.commands.superposition:superposition",
     "demo": "circuits_cli.commands.demo:demo",
 }
 

@@ -12,6 +12,7 @@ and unit vector ``Ŵ_i = W_i / ‖W_i‖``:
 
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
 
 import numpy as np
@@ -89,6 +90,7 @@ def band_share(values: np.ndarray, tol: float = 0.05) -> dict:
             "per_band": per_band, "tol": tol}
 
 
+@functools.lru_cache(maxsize=8)
 def uniform_band_share(tol: float = 0.05) -> float:
     """Share of ``[0, 1]`` covered by the bands at ``±tol``: what values spread uniformly over
     ``[0, 1]`` would score (the chance level a clustering claim has to beat)."""

@@ -76,17 +76,17 @@ def sparsity_sweep(params: SweepParams = SweepParams(), log: Log = None,
     p = params
     importance = p.importance_decay ** np.arange(p.n_features)
     density = 1.0 - np.asarray(p.sparsities)
-    runs = dict(runs or {})
-    for kind in ("relu", "linear"):
-        if kind not in runs:
-            if log:
-                log(f"sparsity sweep, {kind} model: {len(density)} instances, n={p.n_features}, "
-                    f"m={p.n_hidden}, {p.steps} steps")
-            runs[kind] = train_toy_models(p.n_features, p.n_hidden, density[:, None]
-                                          * np.ones(p.n_features), importance[None, :]
-                                          * np.ones((len(density), 1)), relu=kind == "relu",
-                                          steps=p.steps, batch=p.batch, lr=p.lr, seed=p.seed,
-                                          decay=True, log=log)
+    if not runs:
+        k = len(density)
+        if log:
+            log(f"sparsity sweep: {k} ReLU output + {k} linear models in one run, "
+                f"n={p.n_features}, m={p.n_hidden}, {p.steps} steps")
+        both = train_toy_models(p.n_features, p.n_hidden,
+                                np.tile(density, 2)[:, None] * np.ones(p.n_features),
+                                importance[None, :] * np.ones((2 * k, 1)),
+                                relu=np.repeat([True, False], k), steps=p.steps, batch=p.batch,
+                                lr=p.lr, seed=p.seed, decay=True, log=log)
+        runs = {"relu": both.select(slice(0, k)), "linear": both.select(slice(k, 2 * k))}
     models = {}
     for kind, run in runs.items():
         W = run.W

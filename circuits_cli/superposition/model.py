@@ -42,16 +42,20 @@ def sparse_features(density: torch.Tensor, batch: int,
 class ToyModel(torch.nn.Module):
     """``instances`` independent toy models: ``W [instances, m, n]``, ``b [instances, n]``.
 
-    ``W`` starts Xavier-normal (as in the paper's code), ``b`` at zero."""
+    ``relu``: one flag for all, or one per instance (ReLU output and linear models side by side
+    in one run). ``W`` starts Xavier-normal (as in the paper's code), ``b`` at zero."""
 
-    def __init__(self, n_instances: int, n_features: int, n_hidden: int, relu: bool = True,
+    def __init__(self, n_instances: int, n_features: int, n_hidden: int, relu=True,
                  generator: torch.Generator | None = None):
         super().__init__()
         std = math.sqrt(2.0 / (n_features + n_hidden))
         w = torch.randn((n_instances, n_hidden, n_features), generator=generator) * std
         self.W = torch.nn.Parameter(w)
         self.b = torch.nn.Parameter(torch.zeros(n_instances, n_features))
-        self.relu = relu
+        flags = np.broadcast_to(np.asarray(relu, dtype=bool), (n_instances,)).copy()
+        flags = torch.from_numpy(flags)
+        self.register_buffer("relu_mask", flags.clone())
+        self._all_relu, self._no_relu = bool(flags.all()), not bool(flags.any())
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
         """``h = W x`` for ``x [instances, batch, n]`` -> ``[instances, batch, m]``."""
@@ -59,7 +63,11 @@ class ToyModel(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.baddbmm(self.b[:, None, :], self.hidden(x), self.W)
-        return torch.relu(out) if self.relu else out
+        if self._all_relu:
+            return torch.relu(out)
+        if self._no_relu:
+            return out
+        return torch.where(self.relu_mask[:, None, None], torch.relu(out), out)
 
 
 def importance_weighted_loss(x: torch.Tensor, out: torch.Tensor,
@@ -76,7 +84,7 @@ class ToyRun:
     b: np.ndarray            # [instances, n]
     density: np.ndarray      # [instances, n]   (1 − S per feature)
     importance: np.ndarray   # [instances, n]
-    relu: bool
+    relu: np.ndarray         # [instances] bool: ReLU output model (True) or linear (False)
     loss: np.ndarray         # [instances], on a fresh evaluation batch
     steps: int
     batch: int
@@ -89,10 +97,17 @@ class ToyRun:
     def n_instances(self) -> int:
         return self.W.shape[0]
 
+    def select(self, index) -> ToyRun:
+        """The instances ``index`` (a slice, mask or index array) as a run of their own."""
+        return ToyRun(W=self.W[index], b=self.b[index], density=self.density[index],
+                      importance=self.importance[index], relu=self.relu[index],
+                      loss=self.loss[index], steps=self.steps, batch=self.batch, lr=self.lr,
+                      seed=self.seed, seconds=self.seconds, extra=dict(self.extra))
+
     def to_json(self) -> dict:
         return {
             "W": self.W.tolist(), "b": self.b.tolist(), "density": self.density.tolist(),
-            "importance": self.importance.tolist(), "relu": self.relu,
+            "importance": self.importance.tolist(), "relu": self.relu.tolist(),
             "loss": self.loss.tolist(), "steps": self.steps, "batch": self.batch, "lr": self.lr,
             "seed": self.seed, "seconds": self.seconds, "extra": self.extra,
         }
@@ -101,7 +116,7 @@ class ToyRun:
     def from_json(cls, d: dict) -> ToyRun:
         arr = lambda k: np.asarray(d[k], dtype=np.float64)  # noqa: E731
         return cls(W=arr("W"), b=arr("b"), density=arr("density"), importance=arr("importance"),
-                   relu=bool(d["relu"]), loss=arr("loss"), steps=int(d["steps"]),
+                   relu=np.asarray(d["relu"], dtype=bool), loss=arr("loss"), steps=int(d["steps"]),
                    batch=int(d["batch"]), lr=float(d["lr"]), seed=int(d["seed"]),
                    seconds=float(d["seconds"]), extra=dict(d.get("extra", {})))
 
@@ -125,19 +140,20 @@ def _per_instance(value, n_instances: int, n_features: int, what: str) -> torch.
 
 
 def train_toy_models(n_features: int, n_hidden: int, density, importance=1.0, *,
-                     n_instances: int | None = None, relu: bool = True, steps: int = 10_000,
+                     n_instances: int | None = None, relu=True, steps: int = 10_000,
                      batch: int = 1024, lr: float = 1e-3, seed: int = 0,
                      eval_batch: int = 8192, decay: bool = False, weight_decay: float = 0.0,
                      log: Callable[[str], None] | None = None) -> ToyRun:
     """Train a batch of toy models, one per row of ``density`` / ``importance``.
 
     ``density`` (1 − S) and ``importance`` are a number, a per-instance vector, a per-feature
-    vector or an ``[instances, n]`` array. Adam at a constant learning rate, as in the paper's
-    code (10,000 steps of 1,024 there). The paper's loss has no regulariser, so weight decay is
-    off by default (its code's AdamW default of 0.01 stored the same number of features at every
-    sparsity of the n=20, m=5 sweep in our measurement); ``decay=True``
-    lowers it along a half cosine to 0 instead (sharper optima in fewer steps). Seeded: the same
-    arguments give the same weights on the same machine and thread count. ``loss`` in the result
+    vector or an ``[instances, n]`` array; ``relu`` a flag or one per instance. Adam at a constant
+    learning rate, as in the paper's code (10,000 steps of 1,024 there). The paper's loss has no
+    regulariser, so weight decay is off by default (its code's AdamW default of 0.01 stored the
+    same number of features at every sparsity of the n=20, m=5 sweep in our measurement);
+    ``decay=True`` lowers the rate along a half cosine to 0 instead (sharper optima in fewer
+    steps). Seeded: the same arguments give the same weights on the same machine and thread
+    count. ``loss`` in the result
     is measured on a fresh batch of ``eval_batch``.
     """
     if n_features < 1 or n_hidden < 1:
@@ -174,13 +190,14 @@ def train_toy_models(n_features: int, n_hidden: int, density, importance=1.0, *,
         x = sparse_features(dens, eval_batch, gen)
         final = importance_weighted_loss(x, model(x), imp)
     return ToyRun(W=model.W.detach().double().numpy(), b=model.b.detach().double().numpy(),
-                  density=dens.double().numpy(), importance=imp.double().numpy(), relu=relu,
+                  density=dens.double().numpy(), importance=imp.double().numpy(),
+                  relu=model.relu_mask.numpy().copy(),
                   loss=final.double().numpy(), steps=steps, batch=batch, lr=lr, seed=seed,
                   seconds=seconds)
 
 
 def expected_loss(W: np.ndarray, b: np.ndarray, density: np.ndarray, importance: np.ndarray,
-                  relu: bool = True, grid: int = 64) -> np.ndarray:
+                  relu=True, grid: int = 64) -> np.ndarray:
     """The exact expected loss of small models (``n ≤ 3``), without sampling noise: a sum over the
     ``2ⁿ`` patterns of present features, each weighted by its probability, of the mean loss on a
     midpoint grid of ``grid`` values per present feature (the uniform [0, 1] integral).
@@ -202,8 +219,8 @@ def expected_loss(W: np.ndarray, b: np.ndarray, density: np.ndarray, importance:
         axes = [values if on[i] else np.zeros(1) for i in range(n)]
         x = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, n)       # [P, n]
         out = np.einsum("pn,imn,imk->ipk", x, W, W) + b[:, None, :]
-        if relu:
-            out = np.maximum(out, 0)
+        relu_mask = np.broadcast_to(np.asarray(relu, dtype=bool), (W.shape[0],))
+        out = np.where(relu_mask[:, None, None], np.maximum(out, 0), out)
         err = ((x[None] - out) ** 2 * imp[:, None, :]).sum(-1).mean(-1)
         total += prob * err
     return total
