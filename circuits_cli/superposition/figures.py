@@ -49,7 +49,7 @@ def wtw_sweep_figure(sweep: dict) -> Figure:
                  f"m = {sweep['params']['n_hidden']}, importance "
                  f"{sweep['params']['importance_decay']}^i; features sorted by importance)",
                  fontsize=11)
-    fig.subplots_adjust(left=0.06, right=0.9, top=0.8, bottom=0.07, wspace=0.25, hspace=0.45)
+    fig.subplots_adjust(left=0.06, right=0.9, top=0.84, bottom=0.07, wspace=0.25, hspace=0.45)
     cax = fig.add_axes([0.92, 0.15, 0.012, 0.6])
     fig.colorbar(image, cax=cax).set_label("weight", fontsize=9)
     return fig
@@ -108,7 +108,7 @@ def phase_diagram_figure(phase: dict) -> Figure:
     rel = np.asarray(phase["params"]["relative_importances"])
     code = {ph: i for i, ph in enumerate(A.PHASES)}
     cmap = ListedColormap([PHASE_COLOURS[ph] for ph in A.PHASES])
-    fig = Figure(figsize=(11, 5.2))
+    fig = Figure(figsize=(11, 6.2))
     axes = fig.subplots(1, 2, sharey=True)
     labels = np.asarray(phase["labels"], dtype=object)
     theory = np.asarray(phase["theory"], dtype=object)
@@ -122,6 +122,10 @@ def phase_diagram_figure(phase: dict) -> Figure:
         ax.set_yscale("log")
         ax.set_xlabel("feature density 1 − S (log; sparser to the left)")
         ax.set_title(title, fontsize=11)
+    tie = np.argwhere(A.theory_margin(*np.meshgrid(dens, rel, indexing="ij")) <= 0.1)
+    if len(tie):
+        axes[1].scatter(dens[tie[:, 0]], rel[tie[:, 1]], marker="$=$", color="black", s=40,
+                        linewidths=0.5)
     axes[0].set_ylabel("relative importance of the extra feature (log)")
     bad = np.argwhere(labels != theory)
     if len(bad):
@@ -135,10 +139,16 @@ def phase_diagram_figure(phase: dict) -> Figure:
         from matplotlib.lines import Line2D
         handles.append(Line2D([], [], marker="x", color="black", linestyle="none",
                               label="trained ≠ theory"))
+    if len(tie):
+        from matplotlib.lines import Line2D
+        handles.append(Line2D([], [], marker="$=$", color="black", linestyle="none",
+                              label="near a tie in theory (best two within 10%)"))
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
-    fig.suptitle("Two features in one dimension: is the extra feature stored? "
-                 f"(agreement with theory {phase['agreement_with_theory']:.0%})", fontsize=12)
-    fig.subplots_adjust(left=0.08, right=0.98, top=0.86, bottom=0.2, wspace=0.08)
+    fig.suptitle("Two features in one dimension: is the extra feature stored?\nTrained agrees "
+                 f"with theory on {phase['agreement_with_theory']:.0%} of cells, "
+                 f"{phase['agreement_with_theory_clear_cells']:.0%} of those off the ties",
+                 fontsize=12)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.84, bottom=0.25, wspace=0.08)
     return fig
 
 
@@ -169,16 +179,22 @@ def dimensionality_figure(dim: dict, seed: int = 0) -> Figure:
     ax.plot(inv, dim["dimensions_per_feature"], color="tab:red", marker="o", markersize=3.5,
             linewidth=1.5, label="dimensions per feature m / ‖W‖_F²")
     ax.set_xscale("log")
+    ticks = [t for t in (1, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100)
+             if inv.min() * 0.97 <= t <= inv.max() * 1.03]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("1 / (1 − S)   (log; sparser to the right)")
     ax.set_ylabel("feature dimensionality D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)²")
     ax.set_ylim(0, 1.08)
-    share = dim["band_share"]["0.05"]["sparse_models"]
+    bs = dim["band_share"]["0.05"]
+    share, regime = bs["sparse_models"], bs["models_with_dims_per_feature_at_least_3/8"]
     p = dim["params"]
-    ax.set_title(f"Feature dimensionality: n = {p['n_features']} features in m = "
-                 f"{p['n_hidden']} dimensions, uniform importance\n{share['share']:.0%} of the "
-                 f"represented features of sparse models within ±0.05 of a band "
-                 f"(uniform spread: {dim['band_share']['0.05']['uniform_chance']:.0%})",
-                 fontsize=11)
+    fig.suptitle(f"Feature dimensionality: n = {p['n_features']} features in m = "
+                 f"{p['n_hidden']} dimensions, uniform importance", fontsize=12, x=0.43)
+    ax.set_title(f"within ±0.05 of a band: {share['share']:.0%} of the stored features of all "
+                 f"S > 0 models, {regime['share']:.0%} of those of models with "
+                 f"m/‖W‖²_F ≥ 3/8\n(values spread uniformly over [0, 1] would score "
+                 f"{bs['uniform_chance']:.0%})", fontsize=9.5)
     ax.legend(loc="lower left", fontsize=9)
-    fig.subplots_adjust(left=0.08, right=0.78, top=0.88, bottom=0.1)
+    fig.subplots_adjust(left=0.08, right=0.78, top=0.86, bottom=0.1)
     return fig
