@@ -26,6 +26,7 @@ COMMANDS = {
     "find": "circuits_cli.commands.find:find",
     "steer": "circuits_cli.commands.steer:steer",
     "toy": "circuits_cli.commands.toy:toy",
+    "superposition": "circuits_cli.commands.superposition:superposition",
     "demo": "circuits_cli.commands.demo:demo",
 }
 
