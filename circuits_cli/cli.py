@@ -26,6 +26,7 @@ COMMANDS = {
     "find": "circuits_cli.commands.find:find",
     "toy": "circuits_cli.commands.toy:toy",
     "demo": "circuits_cli.commands.demo:demo",
+    "sae": "circuits_cli.commands.sae:sae",
 }
 
 

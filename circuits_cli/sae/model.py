@@ -139,7 +139,7 @@ class SAE(nn.Module):
         if not 0 <= i < self.d_sae:
             raise CircuitsError(f"feature {i} is out of range; this SAE has {self.d_sae} "
                                 f"features (0-{self.d_sae - 1})")
-        return Feature(i, self.W_enc[:, i].detach().clone(), float(self.b_enc[i]),
+        return Feature(i, self.W_enc[:, i].detach().clone(), float(self.b_enc[i].detach()),
                        self.W_dec[i].detach().clone())
 
     # ------------------------------------------------------------------------------- files
