@@ -30,6 +30,8 @@ def sae():
 
 
 def _writable_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise CircuitsError(f"--out {str(out)!r} is a file; give a folder for the SAE")
     probe = out
     while not probe.exists():
         probe = probe.parent

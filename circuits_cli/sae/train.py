@@ -184,15 +184,17 @@ def loss_terms(sae: SAE, x: torch.Tensor, cfg: TrainConfig, dead: torch.Tensor |
         vals, idx = pre.topk(sae.k, dim=-1)
         vals = torch.relu(vals)
         x_hat = _decode_sparse(vals, idx, sae.W_dec) + sae.b_dec
+        active = vals > 0
         fired = torch.zeros(sae.d_sae, dtype=torch.bool)
-        fired[idx[vals > 0]] = True
+        fired[idx[active]] = True
     else:
         f = torch.relu(pre)
         x_hat = f @ sae.W_dec + sae.b_dec
-        fired = (f > 0).any(0)
+        active = f > 0
+        fired = active.any(0)
     err = x - x_hat
     mse = err.pow(2).sum(1).mean()  # squared error per sample (SAELens's convention)
-    terms = {"mse": mse}
+    terms = {"mse": mse, "l0": active.detach().sum(1).float().mean()}
     loss = mse
     if sae.arch == "topk":
         aux = torch.zeros(())
@@ -232,8 +234,7 @@ def _train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig) -> dict:
     with torch.no_grad():
         var = (x - x.mean(0)).pow(2).sum()
         fvu = float(terms["mse"]) * len(x) / float(var.clamp_min(1e-12))
-        l0 = float((sae.encode(x[:256]) > 0).float().sum(1).mean())
-    return {"step": state.step, "loss": float(loss.detach()), "fvu": fvu, "l0": l0,
+    return {"step": state.step, "loss": float(loss.detach()), "fvu": fvu, "l0": float(terms["l0"]),
             "dead": float(dead.float().mean())}
 
 
