@@ -187,3 +187,77 @@ def info(path, as_json):
         click.echo(json.dumps(info_dict(s), indent=2))
         return
     click.echo(describe(s))
+
+
+@sae.command()
+@click.argument("path", metavar="SAE_DIR", type=click.Path(path_type=Path))
+@images_option()
+@click.option("--neuron", "neuron", type=click.IntRange(min=0), default=None,
+              help="Channel of the layer.  [default: the most polysemantic one: the "
+                   "most live features with W_dec[f, neuron] >= 0.3]")
+@click.option("--top-features", type=click.IntRange(min=1), default=6, show_default=True)
+@click.option("--top-images", type=click.IntRange(min=1), default=6, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Folder for the PNG and JSON.  [default: SAE_DIR/features]")
+@click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Images per forward pass when computing activations.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@cache_option
+@model_options
+def features(path, images, neuron, top_features, top_images, out_dir, batch, as_json,
+             cache_dir, load_model):
+    """The SAE features that write most into one neuron (largest W_dec[f, neuron]) and their
+    dataset examples: a polysemantic neuron as a sum of features. Writes
+    neuron-N.png / neuron-N.json. Use the model the SAE was trained on."""
+    from ..evidence import image_set, layer_activations
+    from ..files import write_json
+    from ..sae import load_sae
+    from ..sae.features import (
+        feature_activations,
+        neuron_features,
+        polysemantic_neurons,
+        save_neuron_features,
+    )
+
+    s = load_sae(path)
+    imgs = image_set(list(images))
+    model = load_model()
+    layer = s.cfg.get("hook_name")
+    if not layer:
+        raise CircuitsError(f"{str(path)!r} does not record its layer (cfg.json hook_name)")
+    if s.cfg.get("model_name") not in (None, model.name):
+        raise CircuitsError(f"this SAE was trained on {s.cfg['model_name']!r}, not "
+                            f"{model.name!r}; pass -m {s.cfg['model_name']}")
+    info = model.layer(layer)
+    if info.channels != s.d_in:
+        raise CircuitsError(f"layer {info.name!r} has {info.channels} channels but the SAE "
+                            f"reads {s.d_in}")
+    if neuron is not None and neuron >= s.d_in:
+        raise CircuitsError(f"--neuron {neuron} is out of range; {info.name} has {s.d_in} "
+                            f"channels (0-{s.d_in - 1})")
+    with warnings_to_stderr():
+        acts = layer_activations(model, info.name, imgs, cache_dir=cache_dir, batch_size=batch,
+                                 progress=True)
+    fa = feature_activations(s, acts.maps) if acts.maps is not None else None
+    if neuron is None and fa is not None:
+        neuron = polysemantic_neurons(s, fa, top=1)[0]["neuron"]
+    result = neuron_features(s, acts, neuron, top_features=top_features,
+                             top_images=top_images, fa=fa)
+    out_dir = out_dir or (s.folder / "features")
+    pre = acts.preprocessing
+    files = save_neuron_features(result, out_dir / f"neuron-{neuron}",
+                                 size=pre.get("size", model.input_size),
+                                 resize=pre.get("resize", 256))
+    result["files"] = {k: str(v) for k, v in files.items()}
+    write_json(files["json"], result)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{info.name}:{neuron} ({result['strong_features']} live features with "
+               f"W_dec >= 0.3 onto it; rank {result['polysemanticity_rank']} of {s.d_in}): "
+               "the features writing most into it")
+    for f in result["features"]:
+        tops = ", ".join(Path(e["path"]).stem for e in f["top_images"][:3])
+        click.echo(f"  feature {f['feature']:>5}  W_dec {f['weight']:.3f}  share "
+                   f"{f['share']:.2f}  fires {100 * f['frequency']:.2f}%  top: {tops}")
+    click.echo(f"Figure: {files['png']}")

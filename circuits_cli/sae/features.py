@@ -6,7 +6,7 @@ features). :func:`neuron_features` answers "which features does this neuron carr
 features with the largest decoder weight ``W_dec[f, neuron]`` onto it, each with its share of
 what the SAE writes into the neuron over the data set and its top images — the picture of a
 polysemantic neuron as a sum of several monosemantic features (Bricken et al. 2023).
-:func:`polysemantic_neurons` ranks neurons by how many features write into them.
+:func:`polysemantic_neurons` ranks neurons by how many live features write strongly into them.
 """
 
 from __future__ import annotations
@@ -56,15 +56,20 @@ def feature_activations(sae: SAE, maps, chunk_rows: int = 32) -> FeatureActivati
                               (fires / positions).float(), (h, w))
 
 
-def polysemantic_neurons(sae: SAE, fa: FeatureActivations, top: int = 10) -> list[dict]:
-    """Neurons ranked by the effective number of features writing into them: the participation
-    ratio ``(Σ_f c_f)² / Σ_f c_f²`` of the contributions ``c_f = mean act_f · max(W_dec[f, n],
-    0)``. A neuron fed by one feature scores 1; by m equal ones, m."""
-    c = fa.mean[:, None] * sae.W_dec.detach().clamp_min(0)  # (d_sae, d_in)
-    pr = c.sum(0).pow(2) / c.pow(2).sum(0).clamp_min(1e-12)
-    order = torch.argsort(pr, descending=True)[:top]
-    return [{"neuron": int(n), "participation_ratio": float(pr[n]),
-             "mean_write": float(c[:, n].sum())} for n in order]
+def polysemantic_neurons(sae: SAE, fa: FeatureActivations, top: int = 10,
+                         min_weight: float = 0.3) -> list[dict]:
+    """Neurons ranked by how many distinct live features write strongly into them: features
+    ``f`` with ``W_dec[f, n] >= min_weight`` (a unit decoder row with at least ``min_weight²``
+    of its squared norm on the neuron's axis) that fire on the data set. A monosemantic neuron
+    has one such feature (or none); a polysemantic one several. Ties: the larger mean write
+    ``Σ_f mean act_f · max(W_dec[f, n], 0)``."""
+    w = sae.W_dec.detach()
+    live = (fa.frequency > 0)[:, None]
+    strong = ((w >= min_weight) & live).sum(0)
+    write = (fa.mean[:, None] * w.clamp_min(0)).sum(0)
+    order = sorted(range(sae.d_in), key=lambda n: (-int(strong[n]), -float(write[n])))[:top]
+    return [{"neuron": n, "strong_features": int(strong[n]), "mean_write": float(write[n])}
+            for n in order]
 
 
 def _examples(values: torch.Tensor, argmax: torch.Tensor, paths, w: int, top: int) -> list:
@@ -103,13 +108,13 @@ def neuron_features(sae: SAE, acts, neuron: int, *, top_features: int = 6, top_i
                       "frequency": float(fa.frequency[f]), "mean_activation": float(fa.mean[f]),
                       "top_images": _examples(fa.max[:, f], fa.argmax[:, f], acts.paths, w,
                                               top_images)})
-    own_max = torch.from_numpy(np.asarray(acts.stats["max"][:, neuron], dtype=np.float32))
-    own_arg = torch.from_numpy(np.asarray(acts.stats["argmax"][:, neuron]))
-    pr = polysemantic_neurons(sae, fa, top=sae.d_in)
-    rank = next(i for i, r in enumerate(pr) if r["neuron"] == neuron)
+    own_max = torch.from_numpy(np.array(acts.stats["max"][:, neuron], dtype=np.float32))
+    own_arg = torch.from_numpy(np.array(acts.stats["argmax"][:, neuron]))
+    ranking = polysemantic_neurons(sae, fa, top=sae.d_in)
+    rank = next(i for i, r in enumerate(ranking) if r["neuron"] == neuron)
     return {"layer": acts.layer, "neuron": neuron, "grid": [h, w],
             "model": acts.model, "images": acts.n_images,
-            "participation_ratio": pr[rank]["participation_ratio"],
+            "strong_features": ranking[rank]["strong_features"],
             "polysemanticity_rank": rank + 1,
             "features": feats,
             "neuron_top_images": _examples(own_max, own_arg, acts.paths, w, top_images)}

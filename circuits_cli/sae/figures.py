@@ -94,7 +94,8 @@ def neuron_features_figure(result: dict, image_loader, path: str | Path) -> Path
         else:
             f = result["features"][r - 1]
             text = (f"feature {f['feature']}\nW_dec[f, n] = {f['weight']:.3f}\n"
-                    f"share of its writes: {f['share']:.2f}\nfires on {100 * f['frequency']:.2f}%")
+                    f"share of the neuron's write: {f['share']:.2f}\n"
+                    f"fires on {100 * f['frequency']:.2f}%")
         ax.text(0.0, 0.5, text, va="center", ha="left", fontsize=8.5)
         for c, ex in enumerate(images):
             ax = fig.add_subplot(grid[r, c + 1])
