@@ -270,6 +270,7 @@ def test_cli_train_info_resume_and_refusals(toy_scenes, tmp_path):
     (["--images", "{scenes}", "--k", "0"], "Invalid value"),
     (["--images", "{scenes}", "--holdout", "1"], "Invalid value"),
     (["--images", "{scenes}", "--out", "{file}"], "is a file"),
+    (["--images", "{scenes}", "--k", "600", "--expansion", "4"], "more than the SAE's 512"),
 ])
 def test_cli_bad_inputs_are_one_line_errors(toy_scenes, tmp_path, extra, message):
     (tmp_path / "f.txt").write_text("x")

@@ -123,6 +123,10 @@ def train_layer_sae(model, layer: str, images, out: str | Path, cfg: TrainConfig
     if info.shape is not None and len(info.shape) != 3:
         raise CircuitsError(f"layer {info.name!r} is not a convolutional (C, H, W) layer; an SAE "
                             "here is trained on the channel vector at every spatial position")
+    if cfg.arch == "topk" and cfg.k > cfg.expansion * info.channels:
+        raise CircuitsError(f"--k {cfg.k} is more than the SAE's {cfg.expansion * info.channels} "
+                            f"latents ({cfg.expansion} x {info.channels} channels); lower --k "
+                            "or raise --expansion")
     imgs = image_set(images)
     out = Path(out)
     size = int(model.input_size)
