@@ -28,6 +28,7 @@ COMMANDS = {
     "toy": "circuits_cli.commands.toy:toy",
     "superposition": "circuits_cli.commands.superposition:superposition",
     "demo": "circuits_cli.commands.demo:demo",
+    "sae": "circuits_cli.commands.sae:sae",
 }
 
 
