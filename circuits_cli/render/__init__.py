@@ -60,7 +60,7 @@ DEFAULT_FACETS = 4
 # (Lucid uses a fixed 1e2, which only suits activations of one particular scale.)
 DIVERSITY_WEIGHT = 4.0
 DEFAULT_PRECISION = "auto"
-DEFAULT_KEEP_WEIGHT = 4.0
+DEFAULT_KEEP_WEIGHT = 1.0
 
 
 @dataclass

@@ -194,6 +194,27 @@ def visualize_layer(model: LoadedModel, layer: str, recipe: Recipe | None = None
     return manifest
 
 
+def accentuation(model: LoadedModel, layer: str, image_file: Path, keep_layer: str | None,
+                 keep_weight: float, size: int) -> Accentuation:
+    """The accentuation settings of ``visualize --from-image``: the photo resized (shorter side)
+    and centre-cropped to ``size``, and the keep layer (default: the layer halfway between the
+    input and ``layer``, which must come before ``layer``)."""
+    from ..images import load_image
+
+    target = model.layer(layer).name
+    names = model.layer_names()
+    if keep_layer is None:
+        keep = names[max(0, model.layer_index(target) // 2)]
+    else:
+        keep = model.layer(keep_layer).name
+        if model.layer_index(keep) > model.layer_index(target):
+            raise CircuitsError(f"--keep-layer {keep!r} comes after {target!r}; choose an "
+                                "earlier layer (or the same one)")
+    photo = load_image(image_file, size=size, resize=size)  # a CircuitsError if unreadable
+    return Accentuation(photo.permute(1, 2, 0).numpy(), keep, float(keep_weight),
+                        Path(image_file).name)
+
+
 def best_examples(model: LoadedModel, layer: str, images, objective: str,
                   negative: bool) -> dict | None:
     """Per channel, the strongest activation over an image set, in the render's own measure
