@@ -26,8 +26,8 @@ from .trace import METHOD_HELP, render_options
               help="Output folder  [default: outputs/weights/MODEL/UNIT_from_LAYER]")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def weights(unit, load_model, source, top_k, method, steps, size, seed, no_render, out_dir,
-            as_json, quiet):
+def weights(unit, load_model, source, top_k, method, steps, size, seed, param, no_render,
+            out_dir, as_json, quiet):
     """Show the strongest inputs of UNIT (LAYER:CHANNEL) from an earlier layer.
 
     Expanded weights from every unit of the --from layer to UNIT, ranked by the L2 norm of
@@ -70,7 +70,7 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, no_rende
         from ..render import render_units
 
         units = [target] + [Unit(source, c.channel) for c in inputs]
-        for render in render_units(model, units, steps=steps, size=size, seed=seed,
+        for render in render_units(model, units, steps=steps, size=size, seed=seed, param=param,
                                    progress=not quiet and not as_json):
             images[str(render.unit)] = render.image
             paths[str(render.unit)] = str(render.path) if render.path else None
@@ -80,6 +80,7 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, no_rende
         "target": str(target), "source": source, "method": used,
         "kernel_size": list(kernels.shape[-2:]), "max_weight": max_weight,
         "render": None if no_render else {"steps": steps, "size": size, "seed": seed,
+                                          **({"param": param} if param != "fourier" else {}),
                                           "path": paths.get(str(target))},
         "inputs": [{"unit": f"{source}:{c.channel}", **c.to_dict(), "rank": i + 1,
                     "relative": c.strength / inputs[0].strength if inputs[0].strength else 0.0,
