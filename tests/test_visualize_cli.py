@@ -277,3 +277,16 @@ def test_diversity_facet_similarity_and_accentuation_distance_are_recorded(tmp_p
     assert manifest["from_image"]["name"] == "photo.png"
     entry = manifest["units"][0]
     assert entry["distance"] >= 0 and entry["activation"] >= entry["start_activation"]
+
+
+def test_weights_takes_the_parameterization_and_keeps_renders_apart(tmp_path):
+    args = ["--from", "relu", "--method", "linear", "--top-k", "2", "--steps", "4", "--size",
+            "32", "-q", "--json", "-m", PLANTED]
+    maco = cli_run("weights", "poly:0", *args, "--param", "maco", "--out", tmp_path / "m")
+    assert maco.exit_code == 0, maco.output
+    fourier = cli_run("weights", "poly:0", *args, "--out", tmp_path / "f")
+    assert fourier.exit_code == 0, fourier.output
+    m, f = json.loads(maco.stdout), json.loads(fourier.stdout)
+    assert m["render"]["param"] == "maco" and "param" not in f["render"]
+    assert "-maco-" in Path(m["render"]["path"]).name and "-maco" not in f["render"]["path"]
+    assert all(i["render"] != j["render"] for i, j in zip(m["inputs"], f["inputs"], strict=True))
