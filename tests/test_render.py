@@ -94,6 +94,21 @@ def test_diversity_splits_a_polysemantic_unit_into_its_facets(planted):
     assert s1 > 0.35 and s2 > 0.35, (s1, s2)
     assert 70 < angle_diff(a1, a2) <= 90, (a1, a2)
     assert min(div.facet_activations) > 0.4 * plain.activation
+    # the quality score: facet similarity at the diversity layer, recomputed here, is lower than
+    # that of two plain renders from two seeds (both plaids)
+    from circuits_cli.hooks import capture
+    from circuits_cli.render import render
+
+    def similarity(pictures):
+        x = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            v = capture(planted, x, "relu")["relu"].mean(dim=(2, 3))
+        return torch.nn.functional.cosine_similarity(v[0], v[1], dim=0).item()
+
+    assert div.facet_similarity == pytest.approx(similarity(facets), abs=1e-5)
+    twins = render(planted, "poly:0", seeds=[1, 2], steps=64, size=64, precision="fp32")
+    assert div.facet_similarity < similarity(list(twins.images)) - 0.05, (
+        div.facet_similarity, similarity(list(twins.images)))
 
 
 def test_neuron_objective_shapes_the_centre_more_than_the_border(planted):

@@ -75,8 +75,9 @@ class Render:
     product with the unit-length direction), also for negative renders.
     ``transparency`` (MACO): (H, W) in [0, 1], where the objective's gradient accumulated, 8-bit
     as its PNG holds it. ``facet_similarity`` (diversity): mean pairwise cosine similarity of the
-    facets' activation vectors at the unit's layer (1 = the same picture). ``distance``
-    (accentuation): relative squared distance of the keep layer's activations from the photo's.
+    facets' activation vectors (spatial means) at the diversity layer (1 = the same picture).
+    ``distance`` (accentuation): relative squared distance of the keep layer's activations from
+    the photo's.
     """
 
     unit: Unit
@@ -448,7 +449,8 @@ def _render_batch(model, units: list[Unit], recipe: Recipe, *, objective: str, n
     if from_image is not None:
         start = _measure_images(model, init, measure, recipe.size)
         distances = accentuation_distance(model, from_image, result.images)
-    similarity = _facet_similarity(model, layer, result.images, k) if k > 1 else None
+    similarity = _facet_similarity(model, diversity_layer or layer, result.images, k) \
+        if k > 1 else None
     share = result.seconds / len(units)
     renders = []
     for i, unit in enumerate(units):
@@ -503,7 +505,7 @@ def _layer_vectors(model, layer: str, images_nhwc: np.ndarray) -> torch.Tensor:
 
 def _facet_similarity(model, layer: str, images_nhwc: np.ndarray, k: int) -> np.ndarray:
     """Per unit: the mean pairwise cosine similarity of its ``k`` facets' activation vectors
-    (spatial means over all channels of ``layer``): 1 = identical facets."""
+    (spatial means over all channels of ``layer``, the diversity layer): 1 = identical facets."""
     v = torch.nn.functional.normalize(_layer_vectors(model, layer, images_nhwc), dim=1)
     v = v.reshape(-1, k, v.shape[1])
     sims = torch.bmm(v, v.transpose(1, 2))
