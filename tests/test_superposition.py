@@ -257,3 +257,16 @@ def test_cli_never_overwrites_a_users_file(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert_clean_error(run("superposition", "--out", afile), "is a file")
+
+
+def test_api_rejects_bad_settings_before_writing(tmp_path):
+    from circuits_cli.errors import CircuitsError
+    from circuits_cli.superposition.run import run_superposition
+
+    with pytest.raises(CircuitsError, match="unknown experiment 'phse'"):
+        run_superposition(tmp_path / "a", experiments=["phse"])
+    with pytest.raises(CircuitsError, match="steps"):
+        run_superposition(tmp_path / "b", experiments=["phase"], steps=0)
+    with pytest.raises(CircuitsError, match="density"):
+        train_toy_models(3, 2, [0.5, 0.0, 1.5], steps=1)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
