@@ -163,3 +163,24 @@ def test_trace_a_feature_circuit(model, saes, tmp_path):
     assert r.exit_code == 0, r.output
     assert {e["source"] for e in json.loads(r.stdout)["edges"]} == {str(f) for f in feats}
     assert (tmp_path / "t" / "circuit.png").is_file()
+
+
+def test_find_ranks_features_by_their_contribution_to_a_class(model, world, saes, tmp_path):
+    """The red-square logit is 5 x mean(relu3:1): among the relu3 SAE's features the red copy
+    (feature 1) contributes, the 'coloured square' feature 0 does not (weight 0 to that
+    logit), by weights and by images alike; neurons are unchanged by the generalisation."""
+    from circuits_cli.evidence import find_units
+    from circuits_cli.trace import sae_features
+
+    root, _, _ = saes
+    _, feats = sae_features(model, root / "relu3")
+    by_weight = find_units(model, "red square", "relu3", top=2, units=feats)
+    assert str(by_weight.units[0].unit) == str(feats[1])
+    assert by_weight.units[0].weight == pytest.approx(5.0, rel=1e-3)
+    assert abs(by_weight.units[1].weight) < 1e-3
+    with_images = find_units(model, "red square", "relu3", top=2, units=feats, images=world,
+                             cache_dir=tmp_path / "c")
+    assert str(with_images.units[0].unit) == str(feats[1])
+    neurons = find_units(model, "red square", "relu3", top=1, images=world,
+                         cache_dir=tmp_path / "c")
+    assert str(neurons.units[0].unit) == "relu3:1"
