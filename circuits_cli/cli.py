@@ -24,6 +24,7 @@ COMMANDS = {
     "examples": "circuits_cli.commands.examples:examples",
     "ablate": "circuits_cli.commands.ablate:ablate",
     "find": "circuits_cli.commands.find:find",
+    "atlas": "circuits_cli.commands.atlas:atlas",
     "toy": "circuits_cli.commands.toy:toy",
     "demo": "circuits_cli.commands.demo:demo",
 }
