@@ -29,6 +29,9 @@ from .site import Site
 ATLAS_VERSION = 1
 KINDS = ("channel", "negative", "diversity")
 BLOCKS = "blocks"  # --layers value: every Inception block of the model
+# Renders of 64 px or less (the toy model) optimised together: measured 2x the image-steps per
+# second of a batch of 32 on 2 CPU cores.
+SMALL_BATCH = 64
 
 
 @dataclass
@@ -168,10 +171,14 @@ def default_class_layers(model: LoadedModel) -> list[str]:
 
 
 def plan_atlas(model: LoadedModel, out: str | Path, layers: str | Sequence[str], *,
-               units: str | None = None, images=None, settings: AtlasSettings | None = None,
+               units: str | dict[str, str] | None = None, images=None,
+               settings: AtlasSettings | None = None,
                shard: tuple[int, int] | None = None, class_layers: Sequence[str] | None = None,
                features: str | Path | dict | None = None) -> AtlasPlan:
-    """Check everything and decide the work; nothing is computed or written yet."""
+    """Check everything and decide the work; nothing is computed or written yet.
+
+    ``units``: ``"all"``/None, a channel list for every layer (``"0-63,447"``), or a dict
+    ``{layer: list}`` (layers left out get all their units)."""
     from ..render import resolve_precision
 
     settings = settings or AtlasSettings()
@@ -187,11 +194,19 @@ def plan_atlas(model: LoadedModel, out: str | Path, layers: str | Sequence[str],
     if settings.size < 16:
         raise CircuitsError(f"size must be at least 16, got {settings.size}")
     settings.precision = resolve_precision(settings.precision, model.device)
+    if settings.batch is None and settings.size <= 64:
+        settings.batch = SMALL_BATCH
     names = parse_layers(model, layers)
+    if isinstance(units, dict):
+        specs = {model.layer(k).name: v for k, v in units.items()}
+        unknown = [k for k in specs if k not in names]
+        if unknown:
+            raise CircuitsError(f"units are given for {unknown[0]!r}, which is not in --layers")
+    else:
+        specs = {n: units or "all" for n in names}
     planned: dict[str, list[int]] = {}
     for n in names:
-        info = model.layer(n)
-        planned[n] = parse_channels(units or "all", info.channels, n)
+        planned[n] = parse_channels(specs.get(n, "all"), model.layer(n).channels, n)
     flat = [Unit(n, c) for n in names for c in planned[n]]
     mine = flat if shard is None else [u for i, u in enumerate(flat) if i % shard[1] == shard[0]]
     imgs = None

@@ -241,7 +241,11 @@ class PageWriter:
                               "box": [100 * x0 / s, 100 * y0 / s, 100 * (x1 - x0) / s,
                                       100 * (y1 - y0) / s]})
             h, w = exset.receptive_field.size(exset.box_kind)
-            out[key] = {"ranking": exset.ranking, "items": items, "n_images": exset.n_images,
+            title = "Strongest activations" if key == "top" else (
+                "Most negative" if exset.ranking.startswith("lowest (most negative)")
+                else "Weakest activations")
+            out[key] = {"title": title, "ranking": exset.ranking, "items": items,
+                        "n_images": exset.n_images,
                         "rf": f"~{h:.0f}×{w:.0f} px of {exset.receptive_field.input_size}"}
         out["summary"] = exset.summary
         return out

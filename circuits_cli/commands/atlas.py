@@ -14,8 +14,9 @@ from .common import model_options
 @click.option("--layers", "layers_spec", required=True, metavar="LAYERS",
               help="Comma-separated layers (short names allowed), or 'blocks' for every "
                    "Inception block.")
-@click.option("--units", "units_spec", default="all", show_default=True, metavar="LIST",
-              help="Channels of every listed layer: 'all' or e.g. '0-63,447'.")
+@click.option("--units", "units_specs", multiple=True, metavar="[LAYER:]LIST",
+              help="Channels: 'all' (default) or e.g. '0-63,447' for every listed layer, or "
+                   "LAYER:LIST for one layer (repeat the option), e.g. --units 4b:90-110.")
 @click.option("--images", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Image folder for dataset examples (without it, pages have none).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, metavar="SITE",
@@ -27,7 +28,8 @@ from .common import model_options
               help="Render size in pixels  [default: 128, or the model's input size if smaller]")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
 @click.option("--batch", type=click.IntRange(1, 4096), default=None,
-              help="Pictures optimised together  [default: 16 on CPU, 64 on a GPU]")
+              help="Pictures optimised together  [default: 64 for renders of 64 px or less, "
+                   "else 16 on CPU, 64 on a GPU]")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
               show_default=True)
 @click.option("--kinds", default="channel,negative,diversity", show_default=True,
@@ -50,10 +52,12 @@ from .common import model_options
 @click.option("--shard", "shard_spec", default=None, metavar="K/N",
               help="Write only every N-th unit page, from the K-th (K = 0..N-1): a Slurm array "
                    "job's part. Every run writes the index for the pages that exist.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="torch CPU threads  [default: torch's]; 1 is often fastest on a busy machine.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
-def atlas(load_model, layers_spec, units_spec, images, out_dir, steps, size, seed, batch,
+def atlas(load_model, layers_spec, units_specs, images, out_dir, steps, size, seed, batch,
           precision, kinds, facets, top_inputs, top_outputs, top_examples, top_classes,
-          classes_spec, features_file, shard_spec, quiet):
+          classes_spec, features_file, shard_spec, threads, quiet):
     """Write a browsable static site of a model's units (the Microscope for your own model).
 
     An index of the layers (shapes, branch splits); per layer, a grid of every unit's feature
@@ -83,6 +87,10 @@ def atlas(load_model, layers_spec, units_spec, images, out_dir, steps, size, see
     kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
     if features_file is not None and not features_file.is_file():
         raise CircuitsError(f"features file {str(features_file)!r} does not exist")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     model = load_model()
     settings = AtlasSettings(steps=steps, size=size, seed=seed, precision=precision, batch=batch,
                              kinds=kind_list, facets=facets, top_inputs=top_inputs,
@@ -93,9 +101,9 @@ def atlas(load_model, layers_spec, units_spec, images, out_dir, steps, size, see
         class_layers = [] if classes_spec.strip().lower() == "none" else [
             s.strip() for s in classes_spec.split(",") if s.strip()]
     out = out_dir or output_dir("atlas", model.name, "site")
-    plan = plan_atlas(model, out, layers_spec, units=units_spec, images=images,
-                      settings=settings, shard=shard, class_layers=class_layers,
-                      features=features_file)
+    units = _units(units_specs, layers_spec, model)
+    plan = plan_atlas(model, out, layers_spec, units=units, images=images, settings=settings,
+                      shard=shard, class_layers=class_layers, features=features_file)
     n = len(plan.mine)
     click.echo(f"atlas of {model.name}: {n} unit page(s) in {', '.join(plan.layers)}"
                + (f" (shard {shard[0]}/{shard[1]})" if shard else "") + f" -> {out}", err=True)
@@ -110,3 +118,26 @@ def atlas(load_model, layers_spec, units_spec, images, out_dir, steps, size, see
         click.echo(f"{len(result.missing)} planned unit page(s) not written yet (other shards?): "
                    f"{', '.join(result.missing[:5])}{', ...' if len(result.missing) > 5 else ''}")
     click.echo(f"open {result.index}")
+
+
+def _units(specs: tuple[str, ...], layers_spec: str, model):
+    """``--units`` values -> what :func:`plan_atlas` takes: one list for every layer, or a dict
+    {layer: list} (layers without their own list get the plain one, default all)."""
+    from ..atlas import parse_layers
+    from ..errors import CircuitsError
+
+    plain = [s for s in specs if ":" not in s]
+    if len(plain) > 1:
+        raise CircuitsError("--units without a layer was given twice; join the lists with ','")
+    per = [s for s in specs if ":" in s]
+    if not per:
+        return plain[0] if plain else None
+    layers = parse_layers(model, layers_spec)
+    out = {n: plain[0] if plain else "all" for n in layers}
+    for s in per:
+        name, _, spec = s.partition(":")
+        layer = model.layer(name.strip()).name
+        if layer not in out:
+            raise CircuitsError(f"--units {s!r} names layer {layer!r}, which is not in --layers")
+        out[layer] = spec
+    return out
