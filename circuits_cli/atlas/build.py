@@ -257,7 +257,7 @@ class Progress:
                  stream=None):
         self.total, self.desc, self.done = float(total), desc, 0.0
         self.stream = stream or sys.stderr
-        self.start = self.last = time.perf_counter()
+        self.start = self.last = self._prev = time.perf_counter()
         self.every = every
         self.bar = None
         self.enabled = enabled and total > 0
@@ -278,7 +278,11 @@ class Progress:
                 self.bar.set_postfix_str(note, refresh=False)
             return
         now = time.perf_counter()
-        if now - self.last >= self.every or self.done >= self.total:
+        # Work arrives in bursts (a finished batch reports all its units at once): print at the
+        # first update of a burst, which sees the whole previous batch, or at the end.
+        burst_start = now - self._prev > 0.5
+        self._prev = now
+        if (now - self.last >= self.every and burst_start) or self.done >= self.total:
             self.last = now
             print(self.line(note), file=self.stream, flush=True)
 
