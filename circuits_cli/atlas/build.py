@@ -10,6 +10,7 @@ unit; finally the index and the layer pages, for every unit page that exists in 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -79,7 +80,8 @@ class AtlasResult:
     skipped: int = 0  # unit pages already current
     in_site: int = 0  # unit pages in the folder (all runs and shards)
     missing: list[str] = field(default_factory=list)  # planned units without a page yet
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall clock per phase
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # this process's CPU per phase
     n_files: int = 0
     size_bytes: int = 0
     rendered: int = 0  # renders made by this run (not from the cache)
@@ -309,6 +311,32 @@ def _hms(s: float) -> str:
 # Building
 
 
+class _Timer:
+    """Wall-clock and CPU seconds per phase (``with timer.phase("rendering"): ...``). CPU time
+    is this process's, all threads: on a busy shared machine it says what the work costs."""
+
+    PHASES = ("rendering", "activations", "weights", "pages")
+
+    def __init__(self):
+        self.wall = dict.fromkeys(self.PHASES, 0.0)
+        self.cpu = dict.fromkeys(self.PHASES, 0.0)
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        if self._depth:  # nested (weights computed while writing a page): count once
+            yield
+            return
+        self._depth += 1
+        w, c = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            self.wall[name] += time.perf_counter() - w
+            self.cpu[name] += time.process_time() - c
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -327,7 +355,7 @@ def reader_of(model: LoadedModel, layer: str) -> str | None:
 class _Weights:
     """Expanded weights between adjacent layers and to the logits, each computed once."""
 
-    def __init__(self, model: LoadedModel, timer: dict):
+    def __init__(self, model: LoadedModel, timer: _Timer):
         self.model, self.timer = model, timer
         self._pairs: dict[tuple[str, str], tuple[np.ndarray, str]] = {}
         self._classes: dict[str, np.ndarray] = {}
@@ -340,12 +368,11 @@ class _Weights:
 
         key = (source, target)
         if key not in self._pairs:
-            t = time.perf_counter()
-            method = resolve_method(self.model, source, target, "auto")
-            with torch.no_grad():
-                w = expanded_weights(self.model, source, target, None, method=method)
-            self._pairs[key] = (w.detach().cpu().double().numpy(), method)
-            self.timer["weights"] += time.perf_counter() - t
+            with self.timer.phase("weights"):
+                method = resolve_method(self.model, source, target, "auto")
+                with torch.no_grad():
+                    w = expanded_weights(self.model, source, target, None, method=method)
+                self._pairs[key] = (w.detach().cpu().double().numpy(), method)
         return self._pairs[key]
 
     def classes(self, layer: str) -> np.ndarray:
@@ -354,15 +381,14 @@ class _Weights:
         from ..connections import _n_logits, expanded_weights
 
         if layer not in self._classes:
-            t = time.perf_counter()
-            n = _n_logits(self.model)
-            rows = []
-            for start in range(0, n, 64):
-                chans = list(range(start, min(n, start + 64)))
-                e = expanded_weights(self.model, layer, "logits", chans)
-                rows.append(e.double().sum(dim=(2, 3)).cpu().numpy())
-            self._classes[layer] = np.concatenate(rows)
-            self.timer["weights"] += time.perf_counter() - t
+            with self.timer.phase("weights"):
+                n = _n_logits(self.model)
+                rows = []
+                for start in range(0, n, 64):
+                    chans = list(range(start, min(n, start + 64)))
+                    e = expanded_weights(self.model, layer, "logits", chans)
+                    rows.append(e.double().sum(dim=(2, 3)).cpu().numpy())
+                self._classes[layer] = np.concatenate(rows)
         return self._classes[layer]
 
 
@@ -372,9 +398,9 @@ def build_atlas(plan: AtlasPlan, *, progress: bool = True,
     from ..trace import previous_layer
     from .pages import PageWriter
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model, site, st = plan.model, plan.site, plan.settings
-    timer = {"activations": 0.0, "weights": 0.0, "rendering": 0.0, "pages": 0.0}
+    timer = _Timer()
     result = AtlasResult(out=plan.out)
     # What a page may link to: planned units (all shards) and units already in the folder.
     linkable = {str(Unit(n, c)) for n, cs in plan.units.items() for c in cs} | set(site.units())
@@ -397,10 +423,9 @@ def build_atlas(plan: AtlasPlan, *, progress: bool = True,
     if todo and plan.images is not None:
         from ..evidence import layers_activations
 
-        t = time.perf_counter()
-        acts = layers_activations(model, plan.layers, plan.images, progress=progress,
-                                  warn=False)
-        timer["activations"] += time.perf_counter() - t
+        with timer.phase("activations"):
+            acts = layers_activations(model, plan.layers, plan.images, progress=progress,
+                                      warn=False)
         msg = next(iter(acts.values())).skipped_message()
         if msg:
             echo(f"atlas: {msg}")
@@ -427,17 +452,15 @@ def build_atlas(plan: AtlasPlan, *, progress: bool = True,
                 weights.pair(layer, reader)
             if layer in plan.class_layers:
                 weights.classes(layer)
-            t = time.perf_counter()
-            renders = _render_layer(plan, units, kinds_of[layer], bar)
-            timer["rendering"] += time.perf_counter() - t
+            with timer.phase("rendering"):
+                renders = _render_layer(plan, units, kinds_of[layer], bar)
             result.rendered += sum(1 for r in renders.values() for x in r.values()
                                    if not x.cached)
             for u in units:
-                t = time.perf_counter()
-                files = writer.unit(u, renders[u], kinds_of[layer], prev, reader)
-                site.finish_unit(str(u), {"signature": signature(u), "page": unit_page(u),
-                                          "files": files})
-                timer["pages"] += time.perf_counter() - t
+                with timer.phase("pages"):
+                    files = writer.unit(u, renders[u], kinds_of[layer], prev, reader)
+                    site.finish_unit(str(u), {"signature": signature(u), "page": unit_page(u),
+                                              "files": files})
                 result.written += 1
                 pages_bar.update(1, note=str(u))
             site.flush()
@@ -445,17 +468,18 @@ def build_atlas(plan: AtlasPlan, *, progress: bool = True,
         bar.close()
         pages_bar.close()
         site.flush()
-    t = time.perf_counter()
-    writer.indexes()
-    site.flush()
-    timer["pages"] += time.perf_counter() - t
+    with timer.phase("pages"):
+        writer.indexes()
+        site.flush()
     done = site.units()
     result.in_site = len(done)
     result.missing = [str(Unit(n, c)) for n, cs in plan.units.items() for c in cs
                       if str(Unit(n, c)) not in done]
     result.n_files, result.size_bytes = site.size_on_disk()
-    timer["total"] = time.perf_counter() - t0
-    result.seconds = {k: round(v, 2) for k, v in timer.items()}
+    result.seconds = {**{k: round(v, 2) for k, v in timer.wall.items()},
+                      "total": round(time.perf_counter() - t0, 2)}
+    result.cpu_seconds = {**{k: round(v, 2) for k, v in timer.cpu.items()},
+                          "total": round(time.process_time() - c0, 2)}
     return result
 
 

@@ -108,11 +108,12 @@ def atlas(load_model, layers_spec, units_specs, images, out_dir, steps, size, se
     click.echo(f"atlas of {model.name}: {n} unit page(s) in {', '.join(plan.layers)}"
                + (f" (shard {shard[0]}/{shard[1]})" if shard else "") + f" -> {out}", err=True)
     result = build_atlas(plan, progress=not quiet, echo=lambda m: click.echo(m, err=True))
-    s = result.seconds
     click.echo(f"wrote {result.written} unit page(s), {result.skipped} already current; "
                f"{result.in_site} in the site; rendered {result.rendered} picture(s)")
-    click.echo(f"time: {s['total']:.1f} s (rendering {s['rendering']:.1f}, activation pass "
-               f"{s['activations']:.1f}, weights {s['weights']:.1f}, pages {s['pages']:.1f})")
+    for what, s in (("time", result.seconds), ("CPU time", result.cpu_seconds)):
+        click.echo(f"{what}: {s['total']:.1f} s (rendering {s['rendering']:.1f}, activation "
+                   f"pass {s['activations']:.1f}, weights {s['weights']:.1f}, pages "
+                   f"{s['pages']:.1f})")
     click.echo(f"size on disk: {result.size_bytes / 1e6:.1f} MB in {result.n_files} files")
     if result.missing:
         click.echo(f"{len(result.missing)} planned unit page(s) not written yet (other shards?): "
