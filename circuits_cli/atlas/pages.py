@@ -144,9 +144,11 @@ class PageWriter:
             data = (Path(r.path).read_bytes() if r.path is not None and Path(r.path).is_file()
                     else image_bytes(r.image, "png"))
             files[unit_img(u, f"{name}.png")] = data
-            if kind == "channel":
-                files[unit_img(u, "fv.jpg")] = image_bytes(r.image, "jpeg", max_side=112,
-                                                           quality=88)
+            if kind == "channel" or (kind == kinds[0] and "channel" not in kinds):
+                # the thumbnail of grids and connection cards (a diversity render: its 1st facet)
+                side = r.image.shape[0]
+                files[unit_img(u, "fv.jpg")] = image_bytes(r.image[:, :side], "jpeg",
+                                                           max_side=112, quality=88)
             pictures.append({"kind": kind, "title": KIND_TITLES[kind],
                              "src": f"{root}/{unit_img(u, name + '.png')}",
                              "activation": r.activation,
