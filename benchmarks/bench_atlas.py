@@ -84,10 +84,11 @@ def main(out: Path, quick: bool = False) -> dict:
     result["site_files"] = cold.n_files
     result["overhead_vs_anchor"] = round(result["cold_cpu_s"] / result["anchor_cpu_s"], 2)
     # the whole toy atlas: 768 units; rendering costs scale with the units and the layer's
-    # depth (mixed4b is among the deeper, so this errs high); the activation pass is done once
+    # depth (mixed4b is among the deeper, so this errs high); the activation pass is one pass
+    # for all layers (to mixed4c instead of mixed4b: about the same)
     per_unit = (cold.cpu_seconds["rendering"] + cold.cpu_seconds["pages"]
                 + cold.cpu_seconds["weights"]) / n_units
-    whole = 768 * per_unit / 2 + cold.cpu_seconds["activations"] * 5
+    whole = 768 * per_unit / 2 + cold.cpu_seconds["activations"]
     result["whole_toy_estimate_2_cores_min"] = round(whole / 60, 1)
     c = result["cold_split_cpu_s"]
     md = [f"## Atlas (toy, {LAYER} units 0-{n_units - 1}, {STEPS} steps, channel + diversity, "
