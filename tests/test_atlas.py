@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pytest
 from atlas_site import CAR, TOP_INPUTS, cache_env, toy_atlas_fixture
 from cli_helpers import assert_clean_error, run
 
@@ -240,3 +241,30 @@ def test_cli_prints_time_split_and_size(toy_atlas, tmp_path):
     m = re.search(r"size on disk: ([\d.]+) MB in (\d+) files", r.output)
     assert m and int(m[2]) == len([p for p in out.rglob("*") if p.is_file()])
     assert "rendered 0 picture(s)" in r.output  # the car unit's renders are in the cache
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(toy_atlas, tmp_path, monkeypatch):
+    from circuits_cli.atlas import pages
+
+    out = tmp_path / "interrupted"
+    original, calls = pages.PageWriter.unit, []
+
+    def unit_then_ctrl_c(self, *args, **kwargs):
+        if len(calls) == 4:
+            # files of the 5th unit claimed and half written, as a kill would leave them
+            self.site.claim(["units/mixed4b/98.html"])
+            (self.site.root / "units" / "mixed4b").mkdir(parents=True, exist_ok=True)
+            (self.site.root / "units" / "mixed4b" / "98.html").write_text("half")
+            raise KeyboardInterrupt
+        calls.append(args[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pages.PageWriter, "unit", unit_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        toy_atlas.build(out)
+    monkeypatch.setattr(pages.PageWriter, "unit", original)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["units"]) == 4  # finished pages are recorded
+    again = toy_atlas.build(out)  # the half-written file is the atlas's own: no refusal
+    assert again.skipped == 4 and again.written == TOP_INPUTS + 3 - 4 and not again.missing
+    assert (out / "units" / "mixed4b" / "98.html").read_text() != "half"
