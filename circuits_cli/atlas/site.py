@@ -99,10 +99,32 @@ class Site:
             [p.name for p in self.root.glob(MANIFEST_GLOB)]
             + [p.name for p in self.root.glob(JOURNAL_GLOB)])
 
+    def _refresh_others(self) -> None:
+        """Re-read the other shards' manifests and journals: shards running at the same time
+        write shared files (the dataset images) that this one did not know of at its start."""
+        for path in self.root.glob(MANIFEST_GLOB):
+            if path.name != self.name:
+                try:
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                    self._others_files.update(data.get("files", {}))
+                except (OSError, ValueError, AttributeError):
+                    pass
+        for path in self.root.glob(JOURNAL_GLOB):
+            if path != self.journal:
+                try:
+                    self._others_files.update(
+                        ln for ln in path.read_text(encoding="utf-8").splitlines() if ln)
+                except OSError:
+                    pass
+
     def check_writable(self, rels) -> None:
         """A one-line error if one of ``rels`` exists and was not written by the atlas."""
+        refreshed = False
         for rel in rels:
             path = self.root / rel
+            if path.exists() and not self.owns(rel) and not refreshed:
+                self._refresh_others()
+                refreshed = True
             if path.exists() and not self.owns(rel):
                 raise CircuitsError(f"{str(path)!r} exists and was not written by the atlas; "
                                     "choose another --out or move the file")
