@@ -268,3 +268,19 @@ def test_an_interrupted_run_resumes_where_it_stopped(toy_atlas, tmp_path, monkey
     again = toy_atlas.build(out)  # the half-written file is the atlas's own: no refusal
     assert again.skipped == 4 and again.written == TOP_INPUTS + 3 - 4 and not again.missing
     assert (out / "units" / "mixed4b" / "98.html").read_text() != "half"
+
+
+def test_shards_running_at_once_share_the_dataset_images(tmp_path):
+    from circuits_cli.atlas.site import Site
+    from circuits_cli.errors import CircuitsError
+
+    a = Site(tmp_path, model="toy", weights_id="w", shard=(0, 2))
+    b = Site(tmp_path, model="toy", weights_id="w", shard=(1, 2))  # started before a wrote
+    a.write_bytes("img/data/scene.png", b"png")
+    b.check_writable(["img/data/scene.png"])  # a's journal says it is the atlas's
+    a.flush()  # a's journal folded into its manifest
+    c = Site(tmp_path, model="toy", weights_id="w", shard=(1, 2))
+    c.check_writable(["img/data/scene.png"])
+    (tmp_path / "img" / "data" / "user.png").write_bytes(b"mine")
+    with pytest.raises(CircuitsError, match="not written by the atlas"):
+        b.check_writable(["img/data/user.png"])

@@ -100,21 +100,23 @@ class Site:
             + [p.name for p in self.root.glob(JOURNAL_GLOB)])
 
     def _refresh_others(self) -> None:
-        """Re-read the other shards' manifests and journals: shards running at the same time
-        write shared files (the dataset images) that this one did not know of at its start."""
-        for path in self.root.glob(MANIFEST_GLOB):
-            if path.name != self.name:
-                try:
-                    data = json.loads(path.read_text(encoding="utf-8"))
-                    self._others_files.update(data.get("files", {}))
-                except (OSError, ValueError, AttributeError):
-                    pass
+        """Re-read the other shards' journals, then their manifests: shards running at the same
+        time write shared files (the dataset images) that this one did not know of at its start.
+        (A shard rewrites its manifest before it drops its journal, so reading in this order
+        misses nothing.)"""
         for path in self.root.glob(JOURNAL_GLOB):
             if path != self.journal:
                 try:
                     self._others_files.update(
                         ln for ln in path.read_text(encoding="utf-8").splitlines() if ln)
                 except OSError:
+                    pass
+        for path in self.root.glob(MANIFEST_GLOB):
+            if path.name != self.name:
+                try:
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                    self._others_files.update(data.get("files", {}))
+                except (OSError, ValueError, AttributeError):
                     pass
 
     def check_writable(self, rels) -> None:
