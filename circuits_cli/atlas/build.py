@@ -432,6 +432,8 @@ def build_atlas(plan: AtlasPlan, *, progress: bool = True,
 
     weights = _Weights(model, timer)
     writer = PageWriter(plan, linkable, acts, weights, echo)
+    if todo:
+        writer.static()
     by_layer: dict[str, list[Unit]] = {}
     for u in todo:
         by_layer.setdefault(u.layer, []).append(u)

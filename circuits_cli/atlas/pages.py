@@ -263,6 +263,15 @@ class PageWriter:
         return {"source": self.plan.images.source, "n": len(self.plan.images.paths)}
 
     # -- index and layers -----------------------------------------------------------------
+    def static(self) -> None:
+        """The style sheet and the script (first thing a run writes: pages written before the
+        index, by an unfinished run or shard, already look right)."""
+        for name in STATIC:
+            data = (TEMPLATES / name).read_bytes()
+            path = self.site.root / name
+            if not (path.is_file() and self.site.owns(name) and path.read_bytes() == data):
+                self.site.write_bytes(name, data)
+
     def indexes(self) -> None:
         """index.html, layers/*.html, atlas-units.js and the static files, for every unit page
         that exists in the folder (from this run, earlier runs and other shards)."""
@@ -277,8 +286,7 @@ class PageWriter:
         for chans in done.values():
             chans.sort()
         layers = [n for n in model.layers if n in done]
-        for name in STATIC:
-            site.write_bytes(name, (TEMPLATES / name).read_bytes())
+        self.static()
         units_js = {"layers": {n: {"slug": slug(n), "channels": done[n]} for n in layers},
                     "aliases": {**{a: t for a, t in model.aliases.items() if t in done}},
                     "model": model.name}
