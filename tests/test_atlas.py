@@ -284,3 +284,20 @@ def test_shards_running_at_once_share_the_dataset_images(tmp_path):
     (tmp_path / "img" / "data" / "user.png").write_bytes(b"mine")
     with pytest.raises(CircuitsError, match="not written by the atlas"):
         b.check_writable(["img/data/user.png"])
+
+
+def test_progress_is_plain_text_with_an_eta_when_not_a_terminal():
+    import io
+
+    from circuits_cli.atlas.build import Progress
+
+    stream = io.StringIO()
+    bar = Progress(10, "atlas: unit pages", every=0.0, stream=stream)
+    for _ in range(10):
+        time.sleep(0.6)  # each update starts a burst
+        bar.update(1, note="mixed4b:99")
+    lines = stream.getvalue().splitlines()
+    assert lines and "\r" not in stream.getvalue()  # no bar redrawing into a log file
+    assert re.fullmatch(r"atlas: unit pages: 10/10 \(100%\), 0:0\d elapsed, ETA 0:00  "
+                        r"\[mixed4b:99\]", lines[-1]), lines[-1]
+    assert re.search(r"ETA 0:0\d", lines[0])
