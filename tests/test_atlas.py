@@ -301,3 +301,42 @@ def test_progress_is_plain_text_with_an_eta_when_not_a_terminal():
     assert re.fullmatch(r"atlas: unit pages: 10/10 \(100%\), 0:0\d elapsed, ETA 0:00  "
                         r"\[mixed4b:99\]", lines[-1]), lines[-1]
     assert re.search(r"ETA 0:0\d", lines[0])
+
+
+def test_sae_features_of_a_unit_are_those_writing_most_into_it(toy_atlas, tmp_path):
+    """A planted SAE on mixed4b: feature 5 writes 0.8 of its unit vector into the car unit, 3
+    writes 0.6, 1 writes nothing into it; the car unit's page lists 5 then 3, and not 1."""
+    import torch
+
+    from circuits_cli.sae import SAE
+
+    d = 192
+    sae = SAE(d, 8, arch="topk", k=2, cfg={"model_name": "toy", "hook_name": "mixed4b",
+                                          "weights_id": toy_atlas.model.weights_id})
+    g = torch.Generator().manual_seed(0)
+    sae.init_weights(g)
+    with torch.no_grad():
+        dec = sae.W_dec.clone()
+        dec[:, 99] = 0
+        dec[5] = 0
+        dec[5, 99], dec[5, 100] = 0.8, 0.6
+        dec[3] = 0
+        dec[3, 99], dec[3, 98] = 0.6, 0.8
+        sae.W_dec.copy_(dec / dec.norm(dim=1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.T)  # a feature fires where its direction is active
+    sae.save(tmp_path / "sae")
+    out = tmp_path / "with-sae"
+    res = toy_atlas.build(out, saes=[tmp_path / "sae"])
+    assert res.written == TOP_INPUTS + 3
+    items = [a["data-feature"] for tag, a, sec in elements(page(out, CAR))
+             if tag == "li" and sec == "features"]
+    assert items[:2] == ["feature 5", "feature 3"] and "feature 1" not in items
+    assert (out / "img" / "mixed4b" / "99" / "sae-0.png").is_file()
+    assert not [1 for _t, _a, sec in elements(page(out, "mixed4a:57")) if sec == "features"]
+    # an SAE of a layer outside the site is refused before any work
+    from circuits_cli.errors import CircuitsError
+
+    sae.cfg["hook_name"] = "mixed4c"
+    sae.save(tmp_path / "sae4c")
+    with pytest.raises(CircuitsError, match="not in --layers"):
+        toy_atlas.plan(tmp_path / "nowhere", saes=[tmp_path / "sae4c"])

@@ -71,6 +71,7 @@ class AtlasPlan:
     class_layers: list[str]
     features: dict | None
     site: Site
+    saes: dict = field(default_factory=dict)  # layer -> loaded SAE (circuits_cli.sae.SAE)
 
 
 @dataclass
@@ -176,7 +177,8 @@ def plan_atlas(model: LoadedModel, out: str | Path, layers: str | Sequence[str],
                units: str | dict[str, str] | None = None, images=None,
                settings: AtlasSettings | None = None,
                shard: tuple[int, int] | None = None, class_layers: Sequence[str] | None = None,
-               features: str | Path | dict | None = None) -> AtlasPlan:
+               features: str | Path | dict | None = None,
+               saes: Sequence[str | Path] = ()) -> AtlasPlan:
     """Check everything and decide the work; nothing is computed or written yet.
 
     ``units``: ``"all"``/None, a channel list for every layer (``"0-63,447"``), or a dict
@@ -223,13 +225,51 @@ def plan_atlas(model: LoadedModel, out: str | Path, layers: str | Sequence[str],
     feats = None
     if features is not None:
         feats = features if isinstance(features, dict) else load_features(features, model)
+    loaded = {}
+    for path in saes:
+        sae = _check_sae(model, path, names)
+        if imgs is None:
+            raise CircuitsError("--sae needs --images: a unit's features are ranked and shown "
+                                "with the layer's activations over the images")
+        loaded[model.layer(sae.cfg["hook_name"]).name] = sae
     site = Site(out, model=model.name, weights_id=model.weights_id, shard=shard)
     site.check_writable(["index.html", "atlas.css", "atlas.js"]
                         + [f"layers/{slug(n)}.html" for n in names]
                         + [unit_page(u) for u in mine])
     return AtlasPlan(model=model, out=Path(out), layers=names, units=planned, mine=mine,
                      images=imgs, settings=settings, shard=shard, class_layers=class_layers,
-                     features=feats, site=site)
+                     features=feats, site=site, saes=loaded)
+
+
+def _check_sae(model: LoadedModel, path, layers: list[str]):
+    from ..sae import load_sae
+
+    sae = load_sae(path)
+    layer = sae.cfg.get("hook_name")
+    if not layer:
+        raise CircuitsError(f"SAE {str(path)!r} does not record its layer (cfg.json hook_name)")
+    if sae.cfg.get("model_name") not in (None, model.name) or sae.cfg.get(
+            "weights_id", model.weights_id) != model.weights_id:
+        raise CircuitsError(f"SAE {str(path)!r} was trained on {sae.cfg.get('model_name')!r} "
+                            f"({sae.cfg.get('weights_id')}), not on this {model.name!r}")
+    info = model.layer(layer)
+    if info.name not in layers:
+        raise CircuitsError(f"SAE {str(path)!r} is of layer {info.name!r}, which is not in "
+                            "--layers")
+    if info.channels != sae.d_in:
+        raise CircuitsError(f"SAE {str(path)!r} reads {sae.d_in} channels but {info.name!r} "
+                            f"has {info.channels}")
+    return sae
+
+
+def sae_identity(sae) -> dict:
+    """What identifies an SAE in a page's signature: its folder and weights file."""
+    from ..sae.model import WEIGHTS_FILE
+
+    w = Path(sae.folder) / WEIGHTS_FILE
+    st = w.stat()
+    return {"folder": str(Path(sae.folder).resolve()), "size": st.st_size,
+            "mtime": st.st_mtime_ns}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,7 +451,8 @@ def build_atlas(plan: AtlasPlan, *, progress: bool = True,
 
     def signature(u: Unit) -> str:
         feats = plan.features["units"].get(str(u)) if plan.features else None
-        return _digest({**base_sig, "unit": str(u), "features": feats})
+        sae = sae_identity(plan.saes[u.layer]) if u.layer in plan.saes else None
+        return _digest({**base_sig, "unit": str(u), "features": feats, "sae": sae})
 
     todo = [u for u in plan.mine if not site.unit_current(str(u), signature(u))]
     result.skipped = len(plan.mine) - len(todo)

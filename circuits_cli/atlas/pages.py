@@ -86,6 +86,7 @@ class PageWriter:
         self.linkable, self.acts, self.weights, self.echo = linkable, acts, weights, echo
         self.env = environment()
         self._data_written: set[str] = set()
+        self._fa: dict = {}  # layer -> SAE feature activations over the images
 
     # -- helpers ---------------------------------------------------------------------------
     def _link(self, unit: Unit, root: str) -> dict:
@@ -184,9 +185,9 @@ class PageWriter:
             classes = [{"index": int(i), "label": model.label(int(i)), "weight": float(cw[i]),
                         "relative": float(cw[i]) / top} for i in order]
 
-        features = None
+        features = []
         if plan.features and str(u) in plan.features["units"]:
-            features = {"source": plan.features["source"], "items": []}
+            section = {"source": plan.features["source"], "note": "", "items": []}
             for i, f in enumerate(plan.features["units"][str(u)]):
                 item = dict(f)
                 if f["image"]:
@@ -194,7 +195,10 @@ class PageWriter:
                     rel = unit_img(u, f"feature-{i}{ext}")
                     files[rel] = Path(f["image"]).read_bytes()
                     item["image"] = f"{root}/{rel}"
-                features["items"].append(item)
+                section["items"].append(item)
+            features.append(section)
+        if u.layer in plan.saes and u.layer in self.acts:
+            features.append(self._sae_features(u, root, files))
 
         same = sorted(int(x.split(":")[1]) for x in self.linkable
                       if x.rsplit(":", 1)[0] == u.layer)
@@ -216,6 +220,43 @@ class PageWriter:
         for rel, data in files.items():
             self.site.write_bytes(rel, data)
         return sorted(files)
+
+    def _sae_features(self, u: Unit, root: str, files: dict) -> dict:
+        """The SAE's live features that write most into the unit (largest ``W_dec[f, unit]``,
+        :func:`circuits_cli.sae.features.neuron_features`), each shown by the crop of its
+        strongest image (the unit's layer's effective receptive field at the feature's peak)."""
+        from ..evidence.receptive_field import receptive_field
+        from ..sae.features import feature_activations, neuron_features
+
+        sae, acts = self.plan.saes[u.layer], self.acts[u.layer]
+        if u.layer not in self._fa:
+            self._fa[u.layer] = feature_activations(sae, acts.maps)
+        res = neuron_features(sae, acts, u.channel, top_features=6, top_images=1,
+                              fa=self._fa[u.layer])
+        size = int(acts.preprocessing.get("size", self.model.input_size))
+        rf = receptive_field(self.model, u.layer, size=size)
+        items = []
+        for i, f in enumerate(res["features"]):
+            item = {"id": f"feature {f['feature']}", "weight": f["weight"], "href": None,
+                    "label": f"{100 * f['share']:.0f}% of the unit's positive mean input; "
+                             f"fires at {100 * f['frequency']:.2g}% of positions", "image": None}
+            if f["top_images"]:
+                top = f["top_images"][0]
+                image = self._load(Path(top["path"]), size, acts.preprocessing.get("resize"))
+                x0, y0, x1, y1 = rf.box(*top["position"])
+                crop = image[y0:y1, x0:x1]
+                small = max(crop.shape[:2]) <= 64
+                rel = unit_img(u, f"sae-{i}.{'png' if small else 'jpg'}")
+                files[rel] = image_bytes(crop, "png" if small else "jpeg", quality=90)
+                item["image"] = f"{root}/{rel}"
+                item["label"] += f"; strongest on {Path(top['path']).name}"
+            items.append(item)
+        cfg = sae.cfg
+        return {"source": f"SAE {Path(sae.folder).name} ({cfg.get('architecture')}, "
+                          f"{sae.d_sae} latents{', k ' + str(sae.k) if sae.k else ''})",
+                "note": f"{res['strong_features']} live features write ≥ 0.3 of a unit "
+                        "vector into this unit; the strongest writers, by decoder weight:",
+                "items": items}
 
     def _examples(self, u: Unit, root: str, files: dict) -> dict:
         from ..evidence import dataset_examples

@@ -49,6 +49,10 @@ from .common import model_options
               metavar="FILE", help="JSON of dictionary (SAE) features per unit "
                                    "(format circuits-atlas-features/1) for the 'Features of "
                                    "this unit' section.")
+@click.option("--sae", "sae_dirs", multiple=True, type=click.Path(path_type=Path),
+              metavar="DIR", help="SAE folder ('circuits sae train') of one of the layers: its "
+                                  "units' pages list the features writing most into them "
+                                  "(repeat for several layers; needs --images).")
 @click.option("--shard", "shard_spec", default=None, metavar="K/N",
               help="Write only every N-th unit page, from the K-th (K = 0..N-1): a Slurm array "
                    "job's part. Every run writes the index for the pages that exist.")
@@ -57,7 +61,7 @@ from .common import model_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
 def atlas(load_model, layers_spec, units_specs, images, out_dir, steps, size, seed, batch,
           precision, kinds, facets, top_inputs, top_outputs, top_examples, top_classes,
-          classes_spec, features_file, shard_spec, threads, quiet):
+          classes_spec, features_file, sae_dirs, shard_spec, threads, quiet):
     """Write a browsable static site of a model's units (the Microscope for your own model).
 
     An index of the layers (shapes, branch splits); per layer, a grid of every unit's feature
@@ -103,7 +107,8 @@ def atlas(load_model, layers_spec, units_specs, images, out_dir, steps, size, se
     out = out_dir or output_dir("atlas", model.name, "site")
     units = _units(units_specs, layers_spec, model)
     plan = plan_atlas(model, out, layers_spec, units=units, images=images, settings=settings,
-                      shard=shard, class_layers=class_layers, features=features_file)
+                      shard=shard, class_layers=class_layers, features=features_file,
+                      saes=sae_dirs)
     n = len(plan.mine)
     click.echo(f"atlas of {model.name}: {n} unit page(s) in {', '.join(plan.layers)}"
                + (f" (shard {shard[0]}/{shard[1]})" if shard else "") + f" -> {out}", err=True)
