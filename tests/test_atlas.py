@@ -340,3 +340,28 @@ def test_sae_features_of_a_unit_are_those_writing_most_into_it(toy_atlas, tmp_pa
     sae.save(tmp_path / "sae4c")
     with pytest.raises(CircuitsError, match="not in --layers"):
         toy_atlas.plan(tmp_path / "nowhere", saes=[tmp_path / "sae4c"])
+
+
+def test_shards_started_together_run_the_activation_pass_once(toy_atlas, tmp_path):
+    """The pass is guarded by a lock in the activation cache: a second shard waits for the
+    first and then reads the cache instead of computing the same pass again."""
+    import threading
+
+    from circuits_cli.atlas.build import _pass_lock
+
+    plan = toy_atlas.plan(tmp_path / "lock")
+    spans = []
+
+    def shard():
+        with cache_env(toy_atlas.cache), _pass_lock(plan):
+            start = time.perf_counter()
+            time.sleep(0.5)
+            spans.append((start, time.perf_counter()))
+
+    threads = [threading.Thread(target=shard) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (a0, a1), (b0, b1) = sorted(spans)
+    assert b0 >= a1  # never both inside at once

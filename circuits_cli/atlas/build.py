@@ -464,7 +464,7 @@ def build_atlas(plan: AtlasPlan, *, progress: bool = True,
     if todo and plan.images is not None:
         from ..evidence import layers_activations
 
-        with timer.phase("activations"):
+        with timer.phase("activations"), _pass_lock(plan):
             acts = layers_activations(model, plan.layers, plan.images, progress=progress,
                                       warn=False)
         msg = next(iter(acts.values())).skipped_message()
@@ -524,6 +524,35 @@ def build_atlas(plan: AtlasPlan, *, progress: bool = True,
     result.cpu_seconds = {**{k: round(v, 2) for k, v in timer.cpu.items()},
                           "total": round(time.process_time() - c0, 2)}
     return result
+
+
+@contextlib.contextmanager
+def _pass_lock(plan: AtlasPlan):
+    """Shards started together (an array job on one machine) would each run the same activation
+    pass: the first takes a lock in the activation cache, the others wait and then read its
+    result from the cache. Where file locks do not work (some network file systems), each shard
+    runs the pass itself, which is only slower."""
+    from ..evidence.activations import default_cache_dir
+
+    key = _digest([plan.model.name, str(plan.model.weights_id), plan.layers,
+                   plan.images.fingerprint])
+    try:
+        import fcntl
+
+        root = default_cache_dir()
+        root.mkdir(parents=True, exist_ok=True)
+        fh = open(root / f".atlas-pass-{key}.lock", "w")  # noqa: SIM115 - held while yielding
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        fh.close()
 
 
 def _kinds_for(plan: AtlasPlan, layer: str, acts) -> list[str]:
