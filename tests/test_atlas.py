@@ -353,15 +353,16 @@ def test_shards_started_together_run_the_activation_pass_once(toy_atlas, tmp_pat
     spans = []
 
     def shard():
-        with cache_env(toy_atlas.cache), _pass_lock(plan):
+        with _pass_lock(plan):
             start = time.perf_counter()
             time.sleep(0.5)
             spans.append((start, time.perf_counter()))
 
-    threads = [threading.Thread(target=shard) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with cache_env(toy_atlas.cache):
+        threads = [threading.Thread(target=shard) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     (a0, a1), (b0, b1) = sorted(spans)
     assert b0 >= a1  # never both inside at once
