@@ -263,7 +263,7 @@ def _node(model: LoadedModel, unit: Unit, depth: int) -> Node:
 
 
 def attach_renders(circuit: Circuit, model: LoadedModel, *, steps: int = 512, size: int = 128,
-                   seed: int = 0, cache_dir: Path | None = None,
+                   seed: int = 0, param: str = "fourier", cache_dir: Path | None = None,
                    progress: bool = True) -> dict[str, np.ndarray]:
     """Feature visualizations of every node, from the render cache where they exist (rendered
     and cached otherwise). Sets each node's ``render`` path and ``activation``; returns the
@@ -272,12 +272,13 @@ def attach_renders(circuit: Circuit, model: LoadedModel, *, steps: int = 512, si
 
     nodes = [n for n in circuit.nodes if n.channel is not None]  # neurons are rendered
     units = [node_unit(model, n) for n in nodes]
-    renders = render_units(model, units, steps=steps, size=size, seed=seed,
+    renders = render_units(model, units, steps=steps, size=size, seed=seed, param=param,
                            cache_dir=cache_dir, progress=progress)
     for node, render in zip(nodes, renders, strict=True):
         node.render = str(render.path) if render.path is not None else None
         node.activation = float(render.activation)
-    circuit.render_settings = {"steps": steps, "size": size, "seed": seed}
+    circuit.render_settings = {"steps": steps, "size": size, "seed": seed,
+                               **({"param": param} if param != "fourier" else {})}
     return {node.id: render.image for node, render in zip(nodes, renders, strict=True)}
 
 
