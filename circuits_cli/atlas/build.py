@@ -571,10 +571,12 @@ def _render_args(kind: str, st: AtlasSettings) -> dict:
 
 def _count_misses(plan: AtlasPlan, by_layer: dict, kinds_of: dict) -> dict:
     """Image-steps still to render per layer (cache misses only): the ETA's total."""
-    from ..render import render_settings
+    from ..render import make_recipe, render_settings
     from ..render.cache import RenderCache
 
     st, cache = plan.settings, RenderCache()
+    recipe = make_recipe(plan.model, steps=st.steps, size=st.size, seed=st.seed,
+                         precision=st.precision)
     out = {}
     for layer, units in by_layer.items():
         n = 0
@@ -582,8 +584,7 @@ def _count_misses(plan: AtlasPlan, by_layer: dict, kinds_of: dict) -> dict:
             args = _render_args(kind, st)
             per = st.facets if kind == "diversity" else 1
             for u in units:
-                s = render_settings(plan.model, u, steps=st.steps, size=st.size, seed=st.seed,
-                                    facets=st.facets, precision=st.precision, **args)
+                s = render_settings(plan.model, u, recipe, facets=st.facets, **args)
                 if not cache.paths(s)[1].exists():
                     n += per * st.steps
         out[layer] = n
@@ -591,9 +592,11 @@ def _count_misses(plan: AtlasPlan, by_layer: dict, kinds_of: dict) -> dict:
 
 
 def _render_layer(plan: AtlasPlan, units: list[Unit], kinds: list[str], bar: Progress) -> dict:
-    from ..render import render_units
+    from ..render import make_recipe, render_units
 
     st = plan.settings
+    recipe = make_recipe(plan.model, steps=st.steps, size=st.size, seed=st.seed,
+                         precision=st.precision)
     out: dict[Unit, dict] = {u: {} for u in units}
     for kind in kinds:
         per = (st.facets if kind == "diversity" else 1) * st.steps
@@ -602,8 +605,7 @@ def _render_layer(plan: AtlasPlan, units: list[Unit], kinds: list[str], bar: Pro
             if not r.cached:
                 bar.update(per, note=f"{r.unit} {kind}")
 
-        renders = render_units(plan.model, units, steps=st.steps, size=st.size, seed=st.seed,
-                               batch=st.batch, facets=st.facets, precision=st.precision,
+        renders = render_units(plan.model, units, recipe, batch=st.batch, facets=st.facets,
                                progress=False, on_render=tick, **_render_args(kind, st))
         for u, r in zip(units, renders, strict=True):
             out[u][kind] = r
