@@ -23,9 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .connections import expanded_weights, rank_inputs, resolve_method
+from .connections import (
+    expanded_weights,
+    rank_inputs,
+    resolve_method,
+    through_decoders,
+    unit_weights,
+)
 from .errors import CircuitsError
-from .units import Unit
+from .units import Unit, is_neuron, parse_unit
 from .zoo.base import LoadedModel
 
 FORMAT = "circuits-circuit/1"
@@ -42,7 +48,7 @@ class Node:
 
     id: str
     layer: str
-    channel: int
+    channel: int | None  # None for a direction or dictionary feature (its id says which)
     depth: int
     branch: str | None = None
     max_weight: float | None = None
@@ -181,18 +187,25 @@ def previous_layer(model: LoadedModel, layer: str) -> str | None:
 
 
 def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
-          source: str | None = None, method: str = "auto") -> Circuit:
+          source: str | None = None, method: str = "auto",
+          features: dict[str, list[Unit]] | None = None) -> Circuit:
     """The circuit of ``unit``: its ``top_k`` strongest inputs, theirs, ... over ``depth`` hops.
-    All units of one hop are computed in one batched call."""
+    All units of one hop are computed in one batched call. ``features`` maps a layer to the
+    dictionary features of an SAE on it (:func:`circuits_cli.units.sae_features`): a hop into
+    that layer ranks its features (through their decoder directions) instead of its neurons,
+    so SAEs on successive
+    layers give a feature circuit."""
     if depth < 1:
         raise CircuitsError(f"depth must be at least 1, got {depth}")
     if top_k < 1:
         raise CircuitsError(f"top-k must be at least 1, got {top_k}")
     info = model.layer(unit.layer)
-    if not 0 <= unit.channel < info.channels:
-        raise CircuitsError(f"channel {unit.channel} is out of range for layer {info.name!r}, "
-                            f"which has {info.channels} channels (0-{info.channels - 1})")
-    unit = Unit(info.name, unit.channel)
+    if is_neuron(unit):
+        if not 0 <= unit.channel < info.channels:
+            raise CircuitsError(f"channel {unit.channel} is out of range for layer "
+                                f"{info.name!r}, which has {info.channels} channels "
+                                f"(0-{info.channels - 1})")
+        unit = Unit(info.name, unit.channel)
     if source is not None:
         source = model.layer(source).name
         if model.layer_index(source) >= model.layer_index(info.name):
@@ -212,9 +225,12 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
             break
         used = resolve_method(model, src, layer, method)
         with torch.no_grad():
-            kernels = expanded_weights(model, src, layer, [u.channel for u in frontier],
-                                       method=used)
+            kernels = _frontier_weights(model, src, layer, frontier, used)
         kernels = kernels.detach().cpu().double()
+        dictionary = features.get(src) if features else None
+        if dictionary:  # rank the source layer's dictionary features, not its neurons
+            kernels = torch.stack([through_decoders(k, dictionary, model.layer(src).channels)
+                                   for k in kernels])
         circuit.hops.append(Hop(src, layer, used, tuple(kernels.shape[-2:])))
         next_frontier: list[Unit] = []
         for row, target in zip(kernels, frontier, strict=True):
@@ -223,7 +239,7 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
             ranked = rank_inputs(row, top_k)
             top = ranked[0].strength if ranked and ranked[0].strength > 0 else 1.0
             for rank, conn in enumerate(ranked, 1):
-                src_unit = Unit(src, conn.channel)
+                src_unit = dictionary[conn.channel] if dictionary else Unit(src, conn.channel)
                 if not any(n.id == str(src_unit) for n in circuit.nodes):
                     circuit.nodes.append(_node(model, src_unit, hop + 1))
                     next_frontier.append(src_unit)
@@ -235,28 +251,53 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
     return circuit
 
 
+def _frontier_weights(model: LoadedModel, source: str, layer: str, frontier: list[Unit],
+                      method: str) -> torch.Tensor:
+    """Expanded weights ``[len(frontier), C_in, h, w]`` into the units of one hop: neurons in
+    one batched call, directions and features through their encoders."""
+    neurons = [u for u in frontier if is_neuron(u)]
+    rows: dict[Unit, torch.Tensor] = {}
+    if neurons:
+        k = expanded_weights(model, source, layer, [u.channel for u in neurons], method=method)
+        rows.update(zip(neurons, k, strict=True))
+    for u in frontier:
+        if u not in rows:
+            rows[u] = unit_weights(model, source, u, method)
+    return torch.stack([rows[u] for u in frontier])
+
+
+def node_unit(model: LoadedModel, node: Node) -> Unit:
+    """The unit a node stands for (a direction is read back from its id, ``LAYER@FILE#ROW``)."""
+    if node.channel is not None:
+        return Unit(model.layer(node.layer).name, node.channel)
+    return parse_unit(node.id, model)
+
+
 def _node(model: LoadedModel, unit: Unit, depth: int) -> Node:
-    branch = model.layer(unit.layer).branch_of(unit.channel)
-    return Node(id=str(unit), layer=unit.layer, channel=unit.channel, depth=depth,
+    channel = unit.channel if is_neuron(unit) else None
+    branch = model.layer(unit.layer).branch_of(channel) if channel is not None else None
+    return Node(id=str(unit), layer=unit.layer, channel=channel, depth=depth,
                 branch=branch[0] if branch else None)
 
 
 def attach_renders(circuit: Circuit, model: LoadedModel, *, steps: int = 512, size: int = 128,
-                   seed: int = 0, cache_dir: Path | None = None,
+                   seed: int = 0, param: str = "fourier", cache_dir: Path | None = None,
                    progress: bool = True) -> dict[str, np.ndarray]:
     """Feature visualizations of every node, from the render cache where they exist (rendered
     and cached otherwise). Sets each node's ``render`` path and ``activation``; returns the
     pictures by node id."""
     from .render import render_units
 
-    units = [Unit(n.layer, n.channel) for n in circuit.nodes]
-    renders = render_units(model, units, steps=steps, size=size, seed=seed,
+    nodes = list(circuit.nodes)
+    units = [node_unit(model, n) for n in nodes]
+    renders = render_units(model, units, steps=steps, size=size, seed=seed, param=param,
                            cache_dir=cache_dir, progress=progress)
-    for node, render in zip(circuit.nodes, renders, strict=True):
+    for node, render in zip(nodes, renders, strict=True):
         node.render = str(render.path) if render.path is not None else None
         node.activation = float(render.activation)
-    circuit.render_settings = {"steps": steps, "size": size, "seed": seed}
-    return {node.id: render.image for node, render in zip(circuit.nodes, renders, strict=True)}
+    circuit.render_settings = {"steps": steps, "size": size, "seed": seed,
+                               **({"param": param} if param != "fourier" else {})}
+    return {node.id: render.image for node, render in zip(nodes, renders, strict=True)}
 
 
 # ---------------------------------------------------------------------------------------------
