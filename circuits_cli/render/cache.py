@@ -36,7 +36,10 @@ def _slug(text: str) -> str:
 
 def render_key(**settings) -> str:
     """A stable hash of the settings (a dict of JSON-serialisable values)."""
-    blob = json.dumps({"recipe": RECIPE, **settings}, sort_keys=True, separators=(",", ":"))
+    import torch  # the thread count changes float summation order, hence the bytes
+
+    blob = json.dumps({"recipe": RECIPE, "threads": torch.get_num_threads(), **settings},
+                      sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

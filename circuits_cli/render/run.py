@@ -17,7 +17,6 @@ rebuilt from all matching records whenever a run ends (or is interrupted).
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +32,6 @@ from .cache import atomic_write_bytes, png_bytes
 from .engine import BETAS, LEARNING_RATE
 
 TOOL = "circuits visualize"
-# our files, and the hidden temporary files of an interrupted atomic write of them
-_OURS = re.compile(r"^\.?(units|manifest.*\.json|sheet.*\.png)$")
 
 
 def variant_suffix(objective: str, negative: bool) -> str:
@@ -75,24 +72,42 @@ def load_directions(path: Path, channels: int, layer: str) -> np.ndarray:
     return arr
 
 
-def check_out_dir(out: Path) -> None:
-    """Refuse a folder that holds anything but our own outputs (never clobber a user's files)."""
-    if out.exists() and not out.is_dir():
-        raise CircuitsError(f"--out {str(out)!r} is a file; give a folder")
-    if not out.is_dir():
-        return
-    foreign = sorted(p.name for p in out.iterdir() if not _OURS.match(p.name))
-    for manifest in sorted(out.glob("manifest*.json")):
-        try:
-            ours = json.loads(manifest.read_text()).get("tool") == TOOL
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:
-            foreign.append(manifest.name)
-    if foreign:
-        raise CircuitsError(f"--out {str(out)!r} already holds files that are not circuits "
-                            f"visualize outputs ({', '.join(foreign[:3])}); choose an empty or "
-                            "new folder")
+def claim_out_dir(out: Path, layer: str, units: list[Unit], settings: dict, suffix: str,
+                  cache_dir=None):
+    """Claim ``out`` for these renders (:func:`circuits_cli.files.claim_output`), before any
+    work: a user's file with the name of one of our outputs, an unwritable folder or cache is a
+    one-line error. Renders of another layer, or of these units with other settings, are never
+    replaced: such a folder is refused (same settings resume; another variant, e.g.
+    ``--negative``, has its own file names and is kept beside them)."""
+    from ..files import claim_output, release_claims
+    from .cache import default_cache_dir
+
+    names = [f"manifest{suffix}.json", f"sheet{suffix}.png"]
+    for u in units:
+        names += [f"units/{u.slug}{suffix}.png", f"units/{u.slug}{suffix}.json"]
+    folder = claim_output(out, "visualize", names,
+                          cache=cache_dir if cache_dir is not None else default_cache_dir())
+    try:
+        manifest = json.loads((out / f"manifest{suffix}.json").read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and manifest.get("layer") not in (None, layer):
+        release_claims()
+        raise CircuitsError(f"--out {str(out)!r} holds renders of layer "
+                            f"{manifest.get('layer')!r}; rendering {layer!r} there would replace "
+                            "its manifest and sheet: choose another --out for each layer")
+    for u in units:
+        rec = _read_record(out, u, suffix)
+        if rec and rec.get("settings") != settings[u]:
+            old = rec.get("settings") or {}
+            diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings[u].items()
+                    if old.get(k) != v and k != "directions"][:3]
+            release_claims()
+            raise CircuitsError(f"--out {str(out)!r} already holds {u} rendered with other "
+                                f"settings ({', '.join(diff) or 'directions'}); they are kept: "
+                                "choose another --out for these settings (the same settings "
+                                "resume)")
+    return folder
 
 
 def visualize_layer(model: LoadedModel, layer: str, *, channels: list[int] | None = None,
@@ -116,13 +131,13 @@ def visualize_layer(model: LoadedModel, layer: str, *, channels: list[int] | Non
     if not units:
         raise CircuitsError("no units to render")
     out = Path(out_dir) if out_dir is not None else default_out_dir(model, info.name)
-    check_out_dir(out)
     precision = resolve_precision(precision, model.device)
     mine = units if shard is None else units[shard[0]::shard[1]]
     suffix = variant_suffix(objective, negative)
     options = dict(objective=objective, negative=negative, steps=steps, size=size, seed=seed,
                    facets=facets, directions=directions, precision=precision)
     settings = {u: render_settings(model, u, **options) for u in units}
+    claim_out_dir(out, info.name, units, settings, suffix, cache_dir)
 
     finished = {u: rec for u in units
                 if (rec := _read_record(out, u, suffix)) and rec.get("settings") == settings[u]}
