@@ -102,7 +102,8 @@ def examples(unit, images, top, negative, box, out_dir, as_json, batch, cache_di
     click.echo(f"Sheet: {png}")
 
 
-def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = False) -> None:
+def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = False,
+                   cache_dir: Path | None = None) -> None:
     """For ``circuits trace``: add dataset examples and the ablation of the target's traced inputs
     to the output folder when ``images`` (an ImageSet) is given, and write ``report.html``."""
     if images is None:
@@ -119,7 +120,8 @@ def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = F
         click.echo(f"Dataset examples and ablation over {len(images.paths)} image file(s)...",
                    err=True)
     with warnings_to_stderr():
-        ev = add_evidence(out, model, images, draws=draws, progress=not quiet)
+        ev = add_evidence(out, model, images, draws=draws, progress=not quiet,
+                          cache_dir=cache_dir)
     if quiet:
         return
     for a in ev.ablations:

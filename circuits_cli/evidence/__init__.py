@@ -34,7 +34,8 @@ __all__ = ["AblationResult", "ablate", "parse_inputs", "ImageSet", "LayerActivat
            "default_cache_dir", "image_set", "layer_activations", "layers_activations",
            "Example", "ExampleSet", "dataset_examples", "examples_sheet", "FindResult",
            "UnitScore", "find_units", "lookup_class", "ReceptiveField",
-           "Evidence", "CircuitAblation", "add_evidence", "EVIDENCE_FILE"]
+           "Evidence", "CircuitAblation", "add_evidence", "check_evidence_outputs",
+           "EVIDENCE_FILE"]
 
 EVIDENCE_FILE = "evidence.json"
 EVIDENCE_FORMAT = "circuits-evidence/1"
@@ -81,6 +82,22 @@ class Evidence:
     n_skipped: int = 0
 
 
+def check_evidence_outputs(directory: str | Path, circuit, model, *,
+                           cache_dir: str | Path | None = None, html: bool = True) -> None:
+    """Claim ``directory`` for the evidence files of ``circuit`` (``examples/UNIT.png`` and
+    ``.json`` per node, ``evidence.json``, ``report.html``) and check the activation cache,
+    before any activation is computed (:func:`circuits_cli.files.claim_output`)."""
+    from ..files import claim_output
+    from ..units import Unit
+
+    names = [EVIDENCE_FILE] + (["report.html"] if html else [])
+    for n in circuit.nodes:
+        slug = Unit(model.layer(n.layer).name, n.channel).slug
+        names += [f"examples/{slug}.png", f"examples/{slug}.json"]
+    claim_output(directory, "evidence", names,
+                 cache=cache_dir if cache_dir is not None else default_cache_dir())
+
+
 def add_evidence(circuit_dir: str | Path, model, images: str | Path | Sequence[str | Path], *,
                  top: int = 9, ablation: bool = True, mode: str = "zero", draws: int = 50,
                  top_images: int | None = 100, reduce: str = "mean", seed: int = 0,
@@ -114,19 +131,7 @@ def add_evidence(circuit_dir: str | Path, model, images: str | Path | Sequence[s
                             f"{circuit.model!r} (weights {circuit.weights_id}), not "
                             f"{model.name!r} (weights {model.weights_id}); load the same model")
     imgs = image_set(images)
-    if html:
-        from ..reports.html import REPORT_FILE, check_report_path
-
-        check_report_path(directory / REPORT_FILE)
-    evfile = directory / EVIDENCE_FILE
-    if evfile.exists():
-        try:
-            fmt = json.loads(evfile.read_text(encoding="utf-8")).get("format", "")
-        except (OSError, ValueError, AttributeError):
-            fmt = ""
-        if fmt != EVIDENCE_FORMAT:
-            raise CircuitsError(f"{str(evfile)!r} exists and was not written by circuits; move "
-                                "it or choose another folder")
+    check_evidence_outputs(directory, circuit, model, cache_dir=cache_dir, html=html)
     units = {n.id: Unit(model.layer(n.layer).name, n.channel) for n in circuit.nodes}
     layers = list(dict.fromkeys(u.layer for u in units.values()))
     acts = layers_activations(model, layers, imgs, cache_dir=cache_dir, batch_size=batch_size,

@@ -105,8 +105,29 @@ def image_set(images: str | Path | Sequence[str | Path] | ImageSet) -> ImageSet:
     if not paths:
         raise CircuitsError(f"no images found in {', '.join(str(p) for p in images)}; "
                             "pass a folder containing JPEG or PNG photos to --images")
-    return ImageSet([Path(p).resolve() for p in paths], int(n_skipped),
-                    ", ".join(str(p) for p in images))
+    result = ImageSet([Path(p).resolve() for p in paths], int(n_skipped),
+                      ", ".join(str(p) for p in images))
+    check_readable(result)
+    return result
+
+
+def check_readable(images: ImageSet) -> None:
+    """Fail early (before any expensive work) when no file of the set can be opened as an image.
+
+    Reads file headers only, and stops at the first readable one: a folder of real photos costs
+    one header; a folder of files that only look like images is found out before rendering or
+    tracing starts. Single unreadable files are skipped (with a warning) by the pass itself."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in images.paths:
+        try:
+            with Image.open(path) as im:
+                im.size  # noqa: B018 - the header was parsed
+            return
+        except (OSError, UnidentifiedImageError, ValueError):
+            continue
+    raise CircuitsError(f"none of the {len(images.paths)} image file(s) in {images.source} can be "
+                        "read as an image; pass a folder of valid JPEG or PNG photos")
 
 
 @dataclass

@@ -157,6 +157,16 @@ def _branch_text(node) -> str:
     return f"{node.branch} branch" if node.branch else ""
 
 
+STRENGTH_LEGEND = "width, label: strength (L2 norm) / unit's strongest input"
+
+
+def _text_width(text: str, fontsize: float) -> float:
+    """Width in inches of ``text`` in the default font at ``fontsize`` points."""
+    from matplotlib.textpath import TextPath
+
+    return TextPath((0, 0), text, size=fontsize).get_extents().width / 72
+
+
 def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = None,
                  title: str | None = None, dpi: int = 110) -> Path:
     """Draw ``circuit`` (a :class:`~circuits_cli.trace.Circuit`) to ``path`` (PNG)."""
@@ -172,6 +182,10 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
     heat = 0.72                         # edge heatmap side
     margin_x, top, bottom = 0.5, 1.25, 1.45
     width = max(2 * margin_x + n_cols * thumb + (n_cols - 1) * col_gap, 7.5)
+    # the legend's last line must fit: widen the figure for it (it was cut at the right edge)
+    bar_w = min(3.2, width * 0.34)
+    legend_w = 0.5 + bar_w + 0.6 + 1.5 + _text_width(STRENGTH_LEGEND, 9) + 0.3
+    width = max(width, legend_w)
     height = top + bottom + tallest * slot
     fig = plt.figure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 1))
@@ -260,7 +274,6 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
     ax.text(width / 2, height - 0.55, sub, ha="center", va="top", fontsize=9.5, color=MUTED)
 
     # legend: weight colour scale, line colour and width
-    bar_w = min(3.2, width * 0.34)
     _colorbar(fig, (0.5 / width, 0.62 / height, bar_w / width, 0.16 / height),
               "weight / target unit's largest |weight|")
     lx = 0.5 + bar_w + 0.6
@@ -271,8 +284,7 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
         ax.text(lx + 0.6, ly + dy, text, va="center", fontsize=9, color=INK)
     ax.plot([lx, lx + 0.5], [ly - 0.6, ly - 0.6], color=MUTED, lw=1.0)
     ax.plot([lx + 0.9, lx + 1.4], [ly - 0.6, ly - 0.6], color=MUTED, lw=7.0)
-    ax.text(lx + 1.5, ly - 0.6, "width, label: strength (L2 norm) / unit's strongest input",
-            va="center", fontsize=9, color=INK)
+    ax.text(lx + 1.5, ly - 0.6, STRENGTH_LEGEND, va="center", fontsize=9, color=INK)
     if circuit.note:
         ax.text(width - 0.3, 0.2, circuit.note, ha="right", va="bottom", fontsize=8, color=MUTED)
     try:

@@ -174,23 +174,28 @@ def build_report(directory: str | Path) -> str:
         out.append("<h2>Ablation: does the circuit do what the weights say?</h2>")
         s = ev.get("ablation_settings") or {}
         how = "their mean over the images" if s.get("mode") == "mean" else "zero"
+        n_avail = ev.get("n_images")
+        top = s.get("top_images")
+        if top and (n_avail is None or top < n_avail):
+            which = f"the top {top} images where it is most active"
+        else:
+            which = f"all {n_avail} images" if n_avail is not None else "all images"
         out.append(f"<p>Each group of traced inputs is set to {how} and "
-                   f"the target's {esc(str(s.get('reduce')))} activation is measured over the "
-                   f"{'top ' + str(s['top_images']) + ' ' if s.get('top_images') else ''}images "
-                   "where it is most active, against the same number of random units of the "
-                   "same layer (many draws). Excitatory inputs should make it drop, inhibitory "
-                   "ones rise.</p>")
+                   f"the target's {esc(str(s.get('reduce')))} activation is measured over "
+                   f"{which}, against the same number of random units of the "
+                   "same layer (many draws). Excitatory inputs should make it drop (a positive "
+                   "drop), inhibitory ones rise (a negative drop).</p>")
         out.append("<table><tr><th>target</th><th>inputs</th><th>expected</th>"
-                   "<th>baseline</th><th>ablated</th><th>change</th><th>random draws</th>"
+                   "<th>baseline</th><th>ablated</th><th>drop</th><th>random draws' drop</th>"
                    "<th>z</th><th>p (one-sided, as predicted)</th><th>verdict</th></tr>")
         for a in ev["ablation"]:
             rel = a["relative_drop"]
-            change = f"{-rel * 100:+.1f}%" if rel is not None else "–"
+            change = f"{rel * 100:+.1f}%" if rel is not None else "–"  # as the terminal says
             rnd = a["random"]
             rmean = rnd["mean_relative_drop"]
             rstd = (rnd["std_drop"] / a["baseline"] * 100) if a["baseline"] and rnd[
                 "std_drop"] is not None else None
-            rtxt = (f"{-rmean * 100:+.1f}% &plusmn; {rstd:.1f}% ({rnd['draws']})"
+            rtxt = (f"{rmean * 100:+.1f}% &plusmn; {rstd:.1f}% ({rnd['draws']})"
                     if rmean is not None and rstd is not None else "–")
             verdict = ("<span class='ok'>agrees</span>" if a["agrees"]
                        else "<span class='bad'>not shown</span>")
