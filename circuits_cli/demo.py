@@ -57,13 +57,25 @@ def car_unit(model: LoadedModel) -> Unit:
 
         return best_class_unit(model, TOY_CAR_LAYER, "car", branches=TOY_SPATIAL_BRANCHES).unit
     raise CircuitsError(f"no known car unit for model {model.name!r}; pass --unit LAYER:CHANNEL "
-                        "('circuits find --class car --layer LAYER' finds candidates)")
+                        "('circuits find --class \"sports car\" --layer LAYER' finds candidates "
+                        "on an ImageNet model)")
+
+
+def scene_names(n: int, seed: int = 2024) -> list[str]:
+    """File names of the demo's ``n`` scenes (the class is part of the name)."""
+    from .toy.world import CLASSES, _labels
+
+    labels = _labels(n, seed)
+    return [f"{i:04d}_{CLASSES[int(label)]}.png" for i, label in enumerate(labels)]
 
 
 def write_scenes(out: Path, n: int, seed: int = 2024) -> Path:
     """``n`` generated toy-world scenes as PNGs (kept if already there): the demo's dataset."""
+    import io
+
     from PIL import Image
 
+    from .files import write_bytes
     from .toy.world import CLASSES, make_dataset
 
     out.mkdir(parents=True, exist_ok=True)
@@ -75,9 +87,9 @@ def write_scenes(out: Path, n: int, seed: int = 2024) -> Path:
         path = out / f"{i:04d}_{CLASSES[int(label)]}.png"
         if not path.exists():
             array = (img.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype("uint8")
-            tmp = path.with_name(f".{path.name}.tmp")
-            Image.fromarray(array).save(tmp, format="PNG")
-            tmp.replace(path)
+            buf = io.BytesIO()
+            Image.fromarray(array).save(buf, format="PNG")
+            write_bytes(path, buf.getvalue())
     return out
 
 
@@ -106,20 +118,31 @@ def _toy_findings(model: LoadedModel, circuit) -> list[str]:
 def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
              images: str | Path | None = None, steps: int | None = None,
              size: int | None = None, depth: int = 2, top_k: int = 3, n_scenes: int = 240,
-             progress: bool = True, echo: Callable[[str], None] = print) -> DemoResult:
-    """Run the pipeline on ``model``'s car unit (or ``unit``) into ``out``; see module doc."""
-    from .evidence import add_evidence, image_set
+             cache_dir: str | Path | None = None, progress: bool = True,
+             echo: Callable[[str], None] = print) -> DemoResult:
+    """Run the pipeline on ``model``'s car unit (or ``unit``) into ``out``; see module doc.
+
+    Every output folder (``trace/``, ``visualize/``, ``scenes/``) and the cache (root
+    ``cache_dir``, default ``$CIRCUITS_CACHE``) are checked before any work
+    (:func:`circuits_cli.files.claim_output`)."""
+    from .evidence import add_evidence, check_evidence_outputs, image_set
+    from .files import cache_dir as cache_sub
+    from .files import claim_output
     from .render.run import visualize_layer
     from .reports.diagrams import draw_circuit
-    from .trace import attach_renders, check_out_dir, render_tree, trace
+    from .trace import attach_renders, render_tree, trace
 
     started = time.perf_counter()
     out = Path(out)
     toy = model.name == "toy"
     steps = steps or (TOY_STEPS if toy else 512)
     size = size or (model.input_size if toy else 128)
-    check_out_dir(out / "trace", ("circuit.json", "circuit.png", "evidence.json"))
+    claim_output(out / "trace", "demo", ("circuit.json", "circuit.png", "evidence.json",
+                                         "report.html"), cache=cache_dir or True)
     images_given = image_set(images) if images is not None else None  # fail before writing
+    if images_given is None and toy:
+        claim_output(out / "scenes", "demo", scene_names(n_scenes))
+    renders, activations = cache_sub("renders", cache_dir), cache_sub("activations", cache_dir)
     unit = unit or car_unit(model)
     result = DemoResult(out=out, unit=unit)
 
@@ -130,16 +153,19 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
     # unit's traced inputs, which is what the diagram needs.
     channels = (None if toy else
                 sorted({parse_unit(e.source, model).channel for e in circuit.inputs(str(unit))}))
+    if images_given is not None or toy:
+        check_evidence_outputs(out / "trace", circuit, model, cache_dir=activations)
     echo(f"[2/4] feature visualizations of {source} "
          f"({'all units' if channels is None else f'{len(channels)} units'}, {steps} steps)")
     visualize_layer(model, source, channels=channels, steps=steps, size=size,
                     batch=TOY_BATCH if toy else None, out_dir=out / "visualize",
-                    progress=progress, echo=echo)
+                    cache_dir=renders, progress=progress, echo=echo)
     sheets = sorted((out / "visualize").glob("sheet*.png"))
     result.sheet = sheets[0] if sheets else None
 
     echo(f"[3/4] circuit diagram of {unit} ({len(circuit.nodes)} units)")
-    pictures = attach_renders(circuit, model, steps=steps, size=size, progress=progress)
+    pictures = attach_renders(circuit, model, steps=steps, size=size, cache_dir=renders,
+                              progress=progress)
     (out / "trace").mkdir(parents=True, exist_ok=True)
     circuit.save(out / "trace" / "circuit.json")
     draw_circuit(circuit, out / "trace" / "circuit.png", pictures)
@@ -151,7 +177,8 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
         images_given = image_set(images)
     if images_given is not None:
         echo(f"[4/4] dataset examples and ablation over {images}")
-        evidence = add_evidence(out / "trace", model, images_given, progress=progress)
+        evidence = add_evidence(out / "trace", model, images_given, cache_dir=activations,
+                                progress=progress)
         result.report = evidence.html
     else:
         echo("[4/4] no images given: skipping dataset examples and ablation (pass --images DIR)")

@@ -166,7 +166,7 @@ class OutputFolder:
                 return None
             return "was not written by circuits"
         if _sha256_file(full) != written[rel]:
-            return "was changed since circuits wrote it"
+            return "was not written by circuits (it changed since circuits wrote it)"
         return None
 
     def check(self, outputs: Iterable[str | Path]) -> None:

@@ -21,6 +21,10 @@ from pathlib import Path
 import click
 
 CACHE_ENV = "CIRCUITS_CACHE"
+METHOD_HELP = ("How to compute expanded weights: exact (kernels multiplied out: a conv feeding a "
+               "conv, an Inception block's input to its output), linear (the linear "
+               "approximation: ReLU as identity, max-pool as average pool; any two layers), "
+               "auto (exact where it exists).")
 
 
 class UnitType(click.ParamType):
@@ -68,9 +72,12 @@ class InputUnitsType(click.ParamType):
     def convert(self, value, param, ctx):
         text = str(value).strip()
         parts = [p.strip() for p in text.split(",") if p.strip()]
-        if not parts or ":" not in parts[0]:
-            self.fail(f"malformed input units {value!r}; write LAYER:C,C,... e.g. "
-                      "'mixed4b:237,373'", param, ctx)
+        if not parts:
+            self.fail("no input units given; write LAYER:C,C,... e.g. 'mixed4b:237,373'",
+                      param, ctx)
+        if ":" not in parts[0]:
+            self.fail(f"input {parts[0]!r} has no layer; write LAYER:C first, e.g. "
+                      f"'mixed4b:{parts[0]}'", param, ctx)
         for part in parts:
             m = self._part.fullmatch(part)
             if not m:

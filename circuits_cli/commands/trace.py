@@ -10,6 +10,7 @@ import click
 from .common import model_options
 from .options import (
     LAYER,
+    METHOD_HELP,
     UNIT,
     cache_option,
     json_option,
@@ -17,11 +18,6 @@ from .options import (
     quiet_option,
     render_options,
 )
-
-METHOD_HELP = ("How to compute expanded weights: exact (kernels multiplied out: a conv feeding a "
-               "conv, an Inception block's input to its output), linear (the linear "
-               "approximation: ReLU as identity, max-pool as average pool; any two layers), "
-               "auto (exact where it exists).")
 
 
 @click.command()

@@ -333,9 +333,11 @@ def load_weights(module: nn.Module, path: Path) -> None:
                "'conv1/7x7_s2/weight')"
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise CircuitsError(f"cannot read {str(path)!r} as an .npz file ({err}); "
-                            f"{expected}") from err
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # EOF: an empty file
+        reason = str(err) or ("the file is empty" if isinstance(err, EOFError)
+                              else type(err).__name__)
+        raise CircuitsError(f"cannot read {str(path)!r} as an .npz file ({reason}); "
+                            f"{expected}") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise CircuitsError(f"{str(path)!r} holds a single array, not an .npz archive; {expected}")
     state = {}

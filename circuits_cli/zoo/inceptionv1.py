@@ -136,15 +136,17 @@ def _download() -> Path:
     return dest
 
 
-def load_state(path: Path) -> dict[str, torch.Tensor]:
+def load_state(path: Path, expects: str = WEIGHTS_FILE) -> dict[str, torch.Tensor]:
+    """A state dict from ``path``; ``expects`` says what the model's --weights wants (the
+    message of a bad file names it: each model its own)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise CircuitsError(f"cannot read {str(path)!r} as a PyTorch state dict "
-                            f"({type(err).__name__}); --weights expects inception5h.pth") from None
+                            f"({type(err).__name__}); --weights expects {expects}") from None
     if not isinstance(state, dict):
         raise CircuitsError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict; "
-                            "--weights expects inception5h.pth")
+                            f"--weights expects {expects}")
     return state
 
 

@@ -9,7 +9,9 @@ they run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -39,7 +41,7 @@ def build(name: str, weights: Path | None = None) -> LoadedModel:
     if weights is not None:
         from .inceptionv1 import load_state
 
-        state = load_state(Path(weights))
+        state = load_state(Path(weights), f"a state dict saved from torchvision's {name}")
         try:
             module.load_state_dict(state)
         except RuntimeError as err:
@@ -49,7 +51,10 @@ def build(name: str, weights: Path | None = None) -> LoadedModel:
         weights_id = "sha256:" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
     else:
         try:
-            module.load_state_dict(default.get_state_dict(progress=True, check_hash=True))
+            # torch hub prints 'Downloading: ...' on stdout, which would corrupt --json: stderr
+            with contextlib.redirect_stdout(sys.stderr):
+                state = default.get_state_dict(progress=True, check_hash=True)
+            module.load_state_dict(state)
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise CircuitsError(f"could not download torchvision weights {default} ({reason}); "
@@ -62,5 +67,6 @@ def build(name: str, weights: Path | None = None) -> LoadedModel:
         name=f"torchvision:{name}", module=module,
         layers=discover_layers(module, size, _keep), preprocess=imagenet_normalize,
         input_size=size, labels=list(default.meta.get("categories", [])), weights_id=weights_id,
-        description=f"torchvision {name} ({default})",
+        description=(f"torchvision {name} ({default})" if weights is None
+                     else f"torchvision {name} with weights from {Path(weights).name}"),
     )

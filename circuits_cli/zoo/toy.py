@@ -38,8 +38,8 @@ def build(weights: Path | None = None) -> LoadedModel:
     path = Path(weights) if weights is not None else SHIPPED
     if not path.is_file():
         raise CircuitsError(f"the toy model's weights {str(path)!r} are missing; reinstall the "
-                            "package, or train them with 'circuits toy train --out toy.pt' and "
-                            "pass --weights toy.pt")
+                            "package, or train them with 'circuits toy train --out DIR' and "
+                            "pass --weights DIR/toy.pt")
     try:
         ckpt = load_checkpoint(path)
         module = build_module(ckpt)

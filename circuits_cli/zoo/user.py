@@ -41,7 +41,11 @@ def build(spec: str, weights: Path | None = None) -> LoadedModel:
         found = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
         raise CircuitsError(f"{file!r} has no function {factory_name!r}; it defines: "
                             f"{', '.join(found[:8]) or 'nothing callable'}")
-    net = factory()
+    try:
+        net = factory()
+    except Exception as err:  # noqa: BLE001 - the user's code; report, don't crash
+        raise CircuitsError(f"{factory_name}() in {file!r} raised {type(err).__name__}: "
+                            f"{err}") from None
     if not isinstance(net, nn.Module):
         raise CircuitsError(f"{factory_name}() in {file!r} returned {type(net).__name__}, "
                             "not a torch.nn.Module")
@@ -50,7 +54,8 @@ def build(spec: str, weights: Path | None = None) -> LoadedModel:
         from .inceptionv1 import load_state
 
         try:
-            net.load_state_dict(load_state(Path(weights)))
+            net.load_state_dict(load_state(Path(weights),
+                                           f"a state dict of {factory_name}() from {file}"))
         except RuntimeError as err:
             raise CircuitsError(f"{str(weights)!r} does not fit {factory_name}(): "
                                 f"{str(err).splitlines()[0]}") from None
@@ -63,5 +68,7 @@ def build(spec: str, weights: Path | None = None) -> LoadedModel:
         name=spec, module=net, layers=discover_layers(net, size, lambda _p, _m: True),
         preprocess=getattr(net, "preprocess", imagenet_normalize), input_size=size,
         labels=list(getattr(net, "labels", [])), weights_id=weights_id,
-        description=f"user model {factory_name}() from {file}",
+        description=f"user model {factory_name}() from {file}"
+                    + (f", weights from {Path(weights).name}" if weights is not None else
+                       ", weights as the factory sets them"),
     )
