@@ -66,26 +66,20 @@ def per_unit_loop(model, source: str, target: str, channels: list[int]) -> torch
     """One backward pass per target unit: d target[j, centre] / d source at a zero source, in
     the linearized network, cropped to the 5 x 5 receptive field."""
     from circuits_cli.connections import linearized
+    from circuits_cli.hooks import run_with_cache
 
     src, tgt = model.layer(source), model.layer(target)
     state = {}
 
-    def on_source(_m, _i, out):
+    def on_source(out, _hook):
         state["src"] = torch.zeros_like(out, requires_grad=True)
         return state["src"]
 
-    def on_target(_m, _i, out):
-        state["tgt"] = out
-
     image = model.preprocess(torch.full((1, 3, model.input_size, model.input_size), 0.5))
-    h1 = model.module.get_submodule(src.module).register_forward_hook(on_source)
-    h2 = model.module.get_submodule(tgt.module).register_forward_hook(on_target)
-    try:
-        with linearized(model), torch.enable_grad():
-            model.module(image)
-    finally:
-        h1.remove()
-        h2.remove()
+    with linearized(model), torch.enable_grad():
+        _, acts = run_with_cache(model, image, [tgt.name], fwd_hooks=[(src.name, on_source)],
+                                 preprocess=False)
+    state["tgt"] = acts[tgt.name]
     out = state["tgt"]
     cy, cx = out.shape[2] // 2, out.shape[3] // 2
     kernels = []

@@ -42,7 +42,7 @@ import math
 import warnings
 import weakref
 from collections.abc import Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +52,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import CircuitsError
+from .hooks import forward, hooks, probe
 from .zoo.base import InceptionBlock, LayerInfo, LoadedModel
 
 __all__ = ["Connection", "expanded_weights", "rank_inputs", "resolve_method", "exact_available",
@@ -270,22 +271,10 @@ _CALL_ORDER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _call_order(model: LoadedModel) -> list[str]:
     cached = _CALL_ORDER.get(model.module)
-    if cached is not None:
-        return cached
-    order: list[str] = []
-    handles = []
-    for path, sub in model.module.named_modules():
-        if path:
-            handles.append(sub.register_forward_hook(
-                lambda _m, _i, _o, path=path: order.append(path)))
-    try:
-        with torch.no_grad():
-            model.module(_image(model, 1))
-    finally:
-        for h in handles:
-            h.remove()
-    _CALL_ORDER[model.module] = order
-    return order
+    if cached is None:
+        cached = list(probe(model.module, _image(model, 1)))
+        _CALL_ORDER[model.module] = cached
+    return cached
 
 
 def _is_relu(module: nn.Module) -> bool:
@@ -365,22 +354,16 @@ class _Linearize(TorchFunctionMode):
 def linearized(model: LoadedModel):
     """Within the block, ``model.module`` runs linearized: every ReLU (modules, functional calls,
     lucent's redirected ReLU) is the identity and every max-pool an average pool."""
-    handles = []
-    for _path, sub in model.module.named_modules():
-        if _is_relu(sub):
-            # a ReLU module's output becomes its input (works for custom autograd ReLUs too;
-            # in-place functional relus are already identities under _Linearize)
-            handles.append(sub.register_forward_hook(lambda _m, inp, _out: inp[0]))
-    try:
-        with _Linearize():
-            yield
-    finally:
-        for h in handles:
-            h.remove()
+    # a ReLU module's output becomes its input (works for custom autograd ReLUs too; in-place
+    # functional relus are already identities under _Linearize)
+    relus = [(path, _identity) for path, sub in model.module.named_modules()
+             if path and _is_relu(sub)]
+    with hooks(model.module, relus), _Linearize():
+        yield
 
 
-class _Stop(Exception):
-    pass
+def _identity(_out: torch.Tensor, hook) -> torch.Tensor:
+    return hook.inputs[0]
 
 
 def _image(model: LoadedModel, n: int, side: int | None = None) -> torch.Tensor:
@@ -402,27 +385,20 @@ def _grad(model: LoadedModel, src: LayerInfo, tgt: LayerInfo | None, coef: torch
     n = coef.shape[0]
     state: dict = {}
 
-    def on_source(_m, _inp, out):
+    def on_source(out, _hook):
         shape = (n, out.shape[1], *(size or out.shape[2:]))
         state["src"] = torch.zeros(shape, dtype=out.dtype, device=out.device, requires_grad=True)
         return state["src"]
 
-    def on_target(_m, _inp, out):
-        state["tgt"] = out
-        raise _Stop
-
     def run(image):
-        with ExitStack() as stack, torch.enable_grad():
-            stack.enter_context(linearized(model))
-            handles = [model.module.get_submodule(src.module).register_forward_hook(on_source)]
-            if tgt is not None:
-                handles.append(model.module.get_submodule(tgt.module).register_forward_hook(
-                    on_target))
-            stack.callback(lambda: [h.remove() for h in handles])
-            try:
-                state["tgt"] = model.module(image)
-            except _Stop:
-                pass
+        with torch.enable_grad(), linearized(model):
+            with hooks(model, [(src.name, on_source)],
+                       stop_at=tgt.name if tgt is not None else None,
+                       capture=[tgt.name] if tgt is not None else ()) as acts:
+                logits = forward(model, image)
+            if tgt is not None and tgt.name not in acts:
+                raise CircuitsError(f"layer {tgt.name!r} was not computed by the forward pass")
+            state["tgt"] = acts[tgt.name] if tgt is not None else logits
             out = state["tgt"]
             if tgt is None:
                 if out.dim() != 2:

@@ -1,70 +1,207 @@
-"""Activation hooks: read any layer's activation by name, without running the network past it.
+"""Hook points: read and write any layer's activation during the forward pass.
 
-Each addressable layer of a :class:`~circuits_cli.zoo.base.LoadedModel` is the output of one named
-module (its hook point, ``LayerInfo.module``). :func:`capture` registers a forward hook on each
-requested hook point, keeps what it sees, and, once the deepest requested layer has been computed,
-raises :class:`StopForward` from inside the hook so that the rest of the network never runs.
-Gradients flow through captured tensors, so rendering can optimise them.
+The one place in the package that registers forward hooks (a test holds every other module to
+it). Modelled on TransformerLens's ``HookPoint`` and ``run_with_hooks``:
+
+- A **hook point** is the output of one module: a layer name of a
+  :class:`~circuits_cli.zoo.base.LoadedModel` (``inception_4c``, ``4c``) or, on a bare
+  ``nn.Module``, a dotted module path.
+- A **hook function** ``fn(activation, hook)`` receives that output and the :class:`HookPoint`
+  (its ``name``, ``module`` path and, during the call, the module's ``inputs``); returning a tensor
+  **replaces** the activation for the rest of the pass, returning ``None`` keeps it. Capture,
+  ablation (zero/mean), linearization (a ReLU returning its input), SAE splicing and steering are
+  all hook functions.
+- ``stop_at`` ends the pass as soon as the named points are computed (after their hooks ran):
+  the rest of the network never runs, which is how a layer is read without paying for the logits.
+
+    logits = run_with_hooks(model, images01, fwd_hooks=[("4c", lambda a, h: a * 0)])
+    _, cache = run_with_cache(model, images01, ["4b", "4c"])        # stops after 4c
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
 
-from .zoo.base import LoadedModel
+HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
 
 
 class StopForward(Exception):
-    """Raised inside a hook once every requested layer is captured; caught by :func:`capture`."""
+    """Raised inside a hook once every ``stop_at`` point is computed; caught by the runners."""
+
+
+@dataclass
+class HookPoint:
+    """Where a hook function is attached: ``name`` as the caller wrote it resolved to the layer's
+    canonical name, ``module`` the dotted path of the module whose output it is. ``inputs`` holds
+    the module's positional inputs while a hook function runs (a linearized ReLU returns
+    ``hook.inputs[0]``)."""
+
+    name: str
+    module: str
+    inputs: tuple = field(default=(), repr=False)
+
+
+def _root(net) -> nn.Module:
+    """The ``nn.Module`` of a LoadedModel, or ``net`` itself."""
+    return net if isinstance(net, nn.Module) else net.module
+
+
+def resolve(net, point: str) -> HookPoint:
+    """A hook point by layer name (LoadedModel: aliases allowed, a clear error with the closest
+    name otherwise) or by module path (bare ``nn.Module``)."""
+    if isinstance(net, nn.Module):
+        net.get_submodule(point)  # raises AttributeError for a wrong path
+        return HookPoint(point, point)
+    info = net.layer(point)
+    return HookPoint(info.name, info.module)
 
 
 @contextmanager
-def hooked(model: LoadedModel, layers: Sequence[str], stop: bool = True) -> Iterator[dict]:
-    """Context manager: while active, a forward pass fills the yielded dict ``{layer: tensor}``.
-
-    With ``stop=True`` the forward pass raises :class:`StopForward` as soon as all layers are in;
-    run the forward pass through :func:`run_until` (or catch it yourself).
-    """
-    infos = [model.layer(name) for name in layers]
-    wanted = {info.name for info in infos}
+def hooks(net, fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+          stop_at: str | Sequence[str] | None = None,
+          capture: Sequence[str] = ()) -> Iterator[dict[str, torch.Tensor]]:
+    """While active, forward passes of ``net`` run ``fwd_hooks``, stop once every ``stop_at``
+    point is computed, and fill the yielded dict with the (possibly replaced) activations of the
+    ``capture`` and ``stop_at`` points. Run the pass through :func:`forward` (or catch
+    :class:`StopForward` yourself). Hooks on one point run in the order given."""
+    stops = [stop_at] if isinstance(stop_at, str) else list(stop_at or [])
+    points: dict[str, HookPoint] = {}
+    fns: dict[str, list[HookFn]] = {}
+    for name, fn in fwd_hooks:
+        hp = resolve(net, name)
+        points.setdefault(hp.module, hp)
+        fns.setdefault(hp.module, []).append(fn)
+    keep: dict[str, str] = {}  # module path -> canonical name to record
+    for name in [*capture, *stops]:
+        hp = resolve(net, name)
+        points.setdefault(hp.module, hp)
+        keep[hp.module] = hp.name
+    wanted = {resolve(net, name).name for name in stops}
     acts: dict[str, torch.Tensor] = {}
+    done: set[str] = set()  # stop points computed in the current pass
+    root = _root(net)
     handles = []
-    for info in infos:
-        def hook(_m, _inp, out, name=info.name):
-            acts[name] = out
-            if stop and wanted.issubset(acts):
+
+    def make(path: str):
+        hp = points[path]
+
+        def hook(_m, inputs, out):
+            replaced = None
+            hp.inputs = inputs
+            try:
+                for fn in fns.get(path, ()):
+                    new = fn(out if replaced is None else replaced, hp)
+                    if new is not None:
+                        replaced = new
+            finally:
+                hp.inputs = ()
+            if path in keep:
+                acts[keep[path]] = out if replaced is None else replaced
+                done.add(keep[path])
+            if wanted and wanted.issubset(done):
                 raise StopForward
-        handles.append(model.module.get_submodule(info.module).register_forward_hook(hook))
+            return replaced
+
+        return hook
+
     try:
+        if wanted:  # a new pass starts with nothing computed
+            handles.append(root.register_forward_pre_hook(lambda _m, _i: done.clear()))
+        for path in points:
+            handles.append(root.get_submodule(path).register_forward_hook(make(path)))
         yield acts
     finally:
         for h in handles:
             h.remove()
 
 
-def run_until(model: LoadedModel, inputs: torch.Tensor) -> None:
-    """Run the network on already-preprocessed ``inputs``, swallowing :class:`StopForward`."""
+def forward(net, inputs: torch.Tensor) -> Any:
+    """Run ``net`` on model inputs; ``None`` when a hook stopped the pass early."""
     try:
-        model.module(inputs)
+        return _root(net)(inputs)
     except StopForward:
-        pass
+        return None
 
 
-def capture(model: LoadedModel, images01: torch.Tensor, layers: Sequence[str] | str,
-            stop: bool = True, preprocess: bool = True) -> dict[str, torch.Tensor]:
-    """Activations of ``layers`` for a batch of [0, 1] RGB images (gradients kept if enabled).
+def _inputs(net, images: torch.Tensor, preprocess: bool) -> torch.Tensor:
+    if preprocess:
+        if isinstance(net, nn.Module):
+            raise TypeError("preprocess=True needs a LoadedModel (a bare module has no "
+                            "preprocessing)")
+        return net.preprocess(images.to(net.device))
+    return images
 
-    ``preprocess=False`` means ``images01`` is already the model's input.
-    """
-    if isinstance(layers, str):
-        layers = [layers]
-    x = model.preprocess(images01) if preprocess else images01
-    with hooked(model, layers, stop=stop) as acts:
-        run_until(model, x)
-    missing = [name for name in (model.layer(n).name for n in layers) if name not in acts]
+
+def run_with_hooks(net, images: torch.Tensor, fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+                   stop_at: str | Sequence[str] | None = None, preprocess: bool = True) -> Any:
+    """The forward pass with ``fwd_hooks`` attached: the model's output (logits), or ``None``
+    when it stopped at ``stop_at``. ``images`` are RGB in [0, 1] (``preprocess=False``: they
+    are already the model's input)."""
+    x = _inputs(net, images, preprocess)
+    with hooks(net, fwd_hooks, stop_at=stop_at):
+        return forward(net, x)
+
+
+def run_with_cache(net, images: torch.Tensor, names: Sequence[str] | str,
+                   fwd_hooks: Sequence[tuple[str, HookFn]] = (), stop: bool = True,
+                   preprocess: bool = True) -> tuple[Any, dict[str, torch.Tensor]]:
+    """(output or ``None``, ``{layer: activation}``): the activations of ``names`` after any
+    ``fwd_hooks`` wrote to them. ``stop=True`` ends the pass after the deepest of them.
+    Gradients flow through the cached tensors when enabled (rendering optimises them)."""
+    names = [names] if isinstance(names, str) else list(names)
+    x = _inputs(net, images, preprocess)
+    with hooks(net, fwd_hooks, stop_at=names if stop else None, capture=names) as acts:
+        out = forward(net, x)
+    canonical = [resolve(net, n).name for n in names]
+    missing = [n for n in canonical if n not in acts]
     if missing:
         raise RuntimeError(f"layers {missing} were never computed by the forward pass")
-    return {model.layer(n).name: acts[model.layer(n).name] for n in layers}
+    return out, {n: acts[n] for n in canonical}
+
+
+def capture(model, images01: torch.Tensor, layers: Sequence[str] | str, stop: bool = True,
+            preprocess: bool = True) -> dict[str, torch.Tensor]:
+    """Activations of ``layers`` for a batch of [0, 1] RGB images (gradients kept if enabled).
+    ``preprocess=False`` means ``images01`` is already the model's input."""
+    return run_with_cache(model, images01, layers, stop=stop, preprocess=preprocess)[1]
+
+
+@contextmanager
+def hooked(model, layers: Sequence[str], stop: bool = True) -> Iterator[dict]:
+    """Capture ``layers`` during forward passes run inside the block (through :func:`forward`
+    or :func:`run_until`); with ``stop=True`` a pass ends once all of them are in."""
+    with hooks(model, stop_at=layers if stop else None, capture=layers) as acts:
+        yield acts
+
+
+def run_until(model, inputs: torch.Tensor) -> None:
+    """Run the network on already-preprocessed ``inputs`` under :func:`hooked`."""
+    forward(model, inputs)
+
+
+@torch.no_grad()
+def probe(module: nn.Module, inputs: torch.Tensor,
+          paths: Sequence[str] | None = None) -> dict[str, tuple[int, ...] | None]:
+    """One forward pass of ``module`` on ``inputs`` (a zero image; the meta device works) that
+    records, in call order, the output shape of each module in ``paths`` (every submodule when
+    None) the first time it runs; ``None`` for outputs that are not tensors. Layer tables and
+    conv-adjacency come from this."""
+    if paths is None:
+        paths = [p for p, _ in module.named_modules() if p]
+    seen: dict[str, tuple[int, ...] | None] = {}
+
+    def record(path):
+        def fn(out, _hook):
+            if path not in seen:
+                seen[path] = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
+        return fn
+
+    with hooks(module, [(p, record(p)) for p in paths]):
+        forward(module, inputs)
+    return seen

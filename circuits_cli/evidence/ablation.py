@@ -267,7 +267,7 @@ def _run_variants(model: LoadedModel, in_layer: str, t_layer: str, channel: int,
                   paths: list[Path], masks: torch.Tensor, fill: torch.Tensor, *, reduce: str,
                   size: int, resize: int | None, batch_rows: int, progress: bool) -> np.ndarray:
     """Target values (variants, images) with each mask applied to the input layer."""
-    from ..hooks import hooked, run_until
+    from ..hooks import hooks
     from ..images import iter_batches
 
     device = model.device
@@ -279,7 +279,7 @@ def _run_variants(model: LoadedModel, in_layer: str, t_layer: str, channel: int,
     out = np.zeros((n_var, len(paths)), dtype=np.float64)
     state = {"masks": None, "stack": True}
 
-    def replace(_m, _inp, o):
+    def replace(o, _hook):
         m = state["masks"]
         if m is None:
             return None
@@ -290,7 +290,6 @@ def _run_variants(model: LoadedModel, in_layer: str, t_layer: str, channel: int,
             return v.reshape(-1, *o.shape[1:])
         return o * keep + (1 - keep) * f
 
-    handle = model.submodule(in_layer).register_forward_hook(replace)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -298,37 +297,39 @@ def _run_variants(model: LoadedModel, in_layer: str, t_layer: str, channel: int,
         bar = tqdm(total=len(paths), desc="ablation", unit="img", leave=False,
                    disable=None)  # disable=None: only on a terminal
     try:
-        col = 0
-        for x, ok, _ in iter_batches(paths, batch=img_batch, size=size, resize=resize):
-            if not ok:
-                continue
-            x = model.preprocess(x.to(device))
-            n = x.shape[0]
-            for v0 in range(0, n_var, var_chunk):
-                chunk = masks[v0:v0 + var_chunk]
-                out[v0:v0 + len(chunk), col:col + n] = _forward(model, x, t_layer, channel,
-                                                                chunk, state, reduce,
-                                                                hooked, run_until)
-            col += n
-            if bar is not None:
-                bar.update(n)
+        with hooks(model, [(in_layer, replace)], stop_at=t_layer) as acts:
+            col = 0
+            for x, ok, _ in iter_batches(paths, batch=img_batch, size=size, resize=resize):
+                if not ok:
+                    continue
+                x = model.preprocess(x.to(device))
+                n = x.shape[0]
+                for v0 in range(0, n_var, var_chunk):
+                    chunk = masks[v0:v0 + var_chunk]
+                    out[v0:v0 + len(chunk), col:col + n] = _forward(
+                        model, x, t_layer, channel, chunk, state, reduce, acts)
+                col += n
+                if bar is not None:
+                    bar.update(n)
         if col != len(paths):  # an image became unreadable since its activations were stored
             raise CircuitsError(f"{len(paths) - col} image(s) could not be read any more; "
                                 "re-run to refresh the activation cache")
     finally:
-        handle.remove()
         if bar is not None:
             bar.close()
     return out
 
 
-def _forward(model, x, t_layer, channel, chunk, state, reduce, hooked, run_until) -> np.ndarray:
+def _forward(model, x, t_layer, channel, chunk, state, reduce, acts) -> np.ndarray:
+    """Target values (variants, n) for one image batch ``x``; ``acts`` is filled by the
+    enclosing :func:`~circuits_cli.hooks.hooks` block, which also applies ``state["masks"]``."""
+    from ..hooks import forward
+
     n, v = x.shape[0], chunk.shape[0]
     if state["stack"]:
         state["masks"] = chunk
         try:
-            with hooked(model, [t_layer]) as acts:
-                run_until(model, x)
+            forward(model, x)
             t = acts[t_layer]
             if t.shape[0] == v * n:
                 return _reduce(t[:, channel].float(), reduce).reshape(v, n).cpu().numpy()
@@ -341,8 +342,7 @@ def _forward(model, x, t_layer, channel, chunk, state, reduce, hooked, run_until
     for i in range(v):
         state["masks"] = chunk[i:i + 1]
         try:
-            with hooked(model, [t_layer]) as acts:
-                run_until(model, x)
+            forward(model, x)
         finally:
             state["masks"] = None
         res[i] = _reduce(acts[t_layer][:, channel].float(), reduce).cpu().numpy()

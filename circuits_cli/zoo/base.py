@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import CircuitsError, suggest
+from ..hooks import probe
 
 
 @dataclass(frozen=True)
@@ -134,26 +135,11 @@ def discover_layers(module: nn.Module, input_size: int,
                     keep: Callable[[str, nn.Module], bool]) -> dict[str, LayerInfo]:
     """Layers of an arbitrary network: the modules ``keep`` accepts, in the order they run,
     with their output shapes, found by one forward pass on a zero image."""
-    order: list[tuple[str, tuple[int, ...]]] = []
-    seen: set[str] = set()
-    handles = []
-    for path, sub in module.named_modules():
-        if not path or not keep(path, sub):
-            continue
-
-        def hook(_m, _inp, out, path=path):
-            if path not in seen and isinstance(out, torch.Tensor) and out.dim() == 4:
-                seen.add(path)
-                order.append((path, tuple(out.shape[1:])))
-
-        handles.append(sub.register_forward_hook(hook))
-    try:
-        device = next((p.device for p in module.parameters()), torch.device("cpu"))
-        with torch.no_grad():
-            module(torch.zeros(1, 3, input_size, input_size, device=device))
-    finally:
-        for h in handles:
-            h.remove()
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    paths = [path for path, sub in module.named_modules() if path and keep(path, sub)]
+    shapes = probe(module, torch.zeros(1, 3, input_size, input_size, device=device), paths)
+    order = [(path, shape) for path, shape in shapes.items() if shape is not None
+             and len(shape) == 3]
     kinds = {path: type(module.get_submodule(path)).__name__ for path, _ in order}
     return {path: LayerInfo(name=path, module=path, channels=shape[0], shape=shape,
                             kind="conv" if kinds[path] == "Conv2d" else "block")

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import CircuitsError
+from ..hooks import probe
 from .base import Branch, InceptionBlock, LayerInfo, LoadedModel
 
 WEIGHTS_ENV = "CIRCUITS_BVLC_WEIGHTS"
@@ -200,21 +201,8 @@ def _layer_table() -> list[tuple[str, str, str]]:
 def _output_shapes(paths: list[str], size: int) -> dict[str, tuple]:
     """Output shape (C, H, W) of each module path, from one forward pass on the meta device
     (no memory, no arithmetic)."""
-    shapes: dict[str, tuple] = {}
     meta = GoogLeNetBVLC(NUM_CLASSES).to("meta")
-
-    def hook(_m, _inp, out, path):
-        shapes.setdefault(path, tuple(out.shape[1:]))  # returns None: the output is unchanged
-
-    handles = [meta.get_submodule(p).register_forward_hook(
-        lambda m, i, o, p=p: hook(m, i, o, p)) for p in paths]
-    try:
-        with torch.no_grad():
-            meta(torch.zeros(1, 3, size, size, device="meta"))
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
+    return probe(meta, torch.zeros(1, 3, size, size, device="meta"), paths)
 
 
 def _layers(size: int = 224) -> dict[str, LayerInfo]:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..hooks import probe
 from .base import Branch, InceptionBlock, LayerInfo
 
 #: (branch name in the layer table, suffix of the module that outputs it), in concat order.
@@ -44,22 +45,8 @@ def inception_block(name: str, block_input: str) -> InceptionBlock:
 def output_shapes(module: nn.Module, names: Sequence[str],
                   input_size: int) -> dict[str, tuple[int, ...]]:
     """(C, H, W) of each named module's output, from one forward pass on a zero image."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def record(name):
-        def hook(_m, _i, out):  # returns None, so the output is left as it is
-            shapes.setdefault(name, tuple(out.shape[1:]))
-        return hook
-
-    handles = [module.get_submodule(n).register_forward_hook(record(n)) for n in names]
-    try:
-        with torch.no_grad():
-            module(torch.zeros(1, 3, input_size, input_size,
-                               device=next(module.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
+    device = next(module.parameters()).device
+    return probe(module, torch.zeros(1, 3, input_size, input_size, device=device), names)
 
 
 def describe(module: nn.Module, names: Sequence[str], blocks: Sequence[str],
