@@ -146,8 +146,7 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
     unit = unit or car_unit(model)
     result = DemoResult(out=out, unit=unit)
 
-    echo(f"[1/4] tracing {unit} through the weights (depth {depth}, top {top_k})")
-    circuit = trace(model, unit, depth=depth, top_k=top_k)
+    circuit = trace(model, unit, depth=depth, top_k=top_k)  # cheap: before the checks
     source = circuit.hops[0].source
     # The whole layer that feeds the unit on toy; elsewhere (512 steps on big models) only the
     # unit's traced inputs, which is what the diagram needs.
@@ -155,6 +154,12 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
                 sorted({parse_unit(e.source, model).channel for e in circuit.inputs(str(unit))}))
     if images_given is not None or toy:
         check_evidence_outputs(out / "trace", circuit, model, cache_dir=activations)
+    units = [Unit(source, c) for c in (channels if channels is not None
+                                       else range(model.layer(source).channels))]
+    claim_output(out / "visualize", "demo", ["manifest.json", "sheet.png"]
+                 + [f"units/{u.slug}{ext}" for u in units for ext in (".png", ".json")],
+                 cache=renders)
+    echo(f"[1/4] traced {unit} through the weights (depth {depth}, top {top_k})")
     echo(f"[2/4] feature visualizations of {source} "
          f"({'all units' if channels is None else f'{len(channels)} units'}, {steps} steps)")
     visualize_layer(model, source, channels=channels, steps=steps, size=size,

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -227,6 +228,11 @@ def claim_output(out: str | Path, command: str, outputs: Iterable[str | Path] = 
     if cache is not False:
         check_cache_writable(None if cache is True else cache)
     _CLAIMS[Path(os.path.abspath(out))] = folder
+    if out.is_dir():  # what a killed run of ours left in the folder and its sub-folders
+        clean_dead_temporaries(out)
+        for sub in out.iterdir():
+            if sub.is_dir() and not sub.name.startswith("."):
+                clean_dead_temporaries(sub)
     return folder
 
 
@@ -256,6 +262,60 @@ def _umask() -> int:
     return mask
 
 
+_HOST = socket.gethostname()
+_TMP_NAME = re.compile(r"^\..*\.tmp-(?P<host>.+)-(?P<pid>\d+)-")
+_CLEANED: set[str] = set()
+
+
+def temp_prefix(name: str) -> str:
+    """``.NAME.tmp-HOST-PID-``: the prefix of our temporary files and folders, so that those of
+    a process that died (SIGKILL, power loss) can be told apart and removed."""
+    return f".{name}.tmp-{_HOST}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_dead_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporary files and folders in ``folder`` whose process (on this host) is
+    gone; those of live processes (a concurrent shard) are left alone."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TMP_NAME.match(entry.name)
+        if not m or m["host"] != _HOST or _alive(int(m["pid"])):
+            continue
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                import shutil
+
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+def _clean_once(folder: Path) -> None:
+    key = os.path.abspath(folder)
+    if key not in _CLEANED:
+        _CLEANED.add(key)
+        clean_dead_temporaries(folder)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` to produce the file, then rename it to ``path``.
 
@@ -266,7 +326,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     if claim is not None:
         claim.check([path])
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    _clean_once(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.stem), suffix=path.suffix)
     os.close(fd)
     try:
         write(tmp)

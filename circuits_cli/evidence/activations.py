@@ -34,9 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
-import socket
 import sys
 import tempfile
 import warnings
@@ -48,7 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import CircuitsError
-from ..files import cache_dir
+from ..files import cache_dir, temp_prefix
 from ..zoo.base import LoadedModel
 
 FORMAT_VERSION = 1
@@ -278,35 +276,15 @@ def partial_dir(entry: Path) -> Path:
     return entry.parent / f".{entry.name}.partial"
 
 
-def _tmp_prefix(entry: Path) -> str:
-    return f".{entry.name}.tmp-{socket.gethostname()}-"
-
-
 def clean_dead_temporaries(folder: Path) -> list[Path]:
-    """Remove the assembly folders (``.ENTRY.tmp-HOST-PID-*``) that a run killed on this host
-    left (SIGKILL, power loss): their process is gone. Chunks in ``.ENTRY.partial`` are kept:
-    they are finished work that the next pass resumes from."""
-    removed = []
-    host = socket.gethostname()
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return removed
-    for name in names:
-        m = re.fullmatch(r"\.(.+)\.tmp-(.+)-(\d+)-.*", name)
-        if not m or m[2] != host:
-            continue
-        pid = int(m[3])
-        try:
-            os.kill(pid, 0)
-            alive = True
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive:
-            shutil.rmtree(folder / name, ignore_errors=True)
-            removed.append(folder / name)
+    """Remove the assembly folders (``.ENTRY.tmp-HOST-PID-*``) and chunk temporaries that a run
+    killed on this host left (SIGKILL, power loss): their process is gone. Finished chunks in
+    ``.ENTRY.partial/`` are kept: the next pass resumes from them."""
+    from ..files import clean_dead_temporaries as clean
+
+    removed = clean(folder)
+    for partial in Path(folder).glob(".*.partial"):
+        removed += clean(partial)
     return removed
 
 
@@ -406,7 +384,9 @@ def _save_chunk(path: Path, rows: list[dict], ok_index: list[int], shape) -> Non
     if rows:
         for key in rows[0]:
             arrays[key] = np.concatenate([r[key] for r in rows])
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name))
+    os.close(fd)
+    tmp = Path(name)
     try:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -435,7 +415,7 @@ def _assemble(model: LoadedModel, layer: str, imgs: ImageSet, entry: Path, parti
                                 tuple(info.shape or (info.channels, 1, 1)), [],
                                 list(imgs.paths), imgs.n_skipped, {}, None, entry)
     n_rows = len(row_index)
-    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=_tmp_prefix(entry) + f"{os.getpid()}-"))
+    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=temp_prefix(entry.name)))
     try:
         arrays: dict[str, np.ndarray] = {}
         row = 0
