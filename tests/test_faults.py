@@ -137,7 +137,7 @@ def commands(images: Path) -> dict[str, list]:
                      "--out", "OUT"],
         "ablate": ["ablate", "mixed4b:1", "--inputs", "mixed4a:0,1", "--images", images,
                    "--draws", "3", "--top-images", "0", *TOY, "-q", "--out", "OUT"],
-        "demo": ["demo", *TOY, "--steps", "4", "-q", "--out", "OUT"],
+        "demo": ["demo", *TOY, "--unit", "mixed4b:99", "--steps", "4", "-q", "--out", "OUT"],
         "toy train": ["toy", "train", "--n-train", "100", "--epochs", "1", "--threads", "1",
                       "--out", "OUT"],
     }
@@ -369,10 +369,11 @@ def check_interrupted(code: int, err: str, sig, note: str) -> None:
     assert len([ln for ln in lines if ln.startswith(("Interrupted", "Error"))]) == 1, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_visualize_interrupted_mid_render_resumes_without_redoing_units(sig, tmp_path):
     out = tmp_path / "out"
-    args = ["visualize", "conv2", "--units", "0-5", "--batch", "1", "--steps", "12", "--size",
+    args = ["visualize", "conv2", "--units", "0-5", "--batch", "1", "--steps", "8", "--size",
             "32", "--precision", "fp32", "-m", SLOW, "--out", out]
     proc = spawn([*args, "-q"], tmp_path, "first", {"SLOW_MODEL_SECONDS": "0.03"})
     wait_for(proc, lambda: len(list((out / "units").glob("*.json"))) >= 2, "two units finished")
@@ -403,6 +404,7 @@ def many_images(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_activation_pass_interrupted_resumes_from_its_chunks(sig, many_images, tmp_path):
     out = tmp_path / "out"
@@ -672,6 +674,9 @@ def test_other_bad_values(command, extra, needle, images, tmp_path):
         "import torch\n\ndef factory():\n    return 1 / 0\n\n"
         "def ok():\n    return torch.nn.Conv2d(3, 4, 3)\n")
     args = [] if command == "layers" else base_args(command, images, tmp_path)
+    if "--images" in extra and "--images" in args:  # --images adds up: replace the good one
+        i = args.index("--images")
+        del args[i:i + 2]
     res = run(*(["layers"] if command == "layers" else args), *extra)
     check_error(res, "bad option value", needle)
     _nothing_written(tmp_path)

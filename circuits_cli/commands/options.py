@@ -32,13 +32,15 @@ class UnitType(click.ParamType):
     later, with the closest name suggested."""
 
     name = "UNIT"
-    _re = re.compile(r"^[^:\s]+:\d+$")
+    # only the shape LAYER:SOMETHING: what SOMETHING may be (a channel today, other kinds of
+    # unit later) is the units module's to say, once the model is known
+    _re = re.compile(r"^[^:\s]+:\S+$")
 
     def convert(self, value, param, ctx):
         text = str(value).strip()
         if not self._re.match(text):
-            self.fail(f"malformed unit {value!r}; write LAYER:CHANNEL with CHANNEL >= 0, "
-                      "e.g. mixed4c:447", param, ctx)
+            self.fail(f"malformed unit {value!r}; write LAYER:CHANNEL, e.g. mixed4c:447",
+                      param, ctx)
         return text
 
 
