@@ -707,3 +707,34 @@ def test_plain_progress_lines_off_a_terminal(many_images, tmp_path):
     lines = [ln for ln in err.splitlines() if ln.startswith("classify: ")]
     assert len(lines) >= 3 and re.match(r"classify: \d+/96 img \(\d+%\)", lines[0]), err
     CASES["plain progress"] += 1
+
+
+def test_torchvision_download_message_stays_off_stdout_and_user_weights_are_named(tmp_path,
+                                                                                 monkeypatch):
+    """torch hub prints 'Downloading: ...' on stdout, which would break --json; a model loaded
+    from --weights is described by that file, not as the ImageNet weights."""
+    import torch
+    import torchvision.models as tvm
+
+    state = tvm.resnet18(weights=None).state_dict()
+
+    def fake_download(self, progress=True, check_hash=False):
+        print(f'Downloading: "{self.url}" to cache')  # what torch.hub does, on stdout
+        return state
+
+    monkeypatch.setattr(tvm.WeightsEnum, "get_state_dict", fake_download)
+    res = run("layers", "-m", "torchvision:resnet18", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["model"] == "torchvision:resnet18"
+    assert "Downloading" in res.stderr
+    torch.save(state, tmp_path / "mine.pth")
+    res = run("layers", "-m", "torchvision:resnet18", "--weights", tmp_path / "mine.pth")
+    assert res.exit_code == 0, res.output
+    assert "with weights from mine.pth" in res.stdout.splitlines()[0]
+    res = run("layers", "-m", "torchvision:resnet18", "--weights", tmp_path / "mine.pth.bad")
+    check_error(res, "bad option value", "does not exist")
+    (tmp_path / "bad.pth").write_bytes(b"junk")
+    res = run("layers", "-m", "torchvision:resnet18", "--weights", tmp_path / "bad.pth")
+    line = check_error(res, "bad option value", "torchvision's resnet18")
+    assert "inception5h" not in line
+    CASES["torchvision"] += 1

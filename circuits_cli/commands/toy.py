@@ -35,10 +35,11 @@ CHECKPOINT = "toy.pt"
               help="Number of training scenes.  [default: the shipped recipe's, 16000]")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for training.  [default: 2]")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--force", is_flag=True,
               help=f"Replace a {CHECKPOINT} that an earlier 'toy train' wrote in DIR (a file "
                    "circuits did not write is never replaced).")
-def train(out: Path, epochs, seed, n_train, threads, force):
+def train(out: Path, epochs, seed, n_train, threads, quiet, force):
     """Train the toy model from scratch and write DIR/toy.pt, which -m toy --weights loads.
 
     With no options this is the recipe of the shipped weights (recorded inside the checkpoint,
@@ -64,7 +65,8 @@ def train(out: Path, epochs, seed, n_train, threads, force):
     changes = {k: v for k, v in dict(epochs=epochs, seed=seed, n_train=n_train,
                                      threads=threads).items() if v is not None}
     recipe = replace(recipe, **changes)
-    ckpt = run_training(recipe, log=lambda msg: click.echo(msg, err=True))
+    ckpt = run_training(recipe, log=(lambda msg: None) if quiet else
+                        (lambda msg: click.echo(msg, err=True)), progress=not quiet)
     save_checkpoint(ckpt, path)
     m = ckpt["metrics"]
     click.echo(f"wrote {path}: held-out accuracy {m['held_out_accuracy']:.3f} "
