@@ -327,8 +327,11 @@ def spawn(args: list, tmp_path: Path, tag: str, env_extra: dict | None = None):
     env.pop("CIRCUITS_MODEL", None)
     out_f = open(tmp_path / f"{tag}.stdout", "w")  # noqa: SIM115 - closed by finish()
     err_f = open(tmp_path / f"{tag}.stderr", "w")  # noqa: SIM115
+    # a shell's background job starts with SIGINT ignored, and children inherit that: give the
+    # command the SIGINT of an interactive terminal (Python then raises KeyboardInterrupt)
     proc = subprocess.Popen([sys.executable, "-m", "circuits_cli.cli", *map(str, args)],
-                            cwd=REPO, env=env, stdout=out_f, stderr=err_f)
+                            cwd=REPO, env=env, stdout=out_f, stderr=err_f,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     proc.files = (out_f, err_f, tmp_path / f"{tag}.stdout", tmp_path / f"{tag}.stderr")
     return proc
 

@@ -379,6 +379,7 @@ def _rows(a: torch.Tensor, keep_maps: bool) -> dict[str, np.ndarray]:
 
 
 def _save_chunk(path: Path, rows: list[dict], ok_index: list[int], shape) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # a concurrent pass may have finished
     arrays = {"rows": np.asarray(ok_index, dtype=np.int64),
               "shape": np.asarray(shape or (), dtype=np.int64)}
     if rows:
@@ -403,11 +404,16 @@ def _assemble(model: LoadedModel, layer: str, imgs: ImageSet, entry: Path, parti
     files = [_chunk_file(partial, i) for i in range(n_chunks)]
     row_index: list[int] = []
     shape = None
-    for f in files:
-        with np.load(f) as z:
-            row_index.extend(int(r) for r in z["rows"])
-            if shape is None and len(z["shape"]):
-                shape = tuple(int(v) for v in z["shape"])
+    try:
+        for f in files:
+            with np.load(f) as z:
+                row_index.extend(int(r) for r in z["rows"])
+                if shape is None and len(z["shape"]):
+                    shape = tuple(int(v) for v in z["shape"])
+    except FileNotFoundError:
+        if (entry / "meta.json").is_file():  # a concurrent pass assembled it first: use it
+            return _open(entry, True)
+        raise
     if not row_index:  # no image could be read: an empty entry, never cached
         shutil.rmtree(partial, ignore_errors=True)
         info = model.layer(layer)

@@ -21,7 +21,6 @@ weights, layer and input size.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -94,11 +93,10 @@ def receptive_field(model: LoadedModel, layer: str, *, size: int | None = None,
             rf = None
     if rf is None:
         rf = _compute(model, info.name, size, mass, n_images, seed)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(asdict(rf)))
-            os.replace(tmp, path)
+        try:  # atomic, and its temporary is named so that a killed run's can be removed
+            from ..files import write_text
+
+            write_text(path, json.dumps(asdict(rf)))
         except OSError:
             pass  # a read-only cache only costs a recomputation
     _MEMORY[key] = rf
