@@ -20,7 +20,9 @@ class Unit:
     @property
     def slug(self) -> str:
         """A file-name-safe form: ``inception_4c/3x3:12`` -> ``inception_4c-3x3_12``."""
-        return f"{self.layer.replace('/', '-')}_{self.channel}"
+        from .files import slug
+
+        return f"{slug(self.layer)}_{self.channel}"
 
 
 _UNIT = re.compile(r"^(?P<layer>[^:\s]+):(?P<channel>-?\d+)$")

@@ -741,3 +741,16 @@ def test_torchvision_download_message_stays_off_stdout_and_user_weights_are_name
     line = check_error(res, "bad option value", "torchvision's resnet18")
     assert "inception5h" not in line
     CASES["torchvision"] += 1
+
+
+def test_options_from_the_environment(tmp_path):
+    """CIRCUITS_<COMMAND>_<OPTION> sets any option (a bad one is the same one-line error);
+    $CIRCUITS_MODEL still picks the model."""
+    check_error(run("visualize", "mixed4a", *TOY, "--out", tmp_path / "out",
+                    env={"CIRCUITS_VISUALIZE_STEPS": "0"}), "bad option value", "--steps")
+    check_error(run("layers", env={"CIRCUITS_MODEL": "nope"}), "bad option value", "'nope'")
+    res = run("layers", "--json", env={"CIRCUITS_MODEL": "toy"})
+    assert res.exit_code == 0 and json.loads(res.stdout)["model"] == "toy"
+    res = run("classify", tmp_path, *TOY, env={"CIRCUITS_CLASSIFY_TOP_K": "0"})
+    check_error(res, "bad option value", "--top-k")
+    _nothing_written(tmp_path)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import CircuitsError
-from ..files import cache_dir, temp_prefix
+from ..files import cache_dir, slug, temp_prefix
 from ..zoo.base import LoadedModel
 
 FORMAT_VERSION = 1
@@ -184,8 +184,7 @@ class LayerActivations:
                 f"using {self.n_images} image(s)")
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+_slug = slug  # the one file-name rule (circuits_cli.files.slug)
 
 
 def entry_key(model: LoadedModel, layer: str, images: ImageSet, size: int, resize: int) -> str:

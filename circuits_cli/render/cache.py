@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..files import cache_dir, write_bytes
+from ..files import cache_dir, slug, write_bytes
 
 # Bump when the rendering recipe changes in a way that changes the pictures.
 RECIPE = "lucid-fft-decorrelated-standard-transforms-adam(0.8,0.999)/v2"
@@ -30,8 +29,7 @@ def default_cache_dir() -> Path:
     return cache_dir("renders")
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", str(text)).strip("-") or "x"
+_slug = slug  # the one file-name rule (circuits_cli.files.slug)
 
 
 def render_key(**settings) -> str:
