@@ -123,6 +123,8 @@ class OutputFolder:
     def __init__(self, root: str | Path, command: str):
         self.root = Path(root)
         self.command = command
+        self._files: dict[str, set[str]] = {}
+        self._read_to = 0  # the manifest only grows: read what was appended since
 
     @property
     def manifest_path(self) -> Path:
@@ -134,22 +136,30 @@ class OutputFolder:
             path = self.root / path
         return os.path.relpath(os.path.abspath(path), os.path.abspath(self.root))
 
-    def written(self) -> dict[str, str]:
-        """relative path -> sha256 of the last version circuits wrote there."""
-        files: dict[str, str] = {}
+    def written(self) -> dict[str, set[str]]:
+        """relative path -> sha256 of every version circuits wrote there."""
         try:
-            lines = self.manifest_path.read_text(encoding="utf-8").splitlines()
+            with open(self.manifest_path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < self._read_to:  # replaced by someone: read it again
+                    self._files, self._read_to = {}, 0
+                f.seek(self._read_to)
+                data = f.read()
         except OSError:
-            return files
-        for line in lines:
+            self._files, self._read_to = {}, 0
+            return {}
+        end = data.rfind(b"\n") + 1  # a line still being written is read next time
+        for line in data[:end].decode("utf-8", errors="replace").splitlines():
             try:
                 entry = json.loads(line)
-                files[str(entry["path"])] = str(entry["sha256"])
+                self._files.setdefault(str(entry["path"]), set()).add(str(entry["sha256"]))
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut by a crash: ignore it
-        return files
+        self._read_to += end
+        return self._files
 
-    def foreign(self, path: str | Path, written: dict[str, str] | None = None) -> str | None:
+    def foreign(self, path: str | Path, written: dict[str, set[str]] | None = None
+                ) -> str | None:
         """Why ``path`` (in this folder) must not be replaced, or None when it may be."""
         rel = self.rel(path)
         full = self.root / rel
@@ -166,7 +176,7 @@ class OutputFolder:
             if _legacy_ours(full):
                 return None
             return "was not written by circuits"
-        if _sha256_file(full) != written[rel]:
+        if _sha256_file(full) not in written[rel]:
             return "was not written by circuits (it changed since circuits wrote it)"
         return None
 
@@ -181,8 +191,10 @@ class OutputFolder:
                                     "--out")
 
     def record(self, path: str | Path, sha256: str) -> None:
-        """Note that circuits wrote ``path`` (one appended line: safe for concurrent shards)."""
-        line = json.dumps({"path": self.rel(path), "sha256": sha256, "command": self.command,
+        """Note that circuits writes ``path`` (one appended line: safe for concurrent shards).
+        Called before the rename, so that a kill between the two never leaves a file of ours
+        unrecorded; the leading newline ends a line a killed writer may have cut."""
+        line = "\n" + json.dumps({"path": self.rel(path), "sha256": sha256, "command": self.command,
                            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n"
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.manifest_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
@@ -332,10 +344,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
-        digest = _sha256_file(Path(tmp)) if claim is not None else None
-        os.replace(tmp, path)
         if claim is not None:
-            claim.record(path, digest)
+            claim.record(path, _sha256_file(Path(tmp)))
+        os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
