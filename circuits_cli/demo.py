@@ -140,8 +140,9 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
     claim_output(out / "trace", "demo", ("circuit.json", "circuit.png", "evidence.json",
                                          "report.html"), cache=cache_dir or True)
     images_given = image_set(images) if images is not None else None  # fail before writing
-    if images_given is None and toy:
-        claim_output(out / "scenes", "demo", scene_names(n_scenes))
+    if images_given is None and toy:  # an earlier run's scenes are kept as they are
+        kept = len(list((out / "scenes").glob("*.png"))) >= n_scenes
+        claim_output(out / "scenes", "demo", [] if kept else scene_names(n_scenes))
     renders, activations = cache_sub("renders", cache_dir), cache_sub("activations", cache_dir)
     unit = unit or car_unit(model)
     result = DemoResult(out=out, unit=unit)

@@ -173,12 +173,23 @@ class OutputFolder:
             return None  # our own temporaries and the system's clutter
         written = self.written() if written is None else written
         if rel not in written:
-            if _legacy_ours(full):
+            if _legacy_ours(full) or (not written and self._legacy_folder()):
                 return None
             return "was not written by circuits"
         if _sha256_file(full) not in written[rel]:
             return "was not written by circuits (it changed since circuits wrote it)"
         return None
+
+    def _legacy_folder(self) -> bool:
+        """A folder circuits wrote before the manifest existed (no manifest, and a JSON file of
+        ours at its top: circuit.json, weights.json, a visualize manifest...): its files are
+        adopted as ours once, so that re-running into an old output folder resumes as it did."""
+        if self.manifest_path.exists():
+            return False
+        try:
+            return any(_legacy_ours(p) for p in self.root.glob("*.json"))
+        except OSError:
+            return False
 
     def check(self, outputs: Iterable[str | Path]) -> None:
         """Refuse (one line, nothing written) if any of ``outputs`` is a user's file."""

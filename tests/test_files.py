@@ -80,3 +80,22 @@ def test_one_slug_rule():
     assert files.slug("") == "x"
     assert files.output_dir("trace", "torchvision:resnet50", "layer1/0:3") == \
         files.Path("outputs/trace/torchvision-resnet50/layer1-0-3")
+
+
+def test_an_old_output_folder_without_manifest_is_adopted_once(tmp_path):
+    """Folders circuits wrote before the manifest existed (a circuits JSON at the top) resume;
+    a folder of only PNGs is nobody's we can tell: refused."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "circuit.json").write_text('{"format": "circuits-circuit/1"}')
+    (old / "circuit.png").write_bytes(b"png from an old run")
+    files.claim_output(old, "trace", ["circuit.json", "circuit.png"])
+    files.write_bytes(old / "circuit.png", b"new")
+    (old / "notes.png").write_bytes(b"added by the user after the manifest")
+    with pytest.raises(CircuitsError, match="notes.png"):
+        files.claim_output(old, "trace", ["notes.png"])
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    (pngs / "circuit.png").write_bytes(b"user")
+    with pytest.raises(CircuitsError, match="circuit.png' was not written"):
+        files.claim_output(pngs, "trace", ["circuit.png"])
