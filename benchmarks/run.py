@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-BENCHES = ("connections", "evidence", "visualize")
+BENCHES = ("connections", "evidence", "visualize", "sae")
 
 
 def machine() -> dict:

@@ -28,19 +28,20 @@ METHOD_HELP = ("How to compute expanded weights: exact (kernels multiplied out: 
 
 
 class UnitType(click.ParamType):
-    """``LAYER:CHANNEL`` (``mixed4c:447``, ``4c:447``); the layer is checked against the model
-    later, with the closest name suggested."""
+    """``LAYER:CHANNEL`` (``mixed4c:447``, ``4c:447``) or ``LAYER@FILE[#ROW]``; the layer and
+    the rest are checked against the model later (units.parse_unit), with the closest name
+    suggested."""
 
     name = "UNIT"
     # only the shape LAYER:SOMETHING: what SOMETHING may be (a channel today, other kinds of
     # unit later) is the units module's to say, once the model is known
-    _re = re.compile(r"^[^:\s]+:\S+$")
+    _re = re.compile(r"^[^:@\s]+[:@]\S+$")
 
     def convert(self, value, param, ctx):
         text = str(value).strip()
         if not self._re.match(text):
-            self.fail(f"malformed unit {value!r}; write LAYER:CHANNEL, e.g. mixed4c:447",
-                      param, ctx)
+            self.fail(f"malformed unit {value!r}; write LAYER:CHANNEL (e.g. mixed4c:447) or "
+                      "LAYER@FILE[#ROW] (a direction from a file)", param, ctx)
         return text
 
 

@@ -84,8 +84,8 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
         raise CircuitsError("--objective direction needs --direction FILE (a .npy, .txt/.csv or "
                             ".json vector over the layer's channels, or rows of them)")
 
-    from ..render.run import load_directions, visualize_layer
-    from ..units import parse_channels
+    from ..render.run import visualize_layer
+    from ..units import load_directions, parse_channels
 
     model = load_model()
     info = model.layer(layer)

@@ -47,11 +47,11 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, no_rende
       circuits weights inception_4c:447 -m googlenet-bvlc
       circuits weights 4c:447 --from inception_4a --top-k 12 --steps 128 -m googlenet-bvlc
     """
-    from ..connections import expanded_weights, rank_inputs, resolve_method
+    from ..connections import rank_inputs, resolve_method, unit_weights
     from ..errors import CircuitsError
     from ..files import claim_output, output_dir, slug
     from ..trace import previous_layer
-    from ..units import Unit, parse_unit
+    from ..units import Unit, is_neuron, parse_unit
 
     model = load_model()
     target = parse_unit(unit, model)
@@ -69,7 +69,7 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, no_rende
     out = Path(out_dir) if out_dir is not None else output_dir("weights", model.name, name)
     claim_output(out, "weights", ("weights.json", "weights.png"), cache=not no_render)
 
-    kernels = expanded_weights(model, source, target.layer, [target.channel], method=used)[0]
+    kernels = unit_weights(model, source, target, method=used)
     kernels = kernels.detach().cpu().double()
     max_weight = float(kernels.abs().max())
     inputs = rank_inputs(kernels, top_k)
@@ -77,7 +77,8 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, no_rende
     if not no_render:
         from ..render import render_units
 
-        units = [target] + [Unit(source, c.channel) for c in inputs]
+        units = ([target] if is_neuron(target) else []) + [Unit(source, c.channel)
+                                                           for c in inputs]
         for render in render_units(model, units, steps=steps, size=size, seed=seed,
                                    progress=not quiet and not as_json):
             images[str(render.unit)] = render.image

@@ -88,11 +88,11 @@ def check_evidence_outputs(directory: str | Path, circuit, model, *,
     ``.json`` per node, ``evidence.json``, ``report.html``) and check the activation cache,
     before any activation is computed (:func:`circuits_cli.files.claim_output`)."""
     from ..files import claim_output
-    from ..units import Unit
+    from ..trace import node_unit
 
     names = [EVIDENCE_FILE] + (["report.html"] if html else [])
     for n in circuit.nodes:
-        slug = Unit(model.layer(n.layer).name, n.channel).slug
+        slug = node_unit(model, n).slug
         names += [f"examples/{slug}.png", f"examples/{slug}.json"]
     claim_output(directory, "evidence", names,
                  cache=cache_dir if cache_dir is not None else default_cache_dir())
@@ -117,8 +117,7 @@ def add_evidence(circuit_dir: str | Path, model, images: str | Path | Sequence[s
 
     from ..errors import CircuitsError
     from ..files import write_text
-    from ..trace import Circuit
-    from ..units import Unit
+    from ..trace import Circuit, node_unit
 
     directory = Path(circuit_dir)
     cfile = directory / "circuit.json"
@@ -132,7 +131,7 @@ def add_evidence(circuit_dir: str | Path, model, images: str | Path | Sequence[s
                             f"{model.name!r} (weights {model.weights_id}); load the same model")
     imgs = image_set(images)
     check_evidence_outputs(directory, circuit, model, cache_dir=cache_dir, html=html)
-    units = {n.id: Unit(model.layer(n.layer).name, n.channel) for n in circuit.nodes}
+    units = {n.id: node_unit(model, n) for n in circuit.nodes}
     layers = list(dict.fromkeys(u.layer for u in units.values()))
     acts = layers_activations(model, layers, imgs, cache_dir=cache_dir, batch_size=batch_size,
                               progress=progress)

@@ -45,33 +45,6 @@ def default_out_dir(model: LoadedModel, layer: str) -> Path:
     return output_dir("visualize", model.name, layer)
 
 
-def load_directions(path: Path, channels: int, layer: str) -> np.ndarray:
-    """Direction vectors (K, C) from .npy, .txt/.csv or .json; a clear error otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise CircuitsError(f"direction file {str(path)!r} does not exist")
-    try:
-        if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif path.suffix == ".json":
-            arr = np.asarray(json.loads(path.read_text()), dtype=np.float64)
-        else:
-            arr = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
-    except (ValueError, OSError) as err:
-        raise CircuitsError(f"cannot read directions from {str(path)!r} ({err}); give a .npy, "
-                            ".txt/.csv or .json array of shape (K, C) or (C,)") from err
-    arr = np.asarray(arr, dtype=np.float32)
-    if arr.ndim == 1:
-        arr = arr[None]
-    if arr.ndim != 2 or arr.shape[1] != channels:
-        raise CircuitsError(f"directions in {str(path)!r} have shape {arr.shape}, but layer "
-                            f"{layer!r} has {channels} channels: give (K, {channels}) or "
-                            f"({channels},)")
-    if not np.isfinite(arr).all() or (np.linalg.norm(arr, axis=1) == 0).any():
-        raise CircuitsError(f"directions in {str(path)!r} must be finite and non-zero")
-    return arr
-
-
 def claim_out_dir(out: Path, layer: str, units: list[Unit], settings: dict, suffix: str,
                   cache_dir=None):
     """Claim ``out`` for these renders (:func:`circuits_cli.files.claim_output`), before any

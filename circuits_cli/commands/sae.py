@@ -1,0 +1,261 @@
+"""``circuits sae``: sparse autoencoders (dictionary learning) on a conv layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import CircuitsError
+from .common import model_options
+from .examples import warnings_to_stderr
+from .options import activation_cache, cache_option, images_option
+
+
+@click.group()
+def sae():
+    """Sparse autoencoders: split a layer's polysemantic neurons into sparse features.
+
+    Every spatial position of LAYER over an image folder is one sample (its channel vector).
+    The SAE is saved in SAELens's layout (cfg.json + sae_weights.safetensors) with the model,
+    layer, data set and metrics recorded.
+
+    \b
+    Example:
+      circuits sae train inception_4c -m googlenet-bvlc \\
+          --images ../shared/images/imagenet-samples
+      circuits sae info outputs/sae/googlenet-bvlc/inception_4c-topk-x8-k32
+    """
+
+
+def _claim(out: Path, cache_dir) -> None:
+    """The output rule (circuits_cli.files.claim_output): writable --out and cache, and none
+    of the SAE's files a file circuits did not write; before any work."""
+    from ..files import claim_output
+    from ..sae.layer import OUR_FILES
+
+    claim_output(out, "sae train", OUR_FILES, cache=cache_dir or True)
+
+
+@sae.command()
+@click.argument("layer", metavar="LAYER")
+@images_option()
+@click.option("--arch", type=click.Choice(["topk", "relu"]), default="topk", show_default=True,
+              help="TopK with the AuxK loss against dead latents (Gao et al. 2024), or ReLU + "
+                   "L1 (Bricken et al. 2023).")
+@click.option("--expansion", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Latents per channel: d_sae = expansion x channels.")
+@click.option("--k", "k", type=click.IntRange(min=1), default=32, show_default=True,
+              help="TopK: active latents per sample.")
+@click.option("--l1", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="ReLU: L1 coefficient (inputs scaled to mean squared norm = channels).")
+@click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True,
+              help="Training steps (each one batch of positions).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Positions per step.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3,
+              show_default=True, help="Adam learning rate (linear decay over the last 20%).")
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.1,
+              show_default=True, help="Fraction of the images held out of training; the "
+                                      "metrics are measured on them.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for training.  [default: torch's]")
+@click.option("--no-fidelity", is_flag=True,
+              help="Skip downstream fidelity (three forward passes over the held-out images).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of the SAE.  [default: outputs/sae/MODEL/LAYER-ARCH-xEXP-kK]")
+@click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Images per forward pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
+@cache_option
+@model_options
+def train(layer, images, arch, expansion, k, l1, steps, batch_size, lr, holdout, seed, threads,
+          no_fidelity, out_dir, batch, as_json, cache_dir, load_model):
+    """Train a sparse autoencoder on LAYER over the images, or resume an interrupted one.
+
+    Prints a progress bar with the running loss, explained variance, L0 and dead fraction (plain
+    lines when not on a terminal), then the metrics: explained variance, L0, dead and dense
+    latents, and the model's top-1 and KL when the layer is replaced by the reconstruction,
+    against mean ablation. Writes cfg.json, sae_weights.safetensors, metrics.json and
+    metrics.png to --out. Interrupted (Ctrl-C), the same command resumes from the last finished
+    step; a finished SAE is reported, not retrained. Nothing not written by this run is
+    overwritten.
+    """
+    from ..evidence import image_set
+    from ..files import output_dir
+    from ..sae.layer import train_layer_sae
+    from ..sae.train import TrainConfig
+
+    cfg = TrainConfig(arch=arch, expansion=expansion, k=k, l1=l1, steps=steps,
+                      batch_size=batch_size, lr=lr, seed=seed)
+    cfg.check()
+    imgs = image_set(list(images))  # bad folders fail before the model loads
+    if out_dir is not None:
+        _claim(out_dir, cache_dir)
+    model = load_model()
+    info = model.layer(layer)
+    if out_dir is None:
+        name = f"{info.name}-{arch}-x{expansion}" + (f"-k{k}" if arch == "topk" else f"-l1{l1:g}")
+        out_dir = output_dir("sae", model.name, name)
+        _claim(out_dir, cache_dir)
+
+    def log(line):
+        click.echo(line, err=True)
+
+    with warnings_to_stderr():
+        res = train_layer_sae(model, info.name, imgs, out_dir, cfg, holdout=holdout,
+                              cache_dir=activation_cache(cache_dir), batch_size=batch,
+                              fidelity=not no_fidelity, threads=threads, log=log)
+    if res.already_done:
+        log(f"{out_dir} already holds this SAE (same options and images); not retrained")
+    if as_json:
+        click.echo(json.dumps(info_dict(res.sae), indent=2))
+        return
+    click.echo(describe(res.sae))
+
+
+def info_dict(s) -> dict:
+    cfg = dict(s.cfg)
+    return {"folder": str(s.folder) if s.folder else None, "architecture": s.arch,
+            "d_in": s.d_in, "d_sae": s.d_sae, "k": s.k, "cfg": cfg}
+
+
+def describe(s) -> str:
+    """What an SAE is and how good it is, as a few lines of text."""
+    cfg = s.cfg
+    arch = f"TopK (k={s.k})" if s.arch == "topk" else "ReLU + L1"
+    lines = [f"SAE {s.folder or ''}".rstrip(),
+             f"  model        {cfg.get('model_name', '?')}  (weights {cfg.get('weights_id', '?')})",
+             f"  layer        {cfg.get('hook_name', '?')}"
+             + (f"  {tuple(cfg['layer_shape'])}" if cfg.get("layer_shape") else ""),
+             f"  architecture {arch}, {s.d_sae} latents on {s.d_in} channels "
+             f"(x{s.d_sae / s.d_in:g})"]
+    ds = cfg.get("dataset")
+    if isinstance(ds, dict):
+        lines.append(f"  data         {ds.get('images')} images from {ds.get('source')} "
+                     f"({ds.get('train_images')} trained on, {ds.get('held_out_images')} held "
+                     f"out), {ds.get('positions_per_image')} positions each")
+    elif cfg.get("dataset_path"):
+        lines.append(f"  data         {cfg['dataset_path']}")
+    norm = cfg.get("normalisation")
+    if isinstance(norm, dict):
+        lines.append(f"  input scale  {norm.get('scale', 0):.4g} during training, folded into "
+                     "the weights")
+    tr = cfg.get("training")
+    m = cfg.get("metrics") or {}
+    if isinstance(tr, dict) and m.get("training"):
+        t = m["training"]
+        lines.append(f"  training     {t['steps']} steps x {tr['batch_size']} positions "
+                     f"({t['epochs']:.1f} epochs), lr {tr['lr']:g}, seed {tr['seed']}")
+    if m:
+        lines.append(f"  on {m.get('split', '?')}: explained variance "
+                     f"{m.get('explained_variance', float('nan')):.3f} (training images "
+                     f"{m.get('explained_variance_train', float('nan')):.3f}), "
+                     f"L0 {m.get('l0', float('nan')):.1f}")
+        lines.append(f"  latents      dead {100 * m.get('dead_fraction', 0):.1f}% (never fire on "
+                     f"any image), dense {100 * m.get('dense_fraction', 0):.1f}% (fire on >10% "
+                     "of positions)")
+        ds = m.get("downstream") or {}
+        if ds:
+            rec = ds.get("kl_fraction_recovered")
+            lines.append(f"  downstream   {ds['images']} images, top-1 against "
+                         f"{ds['against']}: clean {ds['top1_clean']:.3f}, SAE spliced "
+                         f"{ds['top1_sae']:.3f}, mean-ablated {ds['top1_mean_ablation']:.3f}")
+            lines.append(f"               KL(clean || spliced) {ds['kl_sae']:.4f} nats, "
+                         f"mean-ablated {ds['kl_mean_ablation']:.4f}; fraction of KL "
+                         "recovered " + (f"{rec:.3f}" if rec is not None else "n/a"))
+    else:
+        lines.append("  no metrics recorded (not written by 'circuits sae train')")
+    return "\n".join(lines)
+
+
+@sae.command()
+@click.argument("path", metavar="FILE_OR_DIR", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+def info(path, as_json):
+    """What an SAE file is and how good it is: model, layer, data set, architecture, and the
+    metrics recorded when it was trained (explained variance, L0, dead latents, downstream
+    fidelity). FILE_OR_DIR is the SAE folder or its cfg.json / sae_weights.safetensors."""
+    from ..sae import load_sae
+
+    s = load_sae(path)
+    if as_json:
+        click.echo(json.dumps(info_dict(s), indent=2))
+        return
+    click.echo(describe(s))
+
+
+@sae.command()
+@click.argument("path", metavar="SAE_DIR", type=click.Path(path_type=Path))
+@images_option()
+@click.option("--neuron", "neuron", type=click.IntRange(min=0), default=None,
+              help="Channel of the layer.  [default: the most polysemantic one: the "
+                   "most live features with W_dec[f, neuron] >= 0.3]")
+@click.option("--top-features", type=click.IntRange(min=1), default=6, show_default=True)
+@click.option("--top-images", type=click.IntRange(min=1), default=6, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Folder for the PNG and JSON.  [default: SAE_DIR/features]")
+@click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Images per forward pass when computing activations.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@cache_option
+@model_options
+def features(path, images, neuron, top_features, top_images, out_dir, batch, as_json,
+             cache_dir, load_model):
+    """The SAE features that write most into one neuron (largest W_dec[f, neuron]) and their
+    dataset examples: a polysemantic neuron as a sum of features. Writes
+    neuron-N.png / neuron-N.json. Use the model the SAE was trained on."""
+    from ..evidence import image_set, layer_activations
+    from ..files import write_json
+    from ..sae import load_sae
+    from ..sae.features import (
+        feature_activations,
+        neuron_features,
+        polysemantic_neurons,
+        save_neuron_features,
+    )
+
+    s = load_sae(path)
+    imgs = image_set(list(images))
+    model = load_model()
+    layer = s.cfg.get("hook_name")
+    if not layer:
+        raise CircuitsError(f"{str(path)!r} does not record its layer (cfg.json hook_name)")
+    if s.cfg.get("model_name") not in (None, model.name):
+        raise CircuitsError(f"this SAE was trained on {s.cfg['model_name']!r}, not "
+                            f"{model.name!r}; pass -m {s.cfg['model_name']}")
+    info = model.layer(layer)
+    if info.channels != s.d_in:
+        raise CircuitsError(f"layer {info.name!r} has {info.channels} channels but the SAE "
+                            f"reads {s.d_in}")
+    if neuron is not None and neuron >= s.d_in:
+        raise CircuitsError(f"--neuron {neuron} is out of range; {info.name} has {s.d_in} "
+                            f"channels (0-{s.d_in - 1})")
+    with warnings_to_stderr():
+        acts = layer_activations(model, info.name, imgs, cache_dir=activation_cache(cache_dir),
+                                 batch_size=batch, progress=True)
+    fa = feature_activations(s, acts.maps) if acts.maps is not None else None
+    if neuron is None and fa is not None:
+        neuron = polysemantic_neurons(s, fa, top=1)[0]["neuron"]
+    result = neuron_features(s, acts, neuron, top_features=top_features,
+                             top_images=top_images, fa=fa)
+    out_dir = out_dir or (s.folder / "features")
+    pre = acts.preprocessing
+    files = save_neuron_features(result, out_dir / f"neuron-{neuron}",
+                                 size=pre.get("size", model.input_size),
+                                 resize=pre.get("resize", 256))
+    result["files"] = {k: str(v) for k, v in files.items()}
+    write_json(files["json"], result)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{info.name}:{neuron} ({result['strong_features']} live features with "
+               f"W_dec >= 0.3 onto it; rank {result['polysemanticity_rank']} of {s.d_in}): "
+               "the features writing most into it")
+    for f in result["features"]:
+        tops = ", ".join(Path(e["path"]).stem for e in f["top_images"][:3])
+        click.echo(f"  feature {f['feature']:>5}  W_dec {f['weight']:.3f}  share "
+                   f"{f['share']:.2f}  fires {100 * f['frequency']:.2f}%  top: {tops}")
+    click.echo(f"Figure: {files['png']}")

@@ -1,0 +1,137 @@
+"""SAE features over a data set, and the features behind one (polysemantic) neuron.
+
+:func:`feature_activations` encodes every position of every image once and keeps, per image and
+feature, the spatial maximum and where it is (the dataset-example statistics of a neuron, for
+features). :func:`neuron_features` answers "which features does this neuron carry?": the live
+features with the largest decoder weight ``W_dec[f, neuron]`` onto it, each with its share of
+what the SAE writes into the neuron over the data set and its top images — the picture of a
+polysemantic neuron as a sum of several monosemantic features (Bricken et al. 2023).
+:func:`polysemantic_neurons` ranks neurons by how many live features write strongly into them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CircuitsError
+from .model import SAE
+
+
+@dataclass
+class FeatureActivations:
+    """Per image and feature: spatial max and its flat position; per feature: mean activation
+    and firing frequency over every position."""
+
+    max: torch.Tensor       # (N, d_sae) float32
+    argmax: torch.Tensor    # (N, d_sae) int32, flat y * W + x
+    mean: torch.Tensor      # (d_sae,)
+    frequency: torch.Tensor  # (d_sae,)
+    grid: tuple[int, int]    # (H, W)
+
+
+@torch.no_grad()
+def feature_activations(sae: SAE, maps, chunk_rows: int = 32) -> FeatureActivations:
+    """Encode every position of ``maps`` (``(N, C, H, W)``, memory-mapped or not)."""
+    n, c, h, w = maps.shape
+    if c != sae.d_in:
+        raise CircuitsError(f"the SAE reads {sae.d_in} channels but the layer has {c}")
+    mx = torch.empty(n, sae.d_sae)
+    amx = torch.empty(n, sae.d_sae, dtype=torch.int32)
+    total = torch.zeros(sae.d_sae, dtype=torch.float64)
+    fires = torch.zeros(sae.d_sae, dtype=torch.float64)
+    for i in range(0, n, chunk_rows):
+        block = torch.from_numpy(np.asarray(maps[i:i + chunk_rows], dtype=np.float32))
+        f = sae.encode(block.flatten(2).transpose(1, 2))  # (b, HW, d_sae)
+        v, a = f.max(dim=1)
+        mx[i:i + len(block)] = v
+        amx[i:i + len(block)] = a.to(torch.int32)
+        total += f.sum((0, 1), dtype=torch.float64)
+        fires += (f > 0).sum((0, 1), dtype=torch.float64)
+    positions = n * h * w
+    return FeatureActivations(mx, amx, (total / positions).float(),
+                              (fires / positions).float(), (h, w))
+
+
+def polysemantic_neurons(sae: SAE, fa: FeatureActivations, top: int = 10,
+                         min_weight: float = 0.3) -> list[dict]:
+    """Neurons ranked by how many distinct live features write strongly into them: features
+    ``f`` with ``W_dec[f, n] >= min_weight`` (a unit decoder row with at least ``min_weight²``
+    of its squared norm on the neuron's axis) that fire on the data set. A monosemantic neuron
+    has one such feature (or none); a polysemantic one several. Ties: the larger mean write
+    ``Σ_f mean act_f · max(W_dec[f, n], 0)``."""
+    w = sae.W_dec.detach()
+    live = (fa.frequency > 0)[:, None]
+    strong = ((w >= min_weight) & live).sum(0)
+    write = (fa.mean[:, None] * w.clamp_min(0)).sum(0)
+    order = sorted(range(sae.d_in), key=lambda n: (-int(strong[n]), -float(write[n])))[:top]
+    return [{"neuron": n, "strong_features": int(strong[n]), "mean_write": float(write[n])}
+            for n in order]
+
+
+def _examples(values: torch.Tensor, argmax: torch.Tensor, paths, w: int, top: int) -> list:
+    order = torch.argsort(values, descending=True)[:top]
+    return [{"path": str(paths[int(i)]), "activation": float(values[i]),
+             "position": list(divmod(int(argmax[i]), w))} for i in order if values[i] > 0]
+
+
+def neuron_features(sae: SAE, acts, neuron: int, *, top_features: int = 6, top_images: int = 6,
+                    fa: FeatureActivations | None = None) -> dict:
+    """The live features that write most into channel ``neuron`` (largest ``W_dec[f, neuron]``)
+    with their top images, and the neuron's own top images; ``acts`` is the layer's
+    :class:`~circuits_cli.evidence.activations.LayerActivations` over the data set."""
+    if not 0 <= neuron < sae.d_in:
+        raise CircuitsError(f"neuron {neuron} is out of range; the layer has {sae.d_in} "
+                            f"channels (0-{sae.d_in - 1})")
+    if acts.maps is None:
+        raise CircuitsError("the layer's activation maps are not stored; use fewer images")
+    fa = fa or feature_activations(sae, acts.maps)
+    h, w = fa.grid
+    weights = sae.W_dec.detach()[:, neuron]
+    contrib = fa.mean * weights
+    positive = float(contrib.clamp_min(0).sum())
+    live = fa.frequency > 0
+    order = torch.argsort(torch.where(live, weights, torch.full_like(weights, -np.inf)),
+                          descending=True)[:top_features]
+    feats = []
+    for f in order:
+        f = int(f)
+        if not live[f] or weights[f] <= 0:
+            continue
+        dec = sae.W_dec.detach()[f]
+        feats.append({"feature": f, "weight": float(weights[f]),
+                      "cosine_with_neuron_axis": float(dec[neuron] / dec.norm()),
+                      "share": float(contrib[f]) / positive if positive > 0 else 0.0,
+                      "frequency": float(fa.frequency[f]), "mean_activation": float(fa.mean[f]),
+                      "top_images": _examples(fa.max[:, f], fa.argmax[:, f], acts.paths, w,
+                                              top_images)})
+    own_max = torch.from_numpy(np.array(acts.stats["max"][:, neuron], dtype=np.float32))
+    own_arg = torch.from_numpy(np.array(acts.stats["argmax"][:, neuron]))
+    ranking = polysemantic_neurons(sae, fa, top=sae.d_in)
+    rank = next(i for i, r in enumerate(ranking) if r["neuron"] == neuron)
+    return {"layer": acts.layer, "neuron": neuron, "grid": [h, w],
+            "model": acts.model, "images": acts.n_images,
+            "strong_features": ranking[rank]["strong_features"],
+            "polysemanticity_rank": rank + 1,
+            "features": feats,
+            "neuron_top_images": _examples(own_max, own_arg, acts.paths, w, top_images)}
+
+
+def save_neuron_features(result: dict, out_stem: str | Path, size: int = 224,
+                         resize: int = 256) -> dict[str, Path]:
+    """Write ``STEM.json`` and ``STEM.png`` (the figure) for a :func:`neuron_features` result."""
+    from ..files import write_json
+    from ..images import load_image
+    from .figures import neuron_features_figure
+
+    out_stem = Path(out_stem)
+
+    def loader(path):
+        return load_image(path, size=size, resize=resize).permute(1, 2, 0).numpy()
+
+    js = write_json(out_stem.with_suffix(".json"), result)
+    png = neuron_features_figure(result, loader, out_stem.with_suffix(".png"))
+    return {"json": js, "png": png}

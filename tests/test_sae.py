@@ -1,0 +1,329 @@
+"""Sparse autoencoders: recovery of planted features, the file format, resumable training, the
+command line, the toy model's parts and GoogLeNet's inception_4c."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from circuits_cli.sae import SAE, TrainConfig, load_sae, train
+from tests.cli_helpers import assert_clean_error, run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def planted_maps(n_samples: int, d: int = 64, n_dirs: int = 256, active: float = 4.0,
+                 seed: int = 0, grid: int = 8):
+    """Samples that are sparse non-negative combinations of ``n_dirs`` known unit directions
+    in ``d`` dimensions (each direction present with probability active / n_dirs, coefficient
+    uniform in [0.5, 2]), laid out as conv maps (N, d, grid, grid) float16 like the store's."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(n_dirs, d, generator=g)
+    dirs /= dirs.norm(dim=1, keepdim=True)
+    mask = torch.rand(n_samples, n_dirs, generator=g) < active / n_dirs
+    coef = torch.rand(n_samples, n_dirs, generator=g) * 1.5 + 0.5
+    x = (mask * coef) @ dirs
+    maps = x.reshape(-1, grid, grid, d).permute(0, 3, 1, 2).numpy().astype(np.float16)
+    return dirs, maps
+
+
+def recovered_share(dirs: torch.Tensor, sae: SAE, threshold: float = 0.9) -> float:
+    best = (dirs @ sae.W_dec.T).max(dim=1).values
+    return float((best >= threshold).float().mean())
+
+
+# --------------------------------------------------------------------- planted superposition
+
+
+@pytest.mark.parametrize("arch, cfg", [
+    # measured: TopK 256/256 directions at cosine >= 0.9 (median best cosine 0.998), 6 s
+    ("topk", dict(expansion=4, k=4, steps=300, batch_size=512)),
+    # measured: ReLU + L1 256/256 (median 0.98, L0 52), 9 s
+    ("relu", dict(expansion=4, l1=1.0, steps=600, batch_size=512)),
+])
+def test_planted_directions_are_recovered(arch, cfg):
+    """256 directions in 64 dimensions (4x more features than dimensions), about 4 active per
+    sample: the SAE's decoder rows recover at least 90% of them at cosine >= 0.9, and none of
+    that comes from chance (random unit vectors in 64-d reach cosine ~0.5 at best)."""
+    dirs, maps = planted_maps(64 * 1024)
+    sae, info = train(maps, np.arange(len(maps)), TrainConfig(arch=arch, dead_window=10_000,
+                                                              **cfg))
+    share = recovered_share(dirs, sae)
+    print(f"{arch}: recovered {share:.3f} of 256 planted directions at cosine >= 0.9")
+    assert share >= 0.9
+    chance = SAE(64, 256, "topk", 4).init_weights(torch.Generator().manual_seed(5))
+    assert recovered_share(dirs, chance) == 0.0
+    # decoder rows stay unit norm; the saved SAE works on raw (unscaled) activations
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.d_sae), atol=1e-4)
+    x = torch.from_numpy(maps[:50].astype(np.float32)).flatten(2).transpose(1, 2).reshape(-1, 64)
+    fvu = (x - sae(x)).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert fvu < 0.6, float(fvu)
+
+
+# ------------------------------------------------------------------------------ file format
+
+
+def test_files_are_saelens_layout_and_round_trip(tmp_path):
+    from safetensors import safe_open
+
+    sae = SAE(24, 96, "topk", 5, cfg={"model_name": "m", "hook_name": "l"})
+    sae.init_weights(torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        sae.b_enc.normal_()
+        sae.b_dec.normal_()
+    sae.save(tmp_path / "s")
+    with safe_open(str(tmp_path / "s" / "sae_weights.safetensors"), "pt") as f:
+        shapes = {k: tuple(f.get_tensor(k).shape) for k in f.keys()}  # noqa: SIM118
+    assert shapes == {"W_enc": (24, 96), "W_dec": (96, 24), "b_enc": (96,), "b_dec": (24,)}
+    cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
+    assert (cfg["architecture"], cfg["d_in"], cfg["d_sae"], cfg["k"]) == ("topk", 24, 96, 5)
+    assert cfg["normalize_activations"] == "none" and cfg["apply_b_dec_to_input"] is True
+    back = load_sae(tmp_path / "s" / "cfg.json")
+    for key in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        assert torch.equal(getattr(back, key), getattr(sae, key))
+    x = torch.randn(7, 24)
+    assert torch.equal(back(x), sae(x)) and (back.encode(x) > 0).sum(1).max() <= 5
+    feat = back.feature(3)
+    assert torch.equal(feat.encoder, sae.W_enc[:, 3]) and torch.equal(feat.decoder, sae.W_dec[3])
+    # the standard (ReLU) architecture reads back as relu
+    relu = SAE(24, 48, "relu")
+    relu.init_weights().save(tmp_path / "r")
+    assert load_sae(tmp_path / "r").arch == "relu"
+    assert json.loads((tmp_path / "r" / "cfg.json").read_text())["architecture"] == "standard"
+
+
+def test_folding_the_input_scale_is_exact():
+    """Weights trained on s·x, folded, give f(x) = f_train(s·x) / s and x̂ = x̂_train(s·x) / s."""
+    for arch, k in (("topk", 6), ("relu", None)):
+        sae = SAE(16, 64, arch, k).init_weights(torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            sae.b_enc.normal_()
+            sae.b_dec.normal_()
+        x = torch.randn(20, 16) * 3
+        s = 0.37
+        f_train, x_train = sae.encode(s * x), sae(s * x)
+        sae.fold_scale(s)
+        assert torch.allclose(sae.encode(x), f_train / s, atol=1e-4)
+        assert torch.allclose(sae(x), x_train / s, atol=1e-4)
+
+
+def test_bad_sae_files_are_clear_errors(tmp_path):
+    from circuits_cli.errors import CircuitsError
+
+    with pytest.raises(CircuitsError, match="does not exist"):
+        load_sae(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CircuitsError, match="not an SAE folder"):
+        load_sae(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cfg.json").write_text("{}")
+    (tmp_path / "bad" / "sae_weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CircuitsError, match="safetensors"):
+        load_sae(tmp_path / "bad")
+    result = run("sae", "info", tmp_path / "empty")
+    assert_clean_error(result, "not an SAE folder")
+
+
+# --------------------------------------------------------------------------------- resume
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    """Interrupted after step 40 (checkpoints every 25 steps and at the interruption), the run
+    resumes at step 40 and ends with exactly the weights of an uninterrupted run."""
+    _, maps = planted_maps(8 * 1024, d=32, n_dirs=96, grid=4)
+    rows = np.arange(len(maps))
+    cfg = TrainConfig(expansion=3, k=4, steps=60, batch_size=256, dead_window=2_000,
+                      chunk_samples=3_000)
+    whole, _ = train(maps, rows, cfg)
+
+    def stop_at_40(m):
+        if m["step"] == 40:
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(maps, rows, cfg, checkpoint=ckpt, checkpoint_every=25, callback=stop_at_40)
+    assert torch.load(ckpt, weights_only=True)["step"] == 40
+    steps_run = []
+    resumed, info = train(maps, rows, cfg, checkpoint=ckpt, checkpoint_every=25,
+                          callback=lambda m: steps_run.append(m["step"]))
+    assert info["resumed_from"] == 40 and steps_run == list(range(41, 61))
+    for key in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        assert torch.equal(getattr(resumed, key), getattr(whole, key)), key
+    # another configuration never silently continues someone else's checkpoint
+    from circuits_cli.errors import CircuitsError
+
+    with pytest.raises(CircuitsError, match="different training run"):
+        train(maps, rows, TrainConfig(expansion=3, k=5, steps=60, batch_size=256),
+              checkpoint=ckpt)
+
+
+# ------------------------------------------------------------------------------ toy model
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from circuits_cli.zoo import load_model
+
+    return load_model("toy")
+
+
+@pytest.fixture(scope="module")
+def toy_scenes(tmp_path_factory):
+    from circuits_cli.toy.world import save_scenes
+
+    folder = tmp_path_factory.mktemp("toy_scenes")
+    save_scenes(folder, 300, seed=5)
+    return folder
+
+
+@pytest.mark.slow
+def test_toy_sae_features_are_at_least_as_part_selective_as_neurons(toy, toy_scenes, tmp_path):
+    """mixed3b of the toy model, TopK SAE (x8, k=8, 400 steps on 300 scenes): for every part,
+    the SAE feature most selective for it (d' of its spatial max on part-only images against
+    the other parts and bare background) is at least as selective as the best neuron.
+
+    Measured (100 part-only images per part): wheels 3.41 vs 3.13, windows 2.59 vs 2.53,
+    roof 1.68 vs 1.55, door 1.31 vs 0.79, frame 1.93 vs 1.55, foliage 2.98 vs 2.79."""
+    from circuits_cli.hooks import capture
+    from circuits_cli.sae.layer import train_layer_sae
+    from circuits_cli.toy.analysis import PART_SEED, _table, part_selectivity
+    from circuits_cli.toy.world import NO_PART, PARTS, make_part_images
+
+    res = train_layer_sae(toy, "mixed3b", toy_scenes, tmp_path / "sae",
+                          TrainConfig(expansion=8, k=8, steps=400), fidelity=True, log=None,
+                          cache_dir=tmp_path / "cache")
+    sae = res.sae
+
+    @torch.no_grad()
+    def feature_responses(images):
+        act = capture(toy, images, ["mixed3b"])["mixed3b"]
+        return sae.encode_map(act).amax(dim=(2, 3))
+
+    n = 100
+    groups = [feature_responses(make_part_images(p, n, PART_SEED, 64)) for p in PARTS]
+    background = feature_responses(make_part_images(NO_PART, n, PART_SEED, 64))
+    features = _table("mixed3b", PARTS, groups + [background])
+    neurons = part_selectivity(toy, "mixed3b", n=n)
+    for i, part in enumerate(PARTS):
+        f, u = float(features.dprime[i].max()), float(neurons.dprime[i].max())
+        print(f"{part}: best SAE feature d' {f:.2f}, best neuron d' {u:.2f}")
+        assert f >= u, part
+    # the spliced layer keeps the model's decisions (measured: 30/30 held-out scenes as clean)
+    ds = res.metrics["downstream"]
+    assert ds["agreement_sae_clean"] >= 0.9 and ds["kl_fraction_recovered"] >= 0.9
+    assert ds["top1_mean_ablation"] < ds["top1_sae"] - 0.3
+
+
+# ------------------------------------------------------------------------- command line
+
+
+def test_cli_train_info_resume_and_refusals(toy_scenes, tmp_path):
+    """End to end on the toy model: train, info (text and JSON), a second run reports the
+    finished SAE instead of retraining, and a folder of another run is refused."""
+    env = {"CIRCUITS_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "sae"
+    args = ["sae", "train", "mixed3b", "-m", "toy", "--images", toy_scenes, "--steps", "30",
+            "--expansion", "2", "--k", "8", "--threads", "1", "--out", out]
+    first = run(*args, env=env)
+    assert first.exit_code == 0, first.output
+    assert "explained variance" in first.stdout and "fraction of KL recovered" in first.stdout
+    assert "step 30/30" in first.stderr  # plain progress lines when not a terminal
+    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "metrics.json", "metrics.png",
+                                                      "sae_weights.safetensors"]
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert cfg["model_name"] == "toy" and cfg["hook_name"] == "mixed3b"
+    assert cfg["dataset"]["images"] == 300 and cfg["training"]["k"] == 8
+    assert 0 < cfg["metrics"]["explained_variance"] <= 1 and cfg["metrics"]["l0"] <= 8
+    mtime = (out / "sae_weights.safetensors").stat().st_mtime_ns
+    again = run(*args, env=env)
+    assert again.exit_code == 0 and "not retrained" in again.stderr
+    assert (out / "sae_weights.safetensors").stat().st_mtime_ns == mtime
+    info = run("sae", "info", out / "sae_weights.safetensors")
+    assert info.exit_code == 0 and "mixed3b" in info.stdout and "TopK (k=8)" in info.stdout
+    js = json.loads(run("sae", "info", out, "--json").stdout)
+    assert js["d_sae"] == 256 and js["cfg"]["metrics"]["downstream"]["images"] == 30
+    # other options into the same folder: refused, nothing touched
+    other = run(*args[:-1], out, "--k", "4", env=env)
+    assert_clean_error(other, "already holds another SAE")
+    assert (out / "sae_weights.safetensors").stat().st_mtime_ns == mtime
+    # a folder with someone else's files of the same names
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.png").write_bytes(b"my own picture")
+    assert_clean_error(run(*args[:-1], mine, env=env), "not written by this run")
+    assert (mine / "metrics.png").read_bytes() == b"my own picture"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--images", "/nonexistent/folder"], "does not exist"),
+    (["--images", "{scenes}", "--arch", "sparse"], "Invalid value"),
+    (["--images", "{scenes}", "--k", "0"], "Invalid value"),
+    (["--images", "{scenes}", "--holdout", "1"], "Invalid value"),
+    (["--images", "{scenes}", "--out", "{file}"], "is a file"),
+    (["--images", "{scenes}", "--k", "600", "--expansion", "4"], "more than the SAE's 512"),
+])
+def test_cli_bad_inputs_are_one_line_errors(toy_scenes, tmp_path, extra, message):
+    (tmp_path / "f.txt").write_text("x")
+    extra = [e.format(scenes=toy_scenes, file=tmp_path / "f.txt") for e in extra]
+    result = run("sae", "train", "mixed3b", "-m", "toy", *extra,
+                 env={"CIRCUITS_CACHE": str(tmp_path / "cache")})
+    assert_clean_error(result, message)
+    assert not (tmp_path / "cache").exists()  # failed before any work
+
+
+def test_cli_unknown_layer_and_non_conv_layer(toy_scenes, tmp_path):
+    result = run("sae", "train", "mixed3x", "-m", "toy", "--images", toy_scenes,
+                 "--out", tmp_path / "o", env={"CIRCUITS_CACHE": str(tmp_path / "cache")})
+    assert_clean_error(result, "unknown layer 'mixed3x'")
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ googlenet-bvlc inception_4c
+
+
+@pytest.mark.slow
+def test_inception_4c_sae_reconstructs_and_keeps_the_models_decisions(bvlc_model,
+                                                                       sample_images_dir,
+                                                                       tmp_path):
+    """A short TopK SAE (x4 = 2048 latents, k=32, 120 steps of 1024 positions) on inception_4c
+    over 150 of the sample photos (14x14 positions each), metrics on 30 held-out photos.
+    Thresholds are the measured values with margin; the numbers of the full run (500 photos,
+    x8) are in the README."""
+    from circuits_cli.evidence import image_set, layer_activations
+    from circuits_cli.sae.features import neuron_features, save_neuron_features
+    from circuits_cli.sae.layer import train_layer_sae
+
+    paths = image_set(sample_images_dir).paths[::500 // 150][:150]
+    cache = tmp_path / "cache"
+    res = train_layer_sae(bvlc_model, "inception_4c", paths, tmp_path / "sae",
+                          TrainConfig(expansion=4, k=32, steps=120), holdout=0.2,
+                          cache_dir=cache, batch_size=25, log=None)
+    m, ds = res.metrics, res.metrics["downstream"]
+    print({k: m[k] for k in ("explained_variance", "l0", "dead_fraction", "dense_fraction")}, ds)
+    assert m["explained_variance"] >= 0.55
+    assert m["l0"] <= 32 and m["dead_fraction"] <= 0.2
+    assert ds["images"] == 30 and ds["against"] == "labels from file names"
+    assert ds["top1_sae"] >= ds["top1_clean"] - 0.25
+    assert ds["kl_fraction_recovered"] >= 0.6
+    assert ds["top1_mean_ablation"] < ds["top1_sae"]
+
+    acts = layer_activations(bvlc_model, "inception_4c", paths, cache_dir=cache)
+    result = neuron_features(res.sae, acts, 10, top_features=4, top_images=4)
+    weights = [f["weight"] for f in result["features"]]
+    assert len(weights) == 4 and weights == sorted(weights, reverse=True) and weights[0] > 0
+    for f in result["features"]:
+        assert abs(f["weight"] - float(res.sae.W_dec[f["feature"], 10])) < 1e-6
+        assert f["top_images"] and f["top_images"][0]["activation"] > 0
+    files = save_neuron_features(result, tmp_path / "neuron10")
+    assert files["png"].stat().st_size > 10_000
+    assert json.loads(files["json"].read_text())["neuron"] == 10
