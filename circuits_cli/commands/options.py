@@ -67,7 +67,8 @@ class ChannelListType(click.ParamType):
 
 
 class InputUnitsType(click.ParamType):
-    """``LAYER:C,C,LOW-HIGH,...`` (a bare channel or range belongs to the layer named before)."""
+    """``LAYER:C,C,LOW-HIGH,...`` (a bare channel or range belongs to the layer named before),
+    or directions ``LAYER@FILE[#ROW]``."""
 
     name = "LAYER:C,..."
     _part = re.compile(r"(?:[^:\s,]+:)?(\d+)(?:-(\d+))?")
@@ -78,10 +79,12 @@ class InputUnitsType(click.ParamType):
         if not parts:
             self.fail("no input units given; write LAYER:C,C,... e.g. 'mixed4b:237,373'",
                       param, ctx)
-        if ":" not in parts[0]:
+        if ":" not in parts[0] and "@" not in parts[0]:
             self.fail(f"input {parts[0]!r} has no layer; write LAYER:C first, e.g. "
                       f"'mixed4b:{parts[0]}'", param, ctx)
         for part in parts:
+            if "@" in part:  # a direction (LAYER@FILE[#ROW]): units.parse_inputs checks it
+                continue
             m = self._part.fullmatch(part)
             if not m:
                 self.fail(f"malformed input unit {part!r} in {value!r}; write LAYER:C,C,... "
