@@ -238,7 +238,8 @@ def test_cli_train_info_resume_and_refusals(toy_scenes, tmp_path):
     assert first.exit_code == 0, first.output
     assert "explained variance" in first.stdout and "fraction of KL recovered" in first.stdout
     assert "step 30/30" in first.stderr  # plain progress lines when not a terminal
-    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "metrics.json", "metrics.png",
+    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "circuits-outputs.jsonl",
+                                                      "metrics.json", "metrics.png",
                                                       "sae_weights.safetensors"]
     cfg = json.loads((out / "cfg.json").read_text())
     assert cfg["model_name"] == "toy" and cfg["hook_name"] == "mixed3b"
@@ -260,7 +261,7 @@ def test_cli_train_info_resume_and_refusals(toy_scenes, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "metrics.png").write_bytes(b"my own picture")
-    assert_clean_error(run(*args[:-1], mine, env=env), "not written by this run")
+    assert_clean_error(run(*args[:-1], mine, env=env), "not written by circuits")
     assert (mine / "metrics.png").read_bytes() == b"my own picture"
 
 
