@@ -10,8 +10,9 @@ weights) is defined through these, so each accepts every kind:
 - :class:`Direction` ``LAYER@FILE[#ROW]`` (``mixed4c@dirs.npy#3``): a direction from a file
   (``.npy``, ``.txt``/``.csv`` or ``.json``, shape (C,) or (K, C); row 0 by default). Reading it is
   the projection on the unit-length direction; removing it projects it out.
-- A dictionary feature (an SAE latent) is a :class:`Direction` with its encoder row, bias, ReLU
-  and decoder row (``circuits_cli.sae`` builds them), so it plugs in without touching the commands.
+- A dictionary feature ``LAYER@SAE_FOLDER#N`` (``inception_4c@outputs/sae/.../#12``): latent N of
+  a sparse autoencoder saved by ``circuits sae train`` (or SAELens): a :class:`Direction` with its
+  encoder row, bias, ReLU and decoder row, so it plugs in without touching the commands.
 
 ``Unit(layer, channel)`` builds a :class:`Neuron`, the common case.
 """
@@ -206,8 +207,50 @@ def direction(layer: str, vector, name: str | None = None, source: str = "",
     return Direction(layer, t, t, name or f"{layer}@direction", source=source, index=index)
 
 
+def feature(layer: str, sae, index: int, name: str | None = None) -> Direction:
+    """Dictionary feature ``index`` of ``sae`` (a :class:`circuits_cli.sae.model.SAE` on
+    ``layer``) as a unit: read ``ReLU(W_enc[:, i] . (x - b_dec) + b_enc[i])`` (for a TopK SAE
+    the feature's own pre-activation, without the competition of the other latents), written
+    along ``W_dec[i]``."""
+    f = sae.feature(index)
+    enc = f.encoder.double()
+    bias = float(f.bias - float(sae.b_dec.detach().double().cpu() @ enc.cpu()))
+    folder = str(getattr(sae, "folder", "") or "")
+    return Direction(layer, tuple(float(x) for x in f.encoder.float().cpu()),
+                     tuple(float(x) for x in f.decoder.float().cpu()),
+                     name or f"{layer}@{folder}#{index}", bias=bias, relu=True, source=folder,
+                     index=index, kind_name="feature")
+
+
+def feature_from_sae(model: LoadedModel, layer: str, path: str | Path, index: int) -> Direction:
+    """Feature ``index`` of the SAE folder ``path`` (``cfg.json`` + ``sae_weights.safetensors``,
+    ours or SAELens's), checked against the layer and model it was trained on."""
+    from .sae.model import load_sae
+
+    info = model.layer(layer)
+    sae = load_sae(path)
+    trained_on = sae.cfg.get("hook_name") or (sae.cfg.get("metadata") or {}).get("hook_name")
+    if trained_on and model.layers.get(trained_on) is not None and trained_on != info.name:
+        raise CircuitsError(f"the SAE in {str(path)!r} was trained on layer {trained_on!r}, not "
+                            f"{info.name!r}; write {trained_on}@{path}#{index}")
+    if sae.d_in != info.channels:
+        raise CircuitsError(f"the SAE in {str(path)!r} reads {sae.d_in} channels, but layer "
+                            f"{info.name!r} has {info.channels}")
+    trained_model = sae.cfg.get("model_name")
+    if trained_model and trained_model != model.name:
+        raise CircuitsError(f"the SAE in {str(path)!r} was trained on model {trained_model!r}, "
+                            f"not {model.name!r}")
+    return feature(info.name, sae, index, name=f"{info.name}@{path}#{index}")
+
+
 def direction_from_file(model: LoadedModel, layer: str, path: str | Path,
                         row: int = 0) -> Direction:
+    """Row ``row`` of a direction file, or feature ``row`` of an SAE folder."""
+    from .sae.model import CFG_FILE, WEIGHTS_FILE
+
+    p = Path(path).expanduser()
+    if p.is_dir() or p.name in (CFG_FILE, WEIGHTS_FILE):
+        return feature_from_sae(model, layer, path, row)
     info = model.layer(layer)
     arr = load_directions(path, info.channels, info.name)
     if not 0 <= row < arr.shape[0]:
@@ -223,7 +266,8 @@ _FILE = re.compile(r"^(?P<layer>[^:@\s]+)@(?P<path>[^#]+?)(?:#(?P<row>\d+))?$")
 
 def parse_unit(spec: str, model: LoadedModel) -> Unit:
     """Parse and check a unit against ``model``: ``LAYER:CHANNEL`` (a neuron; short Inception
-    names allowed) or ``LAYER@FILE[#ROW]`` (a direction from a file)."""
+    names allowed), ``LAYER@FILE[#ROW]`` (a direction from a file) or ``LAYER@SAE_FOLDER#N``
+    (a dictionary feature)."""
     text = spec.strip()
     if m := _NEURON.match(text):
         info = model.layer(m["layer"])
@@ -234,8 +278,8 @@ def parse_unit(spec: str, model: LoadedModel) -> Unit:
         return Neuron(info.name, channel)
     if m := _FILE.match(text):
         return direction_from_file(model, m["layer"], m["path"], int(m["row"] or 0))
-    raise CircuitsError(f"malformed unit {spec!r}; write LAYER:CHANNEL (e.g. {_example(model)}) "
-                        "or LAYER@FILE[#ROW] for a direction from a file")
+    raise CircuitsError(f"malformed unit {spec!r}; write LAYER:CHANNEL (e.g. {_example(model)}), "
+                        "LAYER@FILE[#ROW] for a direction or LAYER@SAE_FOLDER#N for a feature")
 
 
 def parse_channels(spec: str, n_channels: int, layer: str = "layer") -> list[int]:

@@ -184,7 +184,12 @@ def images_option(required: bool = True, help: str | None = None):
 
 
 def render_options(func):
-    """``--steps``, ``--size``, ``--seed``, ``--no-render``: the feature visualizations."""
+    """``--steps``, ``--size``, ``--seed``, ``--param``, ``--no-render``: the feature
+    visualizations."""
+    func = click.option("--param", type=click.Choice(["fourier", "maco"]), default="fourier",
+                        show_default=True,
+                        help="Feature visualization parameterization (as in 'circuits "
+                             "visualize --param'); renders are cached per parameterization.")(func)
     func = click.option("--no-render", is_flag=True,
                         help="Skip feature visualizations (units drawn as 'no render').")(func)
     func = click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0,

@@ -43,9 +43,12 @@ from .options import (
                    "report.html and evidence.json.")
 @click.option("--draws", type=click.IntRange(0, 10000), default=50, show_default=True,
               help="With --images: random draws of the ablation baseline.")
+@click.option("--sae", "saes", multiple=True, type=click.Path(path_type=Path), metavar="FOLDER",
+              help="An SAE folder (from 'circuits sae train'; repeatable): hops into its layer "
+                   "rank its dictionary features instead of neurons (a feature circuit).")
 @cache_option
-def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, no_render, out_dir,
-          as_json, quiet, image_dirs, draws, cache_dir):
+def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, param, no_render,
+          out_dir, as_json, quiet, image_dirs, draws, saes, cache_dir):
     """Trace the circuit of UNIT (LAYER:CHANNEL) back through the weights.
 
     From UNIT, find its TOP-K strongest inputs in the previous layer by expanded weights (L2
@@ -59,6 +62,7 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, no_
       circuits trace inception_4c:447 -m googlenet-bvlc
       circuits trace 4c:447 --depth 1 --top-k 6 --steps 128 -m googlenet-bvlc
       circuits trace mixed4c:447 --from mixed4a --method linear
+      circuits trace mixed4b@SAE_4B#12 --sae SAE_4A -m toy     # a feature circuit
     """
     from ..files import claim_output, output_dir
     from ..trace import attach_renders, render_tree
@@ -79,18 +83,22 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, no_
     claim_output(out, "trace", ("circuit.json", "circuit.png", "evidence.json", "report.html"),
                  cache=cache_dir if cache_dir is not None else (not no_render or bool(image_dirs)))
 
+    from ..trace import sae_features
+
+    features = dict(sae_features(model, folder) for folder in saes)
     circuit = trace_circuit(model, target, depth=depth, top_k=top_k, source=source,
-                            method=method)
+                            method=method, features=features)
     if image_set is not None:  # examples/UNIT.png of every node: checked before the renders
         from ..evidence import check_evidence_outputs
 
-        check_evidence_outputs(out, circuit, model)
+        check_evidence_outputs(out, circuit, model,
+                               cache_dir=activation_cache(cache_dir) if cache_dir else None)
     images = {}
     if not no_render:
         if not quiet and not as_json:
             click.echo(f"Feature visualizations of {len(circuit.nodes)} units "
                        f"({steps} steps, cached)...", err=True)
-        images = attach_renders(circuit, model, steps=steps, size=size, seed=seed,
+        images = attach_renders(circuit, model, steps=steps, size=size, seed=seed, param=param,
                                 cache_dir=render_cache(cache_dir) if cache_dir else None,
                                 progress=not quiet and not as_json)
     from ..reports.diagrams import draw_circuit

@@ -40,6 +40,27 @@ OBJECTIVE_CHOICES = ["channel", "neuron", "direction", "diversity"]
               help="Seed of the initial images and the transforms: the same seed on the same "
                    "machine with the same number of torch threads gives the same PNG bytes "
                    "(another thread count changes float rounding, and the pictures slightly).")
+@click.option("--param", type=click.Choice(["fourier", "maco"]), default="fourier",
+              show_default=True,
+              help="Image parameterization: fourier (Lucid's: decorrelated Fourier image, jitter/"
+                   "scale/rotate, Adam) or maco (Fel et al. 2023: only the Fourier phase is "
+                   "optimised, the magnitude is a natural-image spectrum shipped with the "
+                   "package; random crops and noise; also writes a transparency map).")
+@click.option("--from-image", "from_image", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, metavar="FILE",
+              help="Feature accentuation (Hamblin et al. 2024): start from this photo and push "
+                   "the unit into it while --keep-layer's activations stay close to the photo's.")
+@click.option("--keep-layer", default=None, metavar="LAYER",
+              help="With --from-image: the earlier layer kept close to the photo  [default: the "
+                   "layer halfway between the input and LAYER]")
+@click.option("--keep-weight", type=click.FloatRange(0, 1e6), default=1.0, show_default=True,
+              help="With --from-image: strength of the penalty, per unit of relative squared "
+                   "distance, as a multiple of the unit's activation.")
+@click.option("--images", "image_dirs", multiple=True, type=click.Path(path_type=Path),
+              metavar="DIR",
+              help="Score each render against the unit's strongest activation over these photos "
+                   "(repeatable; 'N.Nx best ex.' on the sheet, relative_to_best_example in the "
+                   "manifest).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
               show_default=True,
               help="Arithmetic of the forward/backward pass: auto = bfloat16 where the hardware "
@@ -51,7 +72,8 @@ OBJECTIVE_CHOICES = ["channel", "neuron", "direction", "diversity"]
 @out_option("outputs/visualize/MODEL/LAYER")
 @quiet_option
 def visualize(layer, load_model, units_spec, objective, direction_file, facets, negative, steps,
-              size, batch, seed, precision, shard, out_dir, quiet):
+              size, batch, seed, param, from_image, keep_layer, keep_weight, image_dirs,
+              precision, shard, out_dir, quiet):
     """Render feature visualizations of the units of LAYER.
 
     Activation maximization as in Lucid: a decorrelated Fourier image, random jitter, scale and
@@ -72,6 +94,8 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
       circuits visualize 4c --units 447 --objective diversity -m googlenet-bvlc
       circuits visualize 4c --units 447 --negative --steps 256 -m googlenet-bvlc
       circuits visualize 4c --objective direction --direction dirs.npy -m googlenet-bvlc
+      circuits visualize 5b --units 0-7 --param maco -m googlenet-bvlc
+      circuits visualize 4c --units 447 --from-image dog.jpg -m googlenet-bvlc
       # Slurm array job, 8 machines:  #SBATCH --array=0-7
       circuits visualize 4c --shard $SLURM_ARRAY_TASK_ID/8 --out runs/4c -m googlenet-bvlc
     """
@@ -84,11 +108,26 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
         raise CircuitsError("--objective direction needs --direction FILE (a .npy, .txt/.csv or "
                             ".json vector over the layer's channels, or rows of them)")
 
-    from ..render.run import visualize_layer
+    if from_image is not None and not from_image.is_file():
+        raise CircuitsError(f"--from-image {str(from_image)!r} does not exist")
+    if keep_layer is not None and from_image is None:
+        raise CircuitsError("--keep-layer is only used with --from-image")
+    for folder in image_dirs:
+        if not Path(folder).exists():
+            raise CircuitsError(f"--images {str(folder)!r} does not exist")
+
+    from ..render.run import accentuation, visualize_layer
     from ..units import load_directions, parse_channels
 
     model = load_model()
+    if "@" in layer:  # LAYER@FILE: the rows of a direction file or the features of an SAE
+        return _visualize_file_units(model, layer, units_spec, objective, facets, negative,
+                                     steps, size, batch, seed, param, precision, shard,
+                                     out_dir, quiet)
     info = model.layer(layer)
+    accent = None
+    if from_image is not None:
+        accent = accentuation(model, info.name, from_image, keep_layer, keep_weight, size)
     directions = None
     if objective == "direction":
         directions = load_directions(direction_file, info.channels, info.name)
@@ -98,5 +137,39 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
     set_interrupt_note("finished units are kept on disk; re-run to resume")
     visualize_layer(model, info.name, channels=channels, objective=objective,
                     directions=directions, facets=facets, negative=negative,
-                    steps=steps, size=size, batch=batch, seed=seed, precision=precision,
-                    shard=shard, out_dir=out_dir, progress=not quiet, echo=click.echo)
+                    from_image=accent, images=list(image_dirs) or None, steps=steps, size=size,
+                    batch=batch, seed=seed, param=param, precision=precision, shard=shard,
+                    out_dir=out_dir, progress=not quiet, echo=click.echo)
+
+
+def _visualize_file_units(model, spec, units_spec, objective, facets, negative, steps, size,
+                          batch, seed, param, precision, shard, out_dir, quiet):
+    """``visualize LAYER@FILE --units LIST``: rows of a direction file, or features of an SAE
+    folder, rendered by their own read-out."""
+    from ..errors import CircuitsError
+    from ..render.run import visualize_layer
+    from ..units import direction_from_file, parse_channels
+
+    layer, _, path = spec.partition("@")
+    path = path.split("#", 1)[0]
+    if objective == "direction":
+        raise CircuitsError("LAYER@FILE already names directions; drop --objective direction")
+    first = direction_from_file(model, layer, path, 0)
+    if first.kind == "feature":
+        from ..sae.model import load_sae
+
+        n, what = load_sae(path).d_sae, f"the SAE in {path}"
+        if units_spec == "all":
+            raise CircuitsError(f"{what} has {n} features; choose some with --units, e.g. "
+                                "--units 0-15")
+    else:
+        from ..units import load_directions
+
+        info = model.layer(layer)
+        n, what = load_directions(path, info.channels, info.name).shape[0], path
+    rows = parse_channels(units_spec, n, what)
+    units = [direction_from_file(model, layer, path, r) for r in rows]
+    return visualize_layer(model, first.layer, units=units, objective=objective, facets=facets,
+                           negative=negative, steps=steps, size=size, batch=batch, seed=seed,
+                           param=param, precision=precision, shard=shard, out_dir=out_dir,
+                           progress=not quiet, echo=click.echo)

@@ -33,8 +33,8 @@ from .options import (
 @out_option("outputs/weights/MODEL/UNIT_from_LAYER")
 @json_option
 @quiet_option
-def weights(unit, load_model, source, top_k, method, steps, size, seed, no_render, out_dir,
-            as_json, quiet):
+def weights(unit, load_model, source, top_k, method, steps, size, seed, param, no_render,
+            out_dir, as_json, quiet):
     """Show the strongest inputs of UNIT (LAYER:CHANNEL) from an earlier layer.
 
     Expanded weights from every unit of the --from layer to UNIT, ranked by the L2 norm of
@@ -51,7 +51,7 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, no_rende
     from ..errors import CircuitsError
     from ..files import claim_output, output_dir, slug
     from ..trace import previous_layer
-    from ..units import Unit, is_neuron, parse_unit
+    from ..units import Unit, parse_unit
 
     model = load_model()
     target = parse_unit(unit, model)
@@ -77,9 +77,8 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, no_rende
     if not no_render:
         from ..render import render_units
 
-        units = ([target] if is_neuron(target) else []) + [Unit(source, c.channel)
-                                                           for c in inputs]
-        for render in render_units(model, units, steps=steps, size=size, seed=seed,
+        units = [target] + [Unit(source, c.channel) for c in inputs]
+        for render in render_units(model, units, steps=steps, size=size, seed=seed, param=param,
                                    progress=not quiet and not as_json):
             images[str(render.unit)] = render.image
             paths[str(render.unit)] = str(render.path) if render.path else None
@@ -89,6 +88,7 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, no_rende
         "target": str(target), "source": source, "method": used,
         "kernel_size": list(kernels.shape[-2:]), "max_weight": max_weight,
         "render": None if no_render else {"steps": steps, "size": size, "seed": seed,
+                                          **({"param": param} if param != "fourier" else {}),
                                           "path": paths.get(str(target))},
         "inputs": [{"unit": f"{source}:{c.channel}", **c.to_dict(), "rank": i + 1,
                     "relative": c.strength / inputs[0].strength if inputs[0].strength else 0.0,
