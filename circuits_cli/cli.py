@@ -12,10 +12,8 @@ import sys
 import click
 
 from . import __version__
+from .commands.common import INTERRUPT_NOTE
 from .errors import CircuitsError
-
-INTERRUPT_NOTE = "circuits.interrupt_note"
-RESUME_NOTE = "finished work is kept on disk: re-run the same command to resume"
 
 # command name -> "module:attribute" (a click.Command), in the order of the pipeline.
 COMMANDS = {
@@ -30,6 +28,7 @@ COMMANDS = {
     "superposition": "circuits_cli.commands.superposition:superposition",
     "sae": "circuits_cli.commands.sae:sae",
     "steer": "circuits_cli.commands.steer:steer",
+    "atlas": "circuits_cli.commands.atlas:atlas",
     "toy": "circuits_cli.commands.toy:toy",
     "demo": "circuits_cli.commands.demo:demo",
 }
@@ -101,14 +100,6 @@ class LazyGroup(click.Group):
             click.echo("Interrupted; nothing was written.", err=True)
             sys.exit(130)
         sys.exit(rv if isinstance(rv, int) else 0)
-
-
-def set_interrupt_note(note: str) -> None:
-    """What Ctrl-C keeps in the running command, e.g. 'finished units are kept: re-run the same
-    command to resume' (said after 'Interrupted; ')."""
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None:
-        ctx.meta[INTERRUPT_NOTE] = note
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"],

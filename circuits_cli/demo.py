@@ -43,6 +43,7 @@ class DemoResult:
     sheet: Path | None = None
     circuit_png: Path | None = None
     report: Path | None = None
+    story: Path | None = None  # the page of the whole story (toy model)
     seconds: float = 0.0
     findings: list[str] = field(default_factory=list)
 
@@ -146,6 +147,7 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
     renders, activations = cache_sub("renders", cache_dir), cache_sub("activations", cache_dir)
     unit = unit or car_unit(model)
     result = DemoResult(out=out, unit=unit)
+    n_steps = 7 if toy else 4
 
     circuit = trace(model, unit, depth=depth, top_k=top_k)  # cheap: before the checks
     source = circuit.hops[0].source
@@ -160,8 +162,8 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
     claim_output(out / "visualize", "demo", ["manifest.json", "sheet.png"]
                  + [f"units/{u.slug}{ext}" for u in units for ext in (".png", ".json")],
                  cache=renders)
-    echo(f"[1/4] traced {unit} through the weights (depth {depth}, top {top_k})")
-    echo(f"[2/4] feature visualizations of {source} "
+    echo(f"[1/{n_steps}] traced {unit} through the weights (depth {depth}, top {top_k})")
+    echo(f"[2/{n_steps}] feature visualizations of {source} "
          f"({'all units' if channels is None else f'{len(channels)} units'}, {steps} steps)")
     visualize_layer(model, source, channels=channels, steps=steps, size=size,
                     batch=TOY_BATCH if toy else None, out_dir=out / "visualize",
@@ -169,7 +171,7 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
     sheets = sorted((out / "visualize").glob("sheet*.png"))
     result.sheet = sheets[0] if sheets else None
 
-    echo(f"[3/4] circuit diagram of {unit} ({len(circuit.nodes)} units)")
+    echo(f"[3/{n_steps}] circuit diagram of {unit} ({len(circuit.nodes)} units)")
     pictures = attach_renders(circuit, model, steps=steps, size=size, cache_dir=renders,
                               progress=progress)
     (out / "trace").mkdir(parents=True, exist_ok=True)
@@ -182,13 +184,22 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
         images = write_scenes(out / "scenes", n_scenes)
         images_given = image_set(images)
     if images_given is not None:
-        echo(f"[4/4] dataset examples and ablation over {images}")
+        echo(f"[4/{n_steps}] dataset examples and ablation over {images}")
         evidence = add_evidence(out / "trace", model, images_given, cache_dir=activations,
                                 progress=progress)
         result.report = evidence.html
     else:
-        echo("[4/4] no images given: skipping dataset examples and ablation (pass --images DIR)")
+        echo(f"[4/{n_steps}] no images given: skipping dataset examples and ablation "
+             "(pass --images DIR)")
     if toy:
         result.findings = _toy_findings(model, circuit)
+        from .reports.story import write_story
+        from .story import sections, tell
+
+        story = tell(model, out, unit, Path(images), echo=echo, progress=progress)
+        result.story = write_story(out, f"The car circuit, superposition, features and steering "
+                                   f"on the {model.name} model", model.name,
+                                   sections(result, story), time.perf_counter() - started,
+                                   atlas=out / "atlas" / "index.html")
     result.seconds = time.perf_counter() - started
     return result

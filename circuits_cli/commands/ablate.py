@@ -7,7 +7,6 @@ import json
 import click
 
 from .common import model_options
-from .examples import warnings_to_stderr
 from .options import (
     INPUT_UNITS,
     UNIT,
@@ -16,6 +15,7 @@ from .options import (
     json_option,
     out_option,
     quiet_option,
+    warnings_to_stderr,
 )
 
 
@@ -58,12 +58,12 @@ def ablate(unit, inputs, images, mode, draws, top_images, reduce, seed, as_json,
       circuits ablate inception_4e:800 --inputs inception_4d:203,302,483,205,171 \\
           -m googlenet-bvlc --images ../shared/images/imagenet-samples
     """
-    from ..cli import set_interrupt_note
     from ..errors import CircuitsError
     from ..evidence import ablate as run_ablation
     from ..evidence import image_set, parse_inputs
     from ..files import claim_output, write_json
     from ..units import parse_unit
+    from .common import set_interrupt_note
     from .options import activation_cache
 
     if out_dir is not None and out_dir.suffix.lower() == ".json":

@@ -42,9 +42,9 @@ def demo(load_model, out_dir, unit, images, steps, quiet, cache_dir):
       circuits demo -m inceptionv1 --images ~/imagenet/val    # downloads the papers' model
       circuits demo -m googlenet-bvlc --unit 4c:12 --images ../shared/images/imagenet-samples
     """
-    from ..cli import set_interrupt_note
     from ..demo import run_demo
     from ..units import parse_unit
+    from .common import set_interrupt_note
 
     model = load_model()
     target = parse_unit(unit, model) if unit else None

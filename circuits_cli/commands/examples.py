@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -18,20 +16,8 @@ from .options import (
     out_option,
     quiet_option,
     top_k_option,
+    warnings_to_stderr,
 )
-
-
-@contextmanager
-def warnings_to_stderr():
-    """Show the API's warnings (skipped files, ...) as ``Warning: ...`` lines on stderr."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        try:
-            yield
-        finally:
-            for w in caught:
-                if issubclass(w.category, UserWarning):
-                    click.echo(f"Warning: {w.message}", err=True)
 
 
 @click.command()
@@ -65,10 +51,10 @@ def examples(unit, images, top_k, negative, box, out_dir, as_json, quiet, batch,
       circuits examples inception_4e:800 -m googlenet-bvlc \\
           --images ../shared/images/imagenet-samples
     """
-    from ..cli import set_interrupt_note
     from ..evidence import dataset_examples, examples_sheet, image_set
     from ..files import claim_output, output_dir, slug, write_text
     from ..units import parse_unit
+    from .common import set_interrupt_note
     from .options import activation_cache
 
     imgs = image_set(list(images))  # bad folders fail before the model loads

@@ -7,8 +7,15 @@ import json
 import click
 
 from .common import model_options
-from .examples import warnings_to_stderr
-from .options import LAYER, cache_option, images_option, json_option, quiet_option, top_k_option
+from .options import (
+    LAYER,
+    cache_option,
+    images_option,
+    json_option,
+    quiet_option,
+    top_k_option,
+    warnings_to_stderr,
+)
 
 
 @click.command()
@@ -44,9 +51,9 @@ def find(class_name, layer, top_k, images, n_examples, as_json, quiet, batch, ca
     """
     import numpy as np
 
-    from ..cli import set_interrupt_note
     from ..evidence import find_units, image_set, layer_activations
     from ..files import check_cache_writable
+    from .common import set_interrupt_note
     from .options import activation_cache
 
     imgs = image_set(list(images)) if images else None

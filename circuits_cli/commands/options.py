@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -215,3 +217,16 @@ def render_cache(root: Path | None) -> Path:
     from ..files import cache_dir
 
     return cache_dir("renders", root)
+
+
+@contextmanager
+def warnings_to_stderr():
+    """Show the API's warnings (skipped files, ...) as ``Warning: ...`` lines on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, UserWarning):
+                    click.echo(f"Warning: {w.message}", err=True)

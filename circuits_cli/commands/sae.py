@@ -9,8 +9,7 @@ import click
 
 from ..errors import CircuitsError
 from .common import model_options
-from .examples import warnings_to_stderr
-from .options import activation_cache, cache_option, images_option
+from .options import activation_cache, cache_option, images_option, warnings_to_stderr
 
 
 @click.group()

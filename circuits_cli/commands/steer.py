@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from .common import model_options
-from .examples import warnings_to_stderr
-from .options import activation_cache, cache_option, images_option
+from .options import activation_cache, cache_option, images_option, warnings_to_stderr
 
 OUTPUTS = ("steer.json", "steer.png")
 

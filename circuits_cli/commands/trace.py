@@ -83,7 +83,7 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
     claim_output(out, "trace", ("circuit.json", "circuit.png", "evidence.json", "report.html"),
                  cache=cache_dir if cache_dir is not None else (not no_render or bool(image_dirs)))
 
-    from ..trace import sae_features
+    from ..units import sae_features
 
     features = dict(sae_features(model, folder) for folder in saes)
     circuit = trace_circuit(model, target, depth=depth, top_k=top_k, source=source,

@@ -99,8 +99,8 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
       # Slurm array job, 8 machines:  #SBATCH --array=0-7
       circuits visualize 4c --shard $SLURM_ARRAY_TASK_ID/8 --out runs/4c -m googlenet-bvlc
     """
-    from ..cli import set_interrupt_note
     from ..errors import CircuitsError
+    from .common import set_interrupt_note
 
     if direction_file is not None and objective != "direction":
         raise CircuitsError("--direction is only used with --objective direction")
