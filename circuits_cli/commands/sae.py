@@ -232,6 +232,10 @@ def features(path, images, neuron, top_features, top_images, out_dir, batch, as_
     if neuron is not None and neuron >= s.d_in:
         raise CircuitsError(f"--neuron {neuron} is out of range; {info.name} has {s.d_in} "
                             f"channels (0-{s.d_in - 1})")
+    from ..files import claim_output
+
+    # writable, and a user's file there never replaced: before the activation pass
+    claim_output(out_dir or (s.folder / "features"), "sae features", cache=cache_dir or True)
     with warnings_to_stderr():
         acts = layer_activations(model, info.name, imgs, cache_dir=activation_cache(cache_dir),
                                  batch_size=batch, progress=True)
