@@ -92,6 +92,10 @@ def test_files_are_saelens_layout_and_round_trip(tmp_path):
         assert torch.equal(getattr(back, key), getattr(sae, key))
     x = torch.randn(7, 24)
     assert torch.equal(back(x), sae(x)) and (back.encode(x) > 0).sum(1).max() <= 5
+    # the sparse TopK decode (k rows of W_dec) is the dense decode of the encoding
+    assert torch.allclose(sae(x), sae.decode(sae.encode(x)), atol=1e-5)
+    maps = torch.randn(2, 24, 3, 5)
+    assert torch.allclose(sae.forward_map(maps)[1, :, 2, 4], sae(maps[1, :, 2, 4]), atol=1e-5)
     feat = back.feature(3)
     assert torch.equal(feat.encoder, sae.W_enc[:, 3]) and torch.equal(feat.decoder, sae.W_dec[3])
     # the standard (ReLU) architecture reads back as relu
