@@ -314,12 +314,15 @@ def test_inception_4c_sae_reconstructs_and_keeps_the_models_decisions(bvlc_model
                           cache_dir=cache, batch_size=25, log=None)
     m, ds = res.metrics, res.metrics["downstream"]
     print({k: m[k] for k in ("explained_variance", "l0", "dead_fraction", "dense_fraction")}, ds)
-    assert m["explained_variance"] >= 0.55
-    assert m["l0"] <= 32 and m["dead_fraction"] <= 0.2
+    # measured: explained variance 0.553 (held out), L0 32, dead 0%, dense 0.2%; top-1 on the
+    # 30 held-out photos clean 0.700, spliced 0.567, mean-ablated 0.000; KL 0.518 vs 7.46 nats
+    # (fraction recovered 0.931)
+    assert m["explained_variance"] >= 0.45
+    assert m["l0"] <= 32 and m["dead_fraction"] <= 0.1
     assert ds["images"] == 30 and ds["against"] == "labels from file names"
-    assert ds["top1_sae"] >= ds["top1_clean"] - 0.25
-    assert ds["kl_fraction_recovered"] >= 0.6
-    assert ds["top1_mean_ablation"] < ds["top1_sae"]
+    assert ds["top1_sae"] >= ds["top1_clean"] - 0.3
+    assert ds["kl_fraction_recovered"] >= 0.8
+    assert ds["top1_mean_ablation"] <= 0.1 < ds["top1_sae"]
 
     acts = layer_activations(bvlc_model, "inception_4c", paths, cache_dir=cache)
     result = neuron_features(res.sae, acts, 10, top_features=4, top_images=4)
