@@ -10,6 +10,13 @@ Same machine, same process, same model, same 8 units of ``inception_4c``:
 - **ours**: :func:`circuits_cli.render.render_units` (what ``circuits visualize`` runs), all 8
   units in one batch, default settings (512 steps, precision ``auto``), no cache.
 
+- **MACO vs Fourier** (issue 15), same run: ``render_units(..., param="maco")`` on the same 8
+  units of ``inception_4c`` and, for a deep layer, Fourier and MACO on 4 class logits
+  (``loss3/classifier``): activation reached, time to reach lucent's 512-step activation (4c) or
+  Fourier's (logits), and a naturalness proxy: how the network classifies each logit render when
+  it is seen differently from how it was optimised (downsampled to 96 px, 85% centre crop);
+  see :func:`view_change_classification`.
+
 Every final image is quantised to 8 bits and measured the same way (mean activation of the unit
 on the untransformed image, upsampled to 224). Reported: wall time and its ratio, final
 activation per unit and its ratio, **time-to-quality** (the time ours needs until its mean
@@ -37,6 +44,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 LAYER = "inception_4c"
 CHANNELS = [0, 64, 128, 192, 256, 320, 384, 447]  # every branch of 4c: 1x1 | 3x3 | 5x5 | pool
+LOGIT_CLASSES = [1, 207, 340, 980]  # goldfish, golden retriever, zebra, volcano
 EVAL_EVERY = 16
 
 
@@ -104,7 +112,7 @@ def run_lucent(model, channels, steps: int, thresholds) -> dict:
 
 # --- ours ------------------------------------------------------------------------------------
 
-def run_ours(model, channels, steps: int) -> dict:
+def run_ours(model, channels, steps: int, param: str = "fourier") -> dict:
     """``render_units`` as the CLI calls it, with an activation curve recorded on the side; the
     curve's evaluations are taken out of the time (``optimize`` reports its time without them)."""
     import circuits_cli.render as render_mod
@@ -126,12 +134,13 @@ def run_ours(model, channels, steps: int) -> dict:
         t0 = time.perf_counter()
         renders = render_mod.render_units(model, [Unit(LAYER, c) for c in channels], steps=steps,
                                           size=128, batch=len(channels), cache_dir=False,
-                                          progress=False)
+                                          progress=False, param=param)
         wall = time.perf_counter() - t0
     finally:
         render_mod.optimize = real
     return {"units": [{"channel": r.unit.channel, "activation": r.activation} for r in renders],
-            "images": [r.image for r in renders], "seconds": wall - extra["eval_seconds"],
+            "images": [r.image for r in renders], "param": param,
+            "alphas": [r.transparency for r in renders], "seconds": wall - extra["eval_seconds"],
             "wall_with_curve_evals": wall, **extra,
             "curve": [{"step": s, "mean_activation": float(np.mean(v)), "activations": v}
                       for s, v in curve]}
@@ -143,6 +152,110 @@ def time_to_quality(ours: dict, target: float) -> dict:
         if point["mean_activation"] >= target:
             step = point["step"]
             return {"step": step, "seconds": step * ours["per_step_seconds"]}
+    return {"step": None, "seconds": None}
+
+
+# --- a deep layer: class logits, and the naturalness proxy -----------------------------------
+
+def _with_logits(model):
+    """googlenet-bvlc's class logits as a layer (``loss3/classifier``, 1000 channels) so that an
+    objective can read them through the same hooks."""
+    from circuits_cli.zoo.base import LayerInfo
+
+    if "logits" not in model.layers:
+        model.layers["logits"] = LayerInfo("logits", "loss3.classifier", 1000, (1000, 1, 1),
+                                           kind="linear")
+    return model
+
+
+def logit_objective(classes):
+    from circuits_cli.render.objectives import Objective
+
+    def fn(acts):
+        t = acts["logits"]
+        idx = torch.as_tensor(list(classes), device=t.device)
+        return t[torch.arange(t.shape[0], device=t.device), idx]
+
+    return Objective(fn, ["logits"], f"logits{list(classes)}")
+
+
+def run_logits(model, classes, steps: int, param: str) -> dict:
+    """Fourier or MACO renders of class logits, with an activation curve (evaluation excluded
+    from the time)."""
+    from circuits_cli.render import _frozen, make_recipe, transparency_map
+    from circuits_cli.render.engine import optimize
+
+    recipe = make_recipe(model, param=param, steps=steps, size=128, precision="auto")
+    objective = logit_objective(classes)
+    curve = []
+    with _frozen(model):
+        result = optimize(model, objective, [1000 + c for c in classes], recipe,
+                          eval_every=EVAL_EVERY,
+                          on_eval=lambda s, v: curve.append((s, v.numpy().tolist())))
+    view = view_change_classification(model, result.images, classes)
+    print(f"  {param} logits: {result.seconds:.1f} s, logit {np.mean(result.activations):.1f}, "
+          f"view-change top-1 {view['changed']['top1']:.2f}", flush=True)
+    return {"param": param, "classes": list(classes), "seconds": result.seconds,
+            "per_step_seconds": result.seconds / steps,
+            "activations": result.activations.tolist(), "images": list(result.images),
+            "alphas": None if result.transparency is None
+            else [transparency_map(t) for t in result.transparency],
+            "view": view,
+            "curve": [{"step": s, "mean_activation": float(np.mean(v)), "activations": v}
+                      for s, v in curve]}
+
+
+@torch.no_grad()
+def view_change_classification(model, images_nhwc, classes) -> dict:
+    """Naturalness proxy, after MACO's transferability (Fel et al. 2023 classify renders with
+    other networks; no other ImageNet weights are available offline here): the same network
+    classifies each render (a) as optimised (128 px upsampled to 224) and (b) seen differently
+    from anything it was optimised under: ``small`` (shrunk to half size on a mid-grey canvas),
+    ``blurred`` (down to 48 px and back up: the finest, most adversarial detail gone), ``grey``
+    (colour removed). A picture that shows its class as a picture keeps it. Reported per view:
+    top-1 and top-5 rate of the intended class, its mean softmax probability, the top-1 labels;
+    ``changed`` averages the three changed views."""
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(images_nhwc))).permute(0, 3, 1, 2).float()
+    target = torch.as_tensor(list(classes))
+    size = model.input_size
+
+    def up(t):
+        return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+
+    small = torch.full((len(x), 3, size, size), 0.5)
+    half = size // 2
+    small[..., half // 2:half // 2 + half, half // 2:half // 2 + half] = F.interpolate(
+        x, size=(half, half), mode="bilinear", antialias=True, align_corners=False)
+    views = {
+        "as_optimised": up(x),
+        "small": small,
+        "blurred": up(F.interpolate(x, size=(48, 48), mode="bilinear", antialias=True,
+                                    align_corners=False)),
+        "grey": up(x.mean(1, keepdim=True).expand(-1, 3, -1, -1)),
+    }
+    out = {}
+    for name, v in views.items():
+        probs = model.logits(v).float().softmax(-1).cpu()
+        top5 = probs.topk(5, dim=-1).indices
+        out[name] = {"top1": float((top5[:, 0] == target).float().mean()),
+                     "top5": float((top5 == target[:, None]).any(-1).float().mean()),
+                     "probability": float(probs[torch.arange(len(target)), target].mean()),
+                     "predicted": [model.label(int(i)) for i in top5[:, 0]]}
+    changed = [out[k] for k in ("small", "blurred", "grey")]
+    out["changed"] = {k: float(np.mean([c[k] for c in changed]))
+                      for k in ("top1", "top5", "probability")}
+    out["changed"]["predicted"] = out["small"]["predicted"]
+    return out
+
+
+def _first_reach(curve, per_step: float, target: float) -> dict:
+    """First curve point within 0.1% of ``target`` (the curve is taken before the final 8-bit
+    rounding, the target after it)."""
+    for point in curve:
+        if point["mean_activation"] >= target * (1 - 1e-3):
+            return {"step": point["step"], "seconds": point["step"] * per_step}
     return {"step": None, "seconds": None}
 
 
@@ -305,6 +418,46 @@ def machine_peak(seconds: float = 2.0) -> dict:
 
 # --- report ----------------------------------------------------------------------------------
 
+def _faded(image, alpha):
+    return image * alpha[..., None] + (1.0 - alpha[..., None])
+
+
+def _maco_sheets(out_dir: Path, lucent, fourier, maco, logits, channels, model) -> list[Path]:
+    """Side by side, one row per unit: lucent, Fourier (ours), MACO, MACO faded to white by its
+    transparency map (4c); Fourier, MACO, MACO faded (logits)."""
+    from circuits_cli.reports.sheets import SheetEntry, save_contact_sheet
+
+    entries = []
+    for i, c in enumerate(channels):
+        entries += [
+            SheetEntry(lucent["images"][i], f"{c} lucent",
+                       f"act {lucent['units'][i]['activation']:.0f}"),
+            SheetEntry(fourier["images"][i], f"{c} fourier",
+                       f"act {fourier['units'][i]['activation']:.0f}"),
+            SheetEntry(maco["images"][i], f"{c} maco", f"act {maco['units'][i]['activation']:.0f}"),
+            SheetEntry(_faded(maco["images"][i], maco["alphas"][i]),
+                       f"{c} maco, faded", "by transparency")]
+    first = out_dir / "visualize_fourier_vs_maco_4c.png"
+    save_contact_sheet(first, entries, f"googlenet-bvlc {LAYER}: lucent | Fourier | MACO | MACO "
+                       "faded by its transparency map", columns=4)
+    entries = []
+    f, m = logits["fourier"], logits["maco"]
+    for i, c in enumerate(f["classes"]):
+        name = model.label(c)
+        seen_f, seen_m = (r["view"]["changed"]["predicted"][i] for r in (f, m))
+        entries += [
+            SheetEntry(f["images"][i], f"{name} fourier",
+                       f"logit {f['activations'][i]:.0f} -> {seen_f}"),
+            SheetEntry(m["images"][i], f"{name} maco",
+                       f"logit {m['activations'][i]:.0f} -> {seen_m}"),
+            SheetEntry(_faded(m["images"][i], m["alphas"][i]), f"{name} maco",
+                       "faded by transparency")]
+    second = out_dir / "visualize_fourier_vs_maco_logits.png"
+    save_contact_sheet(second, entries, "googlenet-bvlc class logits: Fourier | MACO | MACO faded "
+                       "(-> class seen at half size on grey)", columns=3)
+    return [first, second]
+
+
 def _sheet(out_dir: Path, lucent: dict, ours: dict, channels) -> Path:
     from circuits_cli.reports.sheets import SheetEntry, save_contact_sheet
 
@@ -319,7 +472,8 @@ def _sheet(out_dir: Path, lucent: dict, ours: dict, channels) -> Path:
     return path
 
 
-def main(out_dir: Path, quick: bool = False, threads: int | None = None) -> dict:
+def main(out_dir: Path, quick: bool = False, threads: int | None = None,
+         units: int | None = None, steps: int | None = None) -> dict:
     """Run the benchmark; ``threads`` torch threads (default ``$CIRCUITS_BENCH_THREADS`` or 1:
     on a shared machine two OpenMP threads lose far more to contention than one, lucent's many
     small operators most, which would flatter us)."""
@@ -327,12 +481,13 @@ def main(out_dir: Path, quick: bool = False, threads: int | None = None) -> dict
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _main(Path(out_dir), quick)
+        return _main(Path(out_dir), quick, units, steps)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _main(out_dir: Path, quick: bool) -> dict:
+def _main(out_dir: Path, quick: bool, n_units: int | None = None,
+          n_steps: int | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     model = _model()
     if model is None:
@@ -340,7 +495,10 @@ def _main(out_dir: Path, quick: bool) -> dict:
         (out_dir / "visualize.md").write_text(f"## visualize\n\nskipped: {result['skipped']}\n")
         return result
     channels = CHANNELS[:2] if quick else CHANNELS
-    steps = 32 if quick else 512
+    if n_units:  # a subset spread over the list (4: 0, 192, 384, 447)
+        channels = [CHANNELS[round(i * (len(CHANNELS) - 1) / max(1, n_units - 1))]
+                    for i in range(n_units)] if n_units > 1 else CHANNELS[:1]
+    steps = n_steps or (32 if quick else 512)
     thresholds = [steps // 8, steps // 4, steps // 2, steps]
     load_before = os.getloadavg()
     print(f"visualize bench: {len(channels)} units of {LAYER}, {steps} steps, "
@@ -348,11 +506,22 @@ def _main(out_dir: Path, quick: bool) -> dict:
 
     ours = run_ours(model, channels, steps)
     print(f"  ours: {ours['seconds']:.1f} s for {len(channels)} units", flush=True)
+    maco = run_ours(model, channels, steps, param="maco")
+    print(f"  ours, maco: {maco['seconds']:.1f} s for {len(channels)} units", flush=True)
     lucent = run_lucent(model, channels, steps, thresholds)
 
     lucent_mean = float(np.mean([u["activation"] for u in lucent["units"]]))
     ours_mean = float(np.mean([u["activation"] for u in ours["units"]]))
+    maco_mean = float(np.mean([u["activation"] for u in maco["units"]]))
     ttq = time_to_quality(ours, lucent_mean)
+    ttq_maco = time_to_quality(maco, lucent_mean)
+    _with_logits(model)
+    classes = LOGIT_CLASSES[:2] if quick else LOGIT_CLASSES
+    logits = {param: run_logits(model, classes, steps, param) for param in ("fourier", "maco")}
+    fourier_logit = float(np.mean(logits["fourier"]["activations"]))
+    for param in logits:
+        logits[param]["time_to_fourier"] = _first_reach(
+            logits[param]["curve"], logits[param]["per_step_seconds"], fourier_logit)
     abl = ablation(model, steps=2 if quick else 4, batch=len(channels))
     inter = interleaved(model, len(channels), rounds=2 if quick else 3, steps=2 if quick else 4)
     prof = profile_step(model, len(channels), steps=2 if quick else 3)
@@ -380,6 +549,14 @@ def _main(out_dir: Path, quick: bool) -> dict:
         "time_to_quality": {**ttq, "lucent_seconds": lucent["seconds"],
                             "speedup": (lucent["seconds"] / ttq["seconds"]
                                         if ttq["seconds"] else None)},
+        "maco": {"layer": LAYER, "units": maco["units"], "seconds": maco["seconds"],
+                 "mean_activation": maco_mean, "relative_to_fourier": maco_mean / ours_mean,
+                 "relative_to_lucent": maco_mean / lucent_mean,
+                 "curve": maco["curve"], "per_step_seconds": maco["per_step_seconds"],
+                 "time_to_lucent": {**ttq_maco, "speedup": (lucent["seconds"] / ttq_maco["seconds"]
+                                                            if ttq_maco["seconds"] else None)}},
+        "logits": {p: {k: v for k, v in r.items() if k not in ("images", "alphas")}
+                   for p, r in logits.items()},
         "per_step_interleaved": inter, "ablation": abl, "profile": prof,
         "flops": {"ours_per_step": flops_ours, "lucent_per_unit_step": flops_lucent,
                   "ours_gflops_per_s_bf16": flops_ours / (bf16_step["seconds_per_image_step"]
@@ -390,6 +567,8 @@ def _main(out_dir: Path, quick: bool) -> dict:
                   "machine": peak},
     }
     result["sheet"] = str(_sheet(out_dir, lucent, ours, channels))
+    result["maco_sheets"] = [str(p) for p in _maco_sheets(out_dir, lucent, ours, maco, logits,
+                                                          channels, model)]
     (out_dir / "visualize.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "visualize.md").write_text(markdown(result) + "\n")
     return result
@@ -475,7 +654,61 @@ def markdown(r: dict) -> str:
         "",
         f"Side by side: `{Path(r['sheet']).name}`.",
     ]
+    rows += maco_markdown(r)
     return "\n".join(rows)
+
+
+def _secs(t: dict) -> str:
+    return f"{t['seconds']:.1f} s (step {t['step']})" if t["seconds"] else "not reached"
+
+
+def maco_markdown(r: dict) -> list[str]:
+    m, lg = r["maco"], r["logits"]
+    f, mc = lg["fourier"], lg["maco"]
+    rows = [
+        "",
+        f"### Fourier vs MACO (same run; {len(r['channels'])} units of {r['layer']} and "
+        f"{len(f['classes'])} class logits, {r['steps']} steps, 128 px)",
+        "",
+        "| | lucent | Fourier (ours) | MACO (ours) |",
+        "|---|---:|---:|---:|",
+        f"| {r['layer']}: mean final activation | {r['mean_activation']['lucent']:.1f} | "
+        f"{r['mean_activation']['ours']:.1f} | {m['mean_activation']:.1f} "
+        f"({m['relative_to_fourier']:.2f}x Fourier) |",
+        f"| {r['layer']}: time to lucent's {r['steps']}-step activation | "
+        f"{r['time_to_quality']['lucent_seconds']:.1f} s | {_secs(r['time_to_quality'])} | "
+        f"{_secs(m['time_to_lucent'])} |",
+        f"| {r['layer']}: seconds per image-step | "
+        f"{r['lucent']['per_image_step_seconds']:.3f} | "
+        f"{r['ours']['per_step_seconds'] / len(r['channels']):.3f} | "
+        f"{m['per_step_seconds'] / len(r['channels']):.3f} |",
+        f"| logits: mean final logit | - | {np.mean(f['activations']):.1f} | "
+        f"{np.mean(mc['activations']):.1f} |",
+        f"| logits: time to Fourier's {r['steps']}-step logit | - | {_secs(f['time_to_fourier'])} "
+        f"| {_secs(mc['time_to_fourier'])} |",
+    ]
+    for view, label in (("as_optimised", "as optimised"), ("small", "half size on grey"),
+                        ("blurred", "blurred (48 px)"), ("grey", "without colour"),
+                        ("changed", "mean of the three changed views")):
+        rows.append(
+            f"| logits classified as their class, {label}: top-1 / top-5 / mean probability | - "
+            f"| {f['view'][view]['top1']:.2f} / {f['view'][view]['top5']:.2f} / "
+            f"{f['view'][view]['probability']:.3f} | {mc['view'][view]['top1']:.2f} / "
+            f"{mc['view'][view]['top5']:.2f} / {mc['view'][view]['probability']:.3f} |")
+    rows += [
+        "",
+        "MACO curve (mean activation by step): " + ", ".join(
+            f"{p['step']}: {p['mean_activation']:.0f}" for p in m["curve"]
+            if p["step"] % 64 == 0 or p["step"] == r["steps"]) + ".",
+        "",
+        "Logits classified at half size on grey (Fourier | MACO): " + "; ".join(
+            f"{c}: {a} | {b}" for c, a, b in zip(f["classes"], f["view"]["changed"]["predicted"],
+                                                 mc["view"]["changed"]["predicted"],
+                                                 strict=True)) + ".",
+        "",
+        "Sheets: " + ", ".join(f"`{Path(p).name}`" for p in r["maco_sheets"]) + ".",
+    ]
+    return rows
 
 
 if __name__ == "__main__":
@@ -483,7 +716,10 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--units", type=int, default=None,
+                        help="units of 4c (default 8; fewer on a crowded machine)")
+    parser.add_argument("--steps", type=int, default=None, help="default 512")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    main(args.out, quick=args.quick, threads=args.threads)
+    main(args.out, quick=args.quick, threads=args.threads, units=args.units, steps=args.steps)
     print((args.out / "visualize.md").read_text())

@@ -24,9 +24,11 @@ COMMANDS = {
     "examples": "circuits_cli.commands.examples:examples",
     "ablate": "circuits_cli.commands.ablate:ablate",
     "find": "circuits_cli.commands.find:find",
+    "superposition": "circuits_cli.commands.superposition:superposition",
+    "sae": "circuits_cli.commands.sae:sae",
+    "steer": "circuits_cli.commands.steer:steer",
     "toy": "circuits_cli.commands.toy:toy",
     "demo": "circuits_cli.commands.demo:demo",
-    "sae": "circuits_cli.commands.sae:sae",
 }
 
 

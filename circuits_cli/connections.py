@@ -52,7 +52,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import CircuitsError
-from .hooks import forward, hooks, probe
+from .hooks import forward, hooks, probe, run_with_hooks
 from .zoo.base import InceptionBlock, LayerInfo, LoadedModel
 
 __all__ = ["Connection", "expanded_weights", "rank_inputs", "resolve_method", "exact_available",
@@ -135,6 +135,54 @@ def expanded_weights(model: LoadedModel, source: str, target: str,
     if resolve_method(model, src.name, tgt.name, method) == "exact":
         return _exact(model, src, tgt, chans)
     return _linear(model, src, tgt, chans, batch_size)
+
+
+def unit_weights(model: LoadedModel, source: str, target, method: str = "auto") -> torch.Tensor:
+    """Expanded weights ``[C_in, h, w]`` from layer ``source`` into one unit of any kind: a
+    neuron's own kernels, or for a direction / dictionary feature its encoder direction applied
+    to the expanded weights of every channel of its layer (``sum_j enc_j E[j]``, the linear part
+    of its read-out; the bias and ReLU are the operating point)."""
+    from .units import is_neuron
+
+    if is_neuron(target):
+        return expanded_weights(model, source, target.layer, [target.channel], method)[0]
+    info = model.layer(target.layer)
+    enc = target.encoder(info.channels)
+    kernels = expanded_weights(model, source, info.name, None, method)
+    return torch.einsum("j,jchw->chw", enc.to(kernels.device, kernels.dtype), kernels)
+
+
+@torch.no_grad()
+def unit_to_logits(model: LoadedModel, unit, step: float = 1e-3) -> torch.Tensor:
+    """(n_classes,) how much writing ``unit`` (its decoder direction, at every position of its
+    layer) moves each class logit in the linearized network: the expanded weights to the logits
+    summed over positions and contracted with the decoder, ``sum_chw E[k, c, h, w] dec_c``. Two
+    forward passes (a finite difference along the decoder at the zero-source operating point)
+    instead of a backward pass per class."""
+    info = model.layer(unit.layer)
+    dec = unit.decoder(info.channels).to(model.device, _dtype(model))
+
+    def source(amount):
+        def fn(out, _hook):
+            return torch.zeros_like(out) + amount * dec.to(out.dtype)[None, :, None, None]
+        return fn
+
+    image = _image(model, 1)
+    with linearized(model):
+        outs = [run_with_hooks(model, image, [(info.name, source(a))], preprocess=False)
+                for a in (0.0, step)]
+    if outs[0] is None or outs[0].dim() != 2:
+        raise CircuitsError("the model has no class logits to steer towards")
+    return ((outs[1] - outs[0])[0] / step).float()
+
+
+def through_decoders(kernels: torch.Tensor, units, channels: int) -> torch.Tensor:
+    """Expanded weights from units of the source layer (any kind): each unit's decoder
+    direction applied to the per-channel kernels ``[C_in, h, w]`` -> ``[len(units), h, w]``.
+    For neurons this picks their kernels; for dictionary features of an earlier SAE it gives
+    feature-to-feature weights (a feature circuit)."""
+    dec = torch.stack([u.decoder(channels) for u in units]).to(kernels.device, kernels.dtype)
+    return torch.einsum("kc,chw->khw", dec, kernels)
 
 
 def resolve_method(model: LoadedModel, source: str, target: str, method: str = "auto") -> str:

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .connections import expanded_weights, rank_inputs, resolve_method
+from .connections import expanded_weights, rank_inputs, resolve_method, unit_weights
 from .errors import CircuitsError
-from .units import Unit
+from .units import Unit, is_neuron, parse_unit
 from .zoo.base import LoadedModel
 
 FORMAT = "circuits-circuit/1"
@@ -40,7 +40,7 @@ class Node:
 
     id: str
     layer: str
-    channel: int
+    channel: int | None  # None for a direction or dictionary feature (its id says which)
     depth: int
     branch: str | None = None
     max_weight: float | None = None
@@ -186,10 +186,12 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
     if top_k < 1:
         raise CircuitsError(f"top-k must be at least 1, got {top_k}")
     info = model.layer(unit.layer)
-    if not 0 <= unit.channel < info.channels:
-        raise CircuitsError(f"channel {unit.channel} is out of range for layer {info.name!r}, "
-                            f"which has {info.channels} channels (0-{info.channels - 1})")
-    unit = Unit(info.name, unit.channel)
+    if is_neuron(unit):
+        if not 0 <= unit.channel < info.channels:
+            raise CircuitsError(f"channel {unit.channel} is out of range for layer "
+                                f"{info.name!r}, which has {info.channels} channels "
+                                f"(0-{info.channels - 1})")
+        unit = Unit(info.name, unit.channel)
     if source is not None:
         source = model.layer(source).name
         if model.layer_index(source) >= model.layer_index(info.name):
@@ -209,8 +211,7 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
             break
         used = resolve_method(model, src, layer, method)
         with torch.no_grad():
-            kernels = expanded_weights(model, src, layer, [u.channel for u in frontier],
-                                       method=used)
+            kernels = _frontier_weights(model, src, layer, frontier, used)
         kernels = kernels.detach().cpu().double()
         circuit.hops.append(Hop(src, layer, used, tuple(kernels.shape[-2:])))
         next_frontier: list[Unit] = []
@@ -232,28 +233,53 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
     return circuit
 
 
+def _frontier_weights(model: LoadedModel, source: str, layer: str, frontier: list[Unit],
+                      method: str) -> torch.Tensor:
+    """Expanded weights ``[len(frontier), C_in, h, w]`` into the units of one hop: neurons in
+    one batched call, directions and features through their encoders."""
+    neurons = [u for u in frontier if is_neuron(u)]
+    rows: dict[Unit, torch.Tensor] = {}
+    if neurons:
+        k = expanded_weights(model, source, layer, [u.channel for u in neurons], method=method)
+        rows.update(zip(neurons, k, strict=True))
+    for u in frontier:
+        if u not in rows:
+            rows[u] = unit_weights(model, source, u, method)
+    return torch.stack([rows[u] for u in frontier])
+
+
+def node_unit(model: LoadedModel, node: Node) -> Unit:
+    """The unit a node stands for (a direction is read back from its id, ``LAYER@FILE#ROW``)."""
+    if node.channel is not None:
+        return Unit(model.layer(node.layer).name, node.channel)
+    return parse_unit(node.id, model)
+
+
 def _node(model: LoadedModel, unit: Unit, depth: int) -> Node:
-    branch = model.layer(unit.layer).branch_of(unit.channel)
-    return Node(id=str(unit), layer=unit.layer, channel=unit.channel, depth=depth,
+    channel = unit.channel if is_neuron(unit) else None
+    branch = model.layer(unit.layer).branch_of(channel) if channel is not None else None
+    return Node(id=str(unit), layer=unit.layer, channel=channel, depth=depth,
                 branch=branch[0] if branch else None)
 
 
 def attach_renders(circuit: Circuit, model: LoadedModel, *, steps: int = 512, size: int = 128,
-                   seed: int = 0, cache_dir: Path | None = None,
+                   seed: int = 0, param: str = "fourier", cache_dir: Path | None = None,
                    progress: bool = True) -> dict[str, np.ndarray]:
     """Feature visualizations of every node, from the render cache where they exist (rendered
     and cached otherwise). Sets each node's ``render`` path and ``activation``; returns the
     pictures by node id."""
     from .render import render_units
 
-    units = [Unit(n.layer, n.channel) for n in circuit.nodes]
-    renders = render_units(model, units, steps=steps, size=size, seed=seed,
+    nodes = [n for n in circuit.nodes if n.channel is not None]  # neurons are rendered
+    units = [node_unit(model, n) for n in nodes]
+    renders = render_units(model, units, steps=steps, size=size, seed=seed, param=param,
                            cache_dir=cache_dir, progress=progress)
-    for node, render in zip(circuit.nodes, renders, strict=True):
+    for node, render in zip(nodes, renders, strict=True):
         node.render = str(render.path) if render.path is not None else None
         node.activation = float(render.activation)
-    circuit.render_settings = {"steps": steps, "size": size, "seed": seed}
-    return {node.id: render.image for node, render in zip(circuit.nodes, renders, strict=True)}
+    circuit.render_settings = {"steps": steps, "size": size, "seed": seed,
+                               **({"param": param} if param != "fourier" else {})}
+    return {node.id: render.image for node, render in zip(nodes, renders, strict=True)}
 
 
 # ---------------------------------------------------------------------------------------------

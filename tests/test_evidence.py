@@ -191,9 +191,9 @@ def test_ablation_without_batch_stacking_gives_the_same_numbers(model, world, ca
     stacked = ablation.ablate(model, Unit("relu3", 0), planted, folder, **kwargs)
     original = ablation._forward
 
-    def unstacked(model_, x, t_layer, channel, chunk, state, *rest):
+    def unstacked(model_, x, t_layer, target, v0, v1, state, *rest):
         state["stack"] = False
-        return original(model_, x, t_layer, channel, chunk, state, *rest)
+        return original(model_, x, t_layer, target, v0, v1, state, *rest)
 
     ablation._forward = unstacked
     try:

@@ -30,3 +30,34 @@ def test_car_circuit_notebook_executes(tmp_path, monkeypatch):
     for name in ("circuit.json", "circuit.png", "report.html"):
         assert (tmp_path / "out" / name).is_file(), name
     assert os.path.getsize(tmp_path / "out" / "circuit.png") > 10_000
+
+
+SUPERPOSITION = NOTEBOOK.parent / "superposition.ipynb"
+
+
+@pytest.mark.slow
+def test_superposition_notebook_executes(tmp_path, monkeypatch):
+    """notebooks/superposition.ipynb runs top to bottom at tiny settings (300 steps, a 4 × 4
+    phase grid) and prints its three findings and draws its four figures."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    repo = str(NOTEBOOK.parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (repo, os.environ.get("PYTHONPATH")) if p))  # this checkout's circuits_cli
+    monkeypatch.setenv("CIRCUITS_STEPS", "300")
+    monkeypatch.setenv("CIRCUITS_PHASE_GRID", "4")
+    monkeypatch.setenv("CIRCUITS_NOTEBOOK_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(SUPERPOSITION, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(SUPERPOSITION.parent)}})
+    client.execute()
+    text = "\n".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                     for out in cell.get("outputs", []))
+    assert "features represented (of 20, in m = 5): S=0:" in text   # the results: see
+    # tests/test_superposition.py (300 steps are too few for the dense model to settle)
+    assert "phase diagram:" in text and "feature dimensionality:" in text
+    assert "pentagon D_i: [0.4 0.4 0.4 0.4 0.4]" in text
+    for name in ("wtw_sweep.png", "feature_norms.png", "phase_diagram.png", "dimensionality.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 10_000, name

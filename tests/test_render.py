@@ -94,6 +94,21 @@ def test_diversity_splits_a_polysemantic_unit_into_its_facets(planted):
     assert s1 > 0.35 and s2 > 0.35, (s1, s2)
     assert 70 < angle_diff(a1, a2) <= 90, (a1, a2)
     assert min(div.facet_activations) > 0.4 * plain.activation
+    # the quality score: facet similarity at the diversity layer, recomputed here, is lower than
+    # that of two plain renders from two seeds (both plaids)
+    from circuits_cli.hooks import capture
+    from circuits_cli.render import render
+
+    def similarity(pictures):
+        x = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            v = capture(planted, x, "relu")["relu"].mean(dim=(2, 3))
+        return torch.nn.functional.cosine_similarity(v[0], v[1], dim=0).item()
+
+    assert div.facet_similarity == pytest.approx(similarity(facets), abs=1e-5)
+    twins = render(planted, "poly:0", seeds=[1, 2], steps=64, size=64, precision="fp32")
+    assert div.facet_similarity < similarity(list(twins.images)) - 0.05, (
+        div.facet_similarity, similarity(list(twins.images)))
 
 
 def test_neuron_objective_shapes_the_centre_more_than_the_border(planted):
@@ -267,3 +282,185 @@ def test_bvlc_renders_beat_natural_images_by_far(bvlc_model, sample_images_dir, 
     ratio = rendered / natural
     print("rendered", rendered.round(1), "best natural", natural.round(1), "ratio", ratio.round(2))
     assert (ratio > 2.0).all(), ratio
+
+
+# --- MACO, transparency, accentuation (planted ground truth) ----------------------------------
+
+MACO = dict(FAST, param="maco")
+
+
+def oriented_energy(image: np.ndarray) -> np.ndarray:
+    """Mean rectified response of the grey image to Gabor filters at the planted angles, with a
+    wider envelope and larger kernel than the planted ones (an independent filter bank). A
+    nonlinear measure: MACO fixes the power spectrum, so orientation shows in the phases."""
+    from planted_render_model import ANGLES, PERIOD, gabor
+
+    g = torch.from_numpy(image.mean(axis=-1))[None, None].float()
+    g = g - g.mean()
+    return np.array([torch.relu(torch.nn.functional.conv2d(
+        g, gabor(a, PERIOD, size=15, sigma=4.0)[None, None])).mean().item() for a in ANGLES])
+
+
+def test_maco_renders_of_planted_detectors_show_their_orientation_and_colour(planted):
+    from planted_render_model import ANGLES
+
+    fourier = render_units(planted, [Unit("relu", c) for c in range(7)], cache_dir=False, **FAST)
+    maco = render_units(planted, [Unit("relu", c) for c in range(7)], cache_dir=False, **MACO)
+    assert all(r.param == "maco" and r.transparency is not None for r in maco)
+    for angle, render in zip(ANGLES, maco[:4], strict=False):
+        energy = oriented_energy(render.image)
+        assert ANGLES[int(energy.argmax())] == angle, (render.unit, energy)
+    for colour, render in enumerate(maco[4:]):
+        mean = render.image.reshape(-1, 3).mean(axis=0)
+        assert mean.argmax() == colour and mean[colour] > np.delete(mean, colour).max() + 0.01, \
+            (render.unit, mean)
+    # the magnitude constraint costs activation: MACO reaches less than Fourier, but a lot
+    for f, m in zip(fourier, maco, strict=True):
+        assert 0.15 * f.activation < m.activation < f.activation, (f.unit, f.activation,
+                                                                   m.activation)
+
+
+def test_maco_transparency_concentrates_on_the_neurons_receptive_field(planted):
+    """``relu:0`` at the centre sees an 11 x 11 window of the model input; MACO's crops move it
+    around the middle of the picture. The accumulated gradient must sit there, not at the
+    border (the channel objective, which sees everywhere, spreads it evenly for contrast)."""
+    neuron = render_units(planted, [Unit("relu", 0)], objective="neuron", cache_dir=False,
+                          **MACO)[0]
+    channel = render_units(planted, [Unit("relu", 0)], cache_dir=False, **MACO)[0]
+
+    def centre_share(alpha):  # share of the map inside the middle 24 x 24 (14% of the area)
+        return alpha[20:44, 20:44].sum() / alpha.sum()
+
+    assert neuron.transparency.shape == (64, 64) and 0 <= neuron.transparency.min()
+    assert neuron.transparency.max() == 1.0
+    share, spread = centre_share(neuron.transparency), centre_share(channel.transparency)
+    assert share > 0.6 and share > 2 * spread, (share, spread)
+
+
+def _photo(size: int = 64) -> np.ndarray:
+    """A deterministic 'photo': smooth colour blobs, no grating."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.nn.functional.interpolate(torch.rand((1, 3, 6, 6), generator=gen), size=size,
+                                        mode="bicubic", align_corners=False)
+    return x[0].permute(1, 2, 0).clamp(0.05, 0.95).numpy()
+
+
+@pytest.mark.parametrize("param", ["fourier", "maco"])
+def test_accentuation_raises_the_unit_and_stays_close_to_the_photo(planted, param):
+    from circuits_cli.render import Accentuation, accentuation_distance
+
+    photo = _photo()
+    unit = [Unit("relu", 0)]
+    kw = dict(FAST, param=param, cache_dir=False)
+    free = render_units(planted, unit, from_image=Accentuation(photo, "detect", 0.0), **kw)[0]
+    kept = render_units(planted, unit, from_image=Accentuation(photo, "detect", 1.0), **kw)[0]
+    assert kept.start_activation == free.start_activation
+    assert kept.activation > 1.8 * kept.start_activation, (kept.activation, kept.start_activation)
+    # the penalty holds the picture near the photo: in the keep layer (its own measure, recomputed
+    # here independently) and in pixels
+    assert kept.distance == pytest.approx(
+        accentuation_distance(planted, Accentuation(photo, "detect"), kept.image[None])[0],
+        rel=1e-4)
+    assert kept.distance < 0.3 * free.distance, (kept.distance, free.distance)
+    pixels = np.sqrt(((kept.image - photo) ** 2).mean())
+    assert pixels < 0.7 * np.sqrt(((free.image - photo) ** 2).mean()) and pixels < 0.2, pixels
+
+
+def test_a_render_starting_from_a_photo_starts_exactly_at_the_photo(planted):
+    from circuits_cli.render import Accentuation, render
+
+    photo = _photo()
+    for param in ("fourier", "maco"):
+        out = render(planted, "relu:0", param=param, steps=1, size=64, precision="fp32",
+                     from_image=Accentuation(photo, "detect"), lr=1e-12)
+        assert np.abs(out.images[0] - photo).max() <= 1 / 255 + 1e-6, param
+
+
+# --- the production API: render(), parsed objectives, the recipe as data -------------------
+
+def test_parsed_objectives_equal_hand_composed_ones_exactly(planted):
+    acts = {"relu": torch.randn(2, 7, 5, 5), "detect": torch.randn(2, 7, 5, 5)}
+    cases = {
+        "relu:3": obj.channel("relu", 3),
+        "-relu:3": -obj.channel("relu", 3),
+        "relu:3 - 0.5*relu:1": obj.channel("relu", 3) - 0.5 * obj.channel("relu", 1),
+        "2 * (relu:1 + detect:2)": 2 * (obj.channel("relu", 1) + obj.channel("detect", 2)),
+        "relu:1*3 + -relu:2": obj.channel("relu", 1) * 3 + -obj.channel("relu", 2),
+    }
+    for text, hand in cases.items():
+        parsed = obj.parse(text, planted)
+        assert parsed == hand and parsed.layers == hand.layers, text
+        assert torch.equal(parsed(acts), hand(acts)), text
+    assert obj.parse("relu:3") != obj.parse("relu:4")
+    assert obj.parse("relu:3 - 0.5*relu:1") != obj.parse("relu:3 - 0.25*relu:1")
+    for bad, message in [("relu:9", "out of range"), ("nope:1", "unknown layer"),
+                         ("relu:1 * relu:2", "multiplied by a number"), ("(relu:1", "ends"),
+                         ("3", "must multiply"), ("relu:1 +", "expected LAYER:CHANNEL"),
+                         ("", "empty")]:
+        with pytest.raises(CircuitsError, match=message):
+            obj.parse(bad, planted)
+
+
+def test_render_of_a_string_objective_is_the_render_of_the_composed_one(planted):
+    from circuits_cli.render import render
+
+    kw = dict(steps=12, size=48, precision="fp32", seeds=[3])
+    a = render(planted, "relu:0 - 0.5*relu:4", **kw)
+    b = render(planted, obj.channel("relu", 0) - 0.5 * obj.channel("relu", 4), **kw)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.activations, b.activations)
+    c = render(planted, ["relu:0", "relu:4"], param="maco", steps=12, size=48,
+               precision="fp32", seeds=[3, 4])
+    assert c.images.shape == (2, 48, 48, 3) and c.transparency.shape == (2, 48, 48)
+
+
+def test_recipe_description_round_trips_and_every_field_changes_the_cache_key():
+    from circuits_cli.render.cache import render_key
+    from circuits_cli.render.recipe import Recipe, step
+
+    base = Recipe()
+    for recipe in (base, Recipe.for_param("maco", steps=64, size=96, seed=2, precision="bf16")):
+        d = recipe.describe()
+        assert json_round_trip(d) == d and Recipe.from_description(d) == recipe
+    changed = {
+        "param": Recipe.for_param("maco"), "steps": base.replace(steps=511),
+        "size": base.replace(size=96), "seed": base.replace(seed=1),
+        "precision": base.replace(precision="bf16"), "lr": base.replace(lr=0.04),
+        "betas": base.replace(betas=(0.9, 0.999)), "optimizer": base.replace(optimizer="nadam"),
+        "version": base.replace(version=base.version + 1),
+        "transform dropped": base.replace(transforms=base.transforms[:-1]),
+        "transform parameter": base.replace(transforms=(step("pad", width=11, value=0.5),)
+                                            + base.transforms[1:]),
+    }
+    keys = {render_key(**base.describe())}
+    for name, recipe in changed.items():
+        assert recipe != base and recipe.describe() != base.describe(), name
+        keys.add(render_key(**recipe.describe()))
+    assert len(keys) == len(changed) + 1
+    assert {f.name for f in __import__("dataclasses").fields(Recipe)} <= {
+        "param", "transforms", "optimizer", "lr", "betas", "steps", "size", "seed",
+        "precision", "version"}, "a new recipe field needs a case above"
+
+
+def json_round_trip(d):
+    import json
+
+    return json.loads(json.dumps(d))
+
+
+def test_manifest_settings_are_the_recipe_description(planted, tmp_path):
+    """One description: what a visualize manifest records is what the cache keys on, and reads
+    back into the recipe that ran."""
+    import json
+
+    from circuits_cli.render import recipe_of
+    from circuits_cli.render.recipe import Recipe
+    from circuits_cli.render.run import visualize_layer
+
+    recipe = Recipe.for_param("maco", steps=4, size=32, seed=5)
+    manifest = visualize_layer(planted, "relu", recipe, channels=[0, 1], out_dir=tmp_path / "o",
+                               cache_dir=tmp_path / "c", progress=False, echo=lambda s: None)
+    assert recipe_of(manifest) == recipe
+    record = json.loads(next((tmp_path / "c").rglob("*.json")).read_text())
+    assert recipe_of(record["settings"]) == recipe
+    assert manifest["transparency_sheet"] == "sheet-maco-transparency.png"
+    assert (tmp_path / "o" / manifest["units"][0]["transparency_png"]).is_file()

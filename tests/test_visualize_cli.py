@@ -157,11 +157,19 @@ def test_direction_and_diversity_objectives(tmp_path):
     (["relu", "--objective", "direction", "--direction", "missing.npy"], "does not exist"),
     (["relu", "--objective", "direction", "--direction", "bad.npy"], "7 channels"),
     (["relu", "--steps", "0"], "--steps"),
+    (["relu", "--param", "pixels"], "--param"),
+    (["relu", "--from-image", "nope.png"], "does not exist"),
+    (["relu", "--from-image", "dirs.npy"], "cannot read"),
+    (["relu", "--keep-layer", "detect"], "only used with --from-image"),
+    (["relu", "--from-image", "photo.png", "--keep-layer", "nope"], "unknown layer"),
+    (["relu", "--from-image", "photo.png", "--keep-layer", "poly"], "comes after"),
+    (["relu", "--images", "nowhere"], "does not exist"),
 ])
 def test_bad_inputs_exit_2_with_one_line_and_touch_nothing(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "dirs.npy", np.eye(7, dtype=np.float32))
     np.save(tmp_path / "bad.npy", np.ones((2, 5), dtype=np.float32))
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(tmp_path / "photo.png")
     res = run(*QUICK, "--out", tmp_path / "out", *args)  # later options win
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output
@@ -196,5 +204,89 @@ def test_help_lists_the_options():
     res = CliRunner().invoke(cli, ["visualize", "--help"])
     assert res.exit_code == 0
     for option in ("--units", "--objective", "--shard", "--steps", "--batch", "--seed", "--out",
-                   "--negative", "--device"):
+                   "--negative", "--device", "--param", "--from-image", "--keep-layer",
+                   "--keep-weight", "--images"):
         assert option in res.output
+
+
+def test_maco_writes_transparency_maps_and_a_faded_sheet_beside_the_fourier_renders(tmp_path):
+    out = tmp_path / "out"
+    assert run("relu", "--units", "0,4", "--out", out, *QUICK).exit_code == 0
+    res = run("relu", "--units", "0,4", "--out", out, "--param", "maco", *QUICK)
+    assert res.exit_code == 0, res.output
+    fourier = json.loads((out / "manifest.json").read_text())
+    maco = json.loads((out / "manifest-maco.json").read_text())
+    assert fourier["param"] == "fourier" and maco["param"] == "maco"
+    assert maco["optimizer"]["name"] == "nadam" and maco["spectrum"]
+    assert [t["name"] for t in maco["transforms"]] == ["crop", "noise"]
+    for entry in maco["units"]:
+        with Image.open(out / entry["transparency_png"]) as im:
+            assert im.mode == "L" and im.size == (32, 32)
+        assert (out / entry["png"]).read_bytes() != (out / entry["png"].replace(
+            "-maco", "")).read_bytes()
+    with Image.open(out / maco["transparency_sheet"]) as sheet:
+        assert sheet.width >= 2 * 32
+
+
+def test_quality_scores_against_the_best_dataset_example(tmp_path):
+    """--images: each render's activation over the unit's best mean activation on the photos,
+    checked against a capture of the same photos done here."""
+    import torch
+
+    from circuits_cli.evidence.activations import default_resize
+    from circuits_cli.hooks import capture
+    from circuits_cli.images import load_images
+    from circuits_cli.zoo import load_model
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray((rng.random((48, 48, 3)) * 255).astype(np.uint8)).save(
+            photos / f"p{i}.png")
+    out = tmp_path / "out"
+    res = run("relu", "--units", "0,4", "--out", out, "--images", photos, *QUICK)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    model = load_model(PLANTED)
+    images, _, _ = load_images([photos], size=model.input_size,
+                               resize=default_resize(model.input_size))
+    with torch.no_grad():
+        best = capture(model, images, "relu")["relu"].mean(dim=(2, 3)).max(dim=0).values
+    for entry in manifest["units"]:
+        ref = float(best[entry["channel"]])
+        assert entry["best_example_activation"] == pytest.approx(ref, rel=1e-4)
+        assert entry["relative_to_best_example"] == pytest.approx(entry["activation"] / ref,
+                                                                  rel=1e-4)
+    assert manifest["mean_relative_to_best_example"] == pytest.approx(
+        np.mean([e["relative_to_best_example"] for e in manifest["units"]]))
+
+
+def test_diversity_facet_similarity_and_accentuation_distance_are_recorded(tmp_path):
+    out = tmp_path / "out"
+    res = run("poly", "--objective", "diversity", "--facets", "2", "--out", out, *QUICK)
+    assert res.exit_code == 0, res.output
+    entry = json.loads((out / "manifest-diversity.json").read_text())["units"][0]
+    assert -1 <= entry["facet_similarity"] <= 1
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(tmp_path / "photo.png")
+    res = run("relu", "--units", "0", "--from-image", tmp_path / "photo.png", "--out", out,
+              *QUICK)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest-accent.json").read_text())
+    assert manifest["from_image"]["keep_layer"] == "detect"
+    assert manifest["from_image"]["name"] == "photo.png"
+    entry = manifest["units"][0]
+    assert entry["distance"] >= 0 and entry["activation"] >= entry["start_activation"]
+
+
+def test_weights_takes_the_parameterization_and_keeps_renders_apart(tmp_path):
+    args = ["--from", "relu", "--method", "linear", "--top-k", "2", "--steps", "4", "--size",
+            "32", "-q", "--json", "-m", PLANTED]
+    maco = cli_run("weights", "poly:0", *args, "--param", "maco", "--out", tmp_path / "m")
+    assert maco.exit_code == 0, maco.output
+    fourier = cli_run("weights", "poly:0", *args, "--out", tmp_path / "f")
+    assert fourier.exit_code == 0, fourier.output
+    m, f = json.loads(maco.stdout), json.loads(fourier.stdout)
+    assert m["render"]["param"] == "maco" and "param" not in f["render"]
+    assert "-maco-" in Path(m["render"]["path"]).name and "-maco" not in f["render"]["path"]
+    assert all(i["render"] != j["render"] for i, j in zip(m["inputs"], f["inputs"], strict=True))

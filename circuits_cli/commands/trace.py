@@ -16,7 +16,12 @@ METHOD_HELP = ("How to compute expanded weights: exact (kernels multiplied out: 
 
 
 def render_options(func):
-    """``--steps``, ``--size``, ``--seed``, ``--no-render``: the feature visualizations."""
+    """``--steps``, ``--size``, ``--seed``, ``--param``, ``--no-render``: the feature
+    visualizations."""
+    func = click.option("--param", type=click.Choice(["fourier", "maco"]), default="fourier",
+                        show_default=True,
+                        help="Feature visualization parameterization (as in 'circuits "
+                             "visualize --param'); renders are cached per parameterization.")(func)
     func = click.option("--no-render", is_flag=True,
                         help="Skip feature visualizations (units drawn as 'no render').")(func)
     func = click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0,
@@ -55,8 +60,8 @@ def render_options(func):
                    "report.html and evidence.json.")
 @click.option("--draws", type=click.IntRange(0, 10000), default=50, show_default=True,
               help="With --images: random draws of the ablation baseline.")
-def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, no_render, out_dir,
-          as_json, quiet, image_dirs, draws):
+def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, param, no_render,
+          out_dir, as_json, quiet, image_dirs, draws):
     """Trace the circuit of UNIT (LAYER:CHANNEL) back through the weights.
 
     From UNIT, find its TOP-K strongest inputs in the previous layer by expanded weights (L2
@@ -97,7 +102,7 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, no_
         if not quiet and not as_json:
             click.echo(f"Feature visualizations of {len(circuit.nodes)} units "
                        f"({steps} steps, cached)...", err=True)
-        images = attach_renders(circuit, model, steps=steps, size=size, seed=seed,
+        images = attach_renders(circuit, model, steps=steps, size=size, seed=seed, param=param,
                                 progress=not quiet and not as_json)
     from ..reports.diagrams import draw_circuit
 

@@ -53,6 +53,27 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
               help="Pictures optimised together  [default: 16 on CPU, 64 on a GPU]")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True,
               help="Seed of the initial images and the transforms: same seed, same pictures.")
+@click.option("--param", type=click.Choice(["fourier", "maco"]), default="fourier",
+              show_default=True,
+              help="Image parameterization: fourier (Lucid's: decorrelated Fourier image, jitter/"
+                   "scale/rotate, Adam) or maco (Fel et al. 2023: only the Fourier phase is "
+                   "optimised, the magnitude is a natural-image spectrum shipped with the "
+                   "package; random crops and noise; also writes a transparency map).")
+@click.option("--from-image", "from_image", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, metavar="FILE",
+              help="Feature accentuation (Hamblin et al. 2024): start from this photo and push "
+                   "the unit into it while --keep-layer's activations stay close to the photo's.")
+@click.option("--keep-layer", default=None, metavar="LAYER",
+              help="With --from-image: the earlier layer kept close to the photo  [default: the "
+                   "layer halfway between the input and LAYER]")
+@click.option("--keep-weight", type=click.FloatRange(0, 1e6), default=1.0, show_default=True,
+              help="With --from-image: strength of the penalty, per unit of relative squared "
+                   "distance, as a multiple of the unit's activation.")
+@click.option("--images", "image_dirs", multiple=True, type=click.Path(path_type=Path),
+              metavar="DIR",
+              help="Score each render against the unit's strongest activation over these photos "
+                   "(repeatable; 'N.Nx best ex.' on the sheet, relative_to_best_example in the "
+                   "manifest).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
               show_default=True,
               help="Arithmetic of the forward/backward pass: auto = bfloat16 where the hardware "
@@ -65,7 +86,8 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
               help="Output folder  [default: outputs/visualize/MODEL/LAYER]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def visualize(layer, load_model, units_spec, objective, direction_file, facets, negative, steps,
-              size, batch, seed, precision, shard_spec, out_dir, quiet):
+              size, batch, seed, param, from_image, keep_layer, keep_weight, image_dirs,
+              precision, shard_spec, out_dir, quiet):
     """Render feature visualizations of the units of LAYER.
 
     Activation maximization as in Lucid: a decorrelated Fourier image, random jitter, scale and
@@ -82,6 +104,8 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
       circuits visualize 4c --units 447 --objective diversity -m googlenet-bvlc
       circuits visualize 4c --units 447 --negative --steps 256 -m googlenet-bvlc
       circuits visualize 4c --objective direction --direction dirs.npy -m googlenet-bvlc
+      circuits visualize 5b --units 0-7 --param maco -m googlenet-bvlc
+      circuits visualize 4c --units 447 --from-image dog.jpg -m googlenet-bvlc
       # Slurm array job, 8 machines:  #SBATCH --array=0-7
       circuits visualize 4c --shard $SLURM_ARRAY_TASK_ID/8 --out runs/4c -m googlenet-bvlc
     """
@@ -94,11 +118,22 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
         raise CircuitsError("--objective direction needs --direction FILE (a .npy, .txt/.csv or "
                             ".json vector over the layer's channels, or rows of them)")
 
-    from ..render.run import load_directions, visualize_layer
-    from ..units import parse_channels
+    if from_image is not None and not from_image.is_file():
+        raise CircuitsError(f"--from-image {str(from_image)!r} does not exist")
+    if keep_layer is not None and from_image is None:
+        raise CircuitsError("--keep-layer is only used with --from-image")
+    for folder in image_dirs:
+        if not Path(folder).exists():
+            raise CircuitsError(f"--images {str(folder)!r} does not exist")
+
+    from ..render.run import accentuation, visualize_layer
+    from ..units import load_directions, parse_channels
 
     model = load_model()
     info = model.layer(layer)
+    accent = None
+    if from_image is not None:
+        accent = accentuation(model, info.name, from_image, keep_layer, keep_weight, size)
     directions = None
     if objective == "direction":
         directions = load_directions(direction_file, info.channels, info.name)
@@ -107,5 +142,6 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
     channels = parse_channels(units_spec, n, what)
     visualize_layer(model, info.name, channels=channels, objective=objective,
                     directions=directions, facets=facets, negative=negative,
-                    steps=steps, size=size, batch=batch, seed=seed, precision=precision,
-                    shard=shard, out_dir=out_dir, progress=not quiet, echo=click.echo)
+                    from_image=accent, images=list(image_dirs) or None, steps=steps, size=size,
+                    batch=batch, seed=seed, param=param, precision=precision, shard=shard,
+                    out_dir=out_dir, progress=not quiet, echo=click.echo)

@@ -26,8 +26,8 @@ from .trace import METHOD_HELP, render_options
               help="Output folder  [default: outputs/weights/MODEL/UNIT_from_LAYER]")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def weights(unit, load_model, source, top_k, method, steps, size, seed, no_render, out_dir,
-            as_json, quiet):
+def weights(unit, load_model, source, top_k, method, steps, size, seed, param, no_render,
+            out_dir, as_json, quiet):
     """Show the strongest inputs of UNIT (LAYER:CHANNEL) from an earlier layer.
 
     Expanded weights from every unit of the --from layer to UNIT, ranked by the L2 norm of
@@ -40,7 +40,7 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, no_rende
       circuits weights inception_4c:447 -m googlenet-bvlc
       circuits weights 4c:447 --from inception_4a --top-k 12 --steps 128 -m googlenet-bvlc
     """
-    from ..connections import expanded_weights, rank_inputs, resolve_method
+    from ..connections import rank_inputs, resolve_method, unit_weights
     from ..errors import CircuitsError
     from ..trace import check_out_dir, default_out_dir, previous_layer
     from ..units import Unit, parse_unit
@@ -61,7 +61,7 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, no_rende
     out = Path(out_dir) if out_dir is not None else default_out_dir(model, "weights", name)
     check_out_dir(out, ("weights.json", "weights.png"))
 
-    kernels = expanded_weights(model, source, target.layer, [target.channel], method=used)[0]
+    kernels = unit_weights(model, source, target, method=used)
     kernels = kernels.detach().cpu().double()
     max_weight = float(kernels.abs().max())
     inputs = rank_inputs(kernels, top_k)
@@ -70,7 +70,7 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, no_rende
         from ..render import render_units
 
         units = [target] + [Unit(source, c.channel) for c in inputs]
-        for render in render_units(model, units, steps=steps, size=size, seed=seed,
+        for render in render_units(model, units, steps=steps, size=size, seed=seed, param=param,
                                    progress=not quiet and not as_json):
             images[str(render.unit)] = render.image
             paths[str(render.unit)] = str(render.path) if render.path else None
@@ -80,6 +80,7 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, no_rende
         "target": str(target), "source": source, "method": used,
         "kernel_size": list(kernels.shape[-2:]), "max_weight": max_weight,
         "render": None if no_render else {"steps": steps, "size": size, "seed": seed,
+                                          **({"param": param} if param != "fourier" else {}),
                                           "path": paths.get(str(target))},
         "inputs": [{"unit": f"{source}:{c.channel}", **c.to_dict(), "rank": i + 1,
                     "relative": c.strength / inputs[0].strength if inputs[0].strength else 0.0,

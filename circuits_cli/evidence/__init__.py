@@ -100,8 +100,7 @@ def add_evidence(circuit_dir: str | Path, model, images: str | Path | Sequence[s
 
     from ..errors import CircuitsError
     from ..files import write_text
-    from ..trace import Circuit
-    from ..units import Unit
+    from ..trace import Circuit, node_unit
 
     directory = Path(circuit_dir)
     cfile = directory / "circuit.json"
@@ -127,7 +126,7 @@ def add_evidence(circuit_dir: str | Path, model, images: str | Path | Sequence[s
         if fmt != EVIDENCE_FORMAT:
             raise CircuitsError(f"{str(evfile)!r} exists and was not written by circuits; move "
                                 "it or choose another folder")
-    units = {n.id: Unit(model.layer(n.layer).name, n.channel) for n in circuit.nodes}
+    units = {n.id: node_unit(model, n) for n in circuit.nodes}
     layers = list(dict.fromkeys(u.layer for u in units.values()))
     acts = layers_activations(model, layers, imgs, cache_dir=cache_dir, batch_size=batch_size,
                               progress=progress)

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from ..errors import CircuitsError
-from ..units import Unit, parse_channels
+from ..units import Unit, is_neuron, parse_channels
 from ..zoo.base import LoadedModel
-from .activations import ImageSet, layers_activations
+from .activations import ImageSet, layers_activations, unit_activations
 
 REDUCES = ("mean", "max", "center")
 MODES = ("zero", "mean")
@@ -163,6 +163,13 @@ def parse_inputs(spec: str | Sequence[str], model: LoadedModel) -> list[Unit]:
     for part in (p.strip() for p in parts):
         if not part:
             continue
+        if "@" in part:  # a direction or feature: LAYER@FILE#ROW
+            from ..units import parse_unit
+
+            unit = parse_unit(part, model)
+            layer = model.layer(unit.layer)
+            units.append(unit)
+            continue
         m = re.fullmatch(r"(?:(?P<layer>[^:\s]+):)?(?P<ch>\d+(?:-\d+)?)", part)
         if not m:
             raise CircuitsError(f"malformed input unit {part!r} in {spec!r}; write "
@@ -210,11 +217,14 @@ def ablate(model: LoadedModel, target: Unit, inputs: Sequence[Unit],
     if model.layer_index(in_info.name) >= model.layer_index(t_info.name):
         raise CircuitsError(f"input layer {in_info.name!r} does not come before the target's "
                             f"layer {t_info.name!r}; ablate units of an earlier layer")
-    pool = np.array([c for c in range(in_info.channels) if c not in {u.channel for u in inputs}])
+    neurons = all(is_neuron(u) for u in inputs)
     k = len(inputs)
-    if draws and len(pool) < k:
-        raise CircuitsError(f"layer {in_info.name!r} has only {len(pool)} other units, fewer "
-                            f"than the {k} ablated; use --draws 0 or fewer inputs")
+    if neurons:
+        pool = np.array([c for c in range(in_info.channels)
+                         if c not in {u.channel for u in inputs}])
+        if draws and len(pool) < k:
+            raise CircuitsError(f"layer {in_info.name!r} has only {len(pool)} other units, "
+                                f"fewer than the {k} ablated; use --draws 0 or fewer inputs")
 
     # the input layer's activations are only needed for its means (mean ablation)
     wanted = [in_info.name, t_info.name] if mode == "mean" else [t_info.name]
@@ -225,23 +235,29 @@ def ablate(model: LoadedModel, target: Unit, inputs: Sequence[Unit],
     if top_images is not None:
         if top_images < 1:
             raise CircuitsError(f"--top-images must be at least 1, got {top_images}")
-        rows = np.sort(np.argsort(-t_acts.column("max", target.channel),
-                                  kind="stable")[:top_images])
+        t_max = unit_activations(model, target, t_acts, batch_size=batch_size).column("max")
+        rows = np.sort(np.argsort(-t_max, kind="stable")[:top_images])
     paths = [t_acts.paths[i] for i in rows]
 
     rng = np.random.default_rng(seed)
-    masks = np.ones((2 + draws, in_info.channels), dtype=np.float32)
-    masks[1, [u.channel for u in inputs]] = 0
-    for d in range(draws):
-        masks[2 + d, rng.choice(pool, size=k, replace=False)] = 0
-    fill = np.zeros(in_info.channels, dtype=np.float32)
-    if mode == "mean":  # each channel's mean over the images and positions
-        fill = np.asarray(acts[in_info.name].stats["mean"], dtype=np.float64).mean(0)
-        fill = fill.astype(np.float32)
+    if neurons:
+        masks = np.ones((2 + draws, in_info.channels), dtype=np.float32)
+        masks[1, [u.channel for u in inputs]] = 0
+        for d in range(draws):
+            masks[2 + d, rng.choice(pool, size=k, replace=False)] = 0
+        fill = np.zeros(in_info.channels, dtype=np.float32)
+        if mode == "mean":  # each channel's mean over the images and positions
+            fill = np.asarray(acts[in_info.name].stats["mean"], dtype=np.float64).mean(0)
+            fill = fill.astype(np.float32)
+        variants = _MaskVariants(torch.from_numpy(masks), torch.from_numpy(fill))
+    else:
+        sets = [[], inputs] + [random_directions(in_info.name, in_info.channels, k, rng)
+                               for _ in range(draws)]
+        in_acts = acts[in_info.name] if mode == "mean" else None
+        variants = _UnitVariants(sets, in_info.channels, model, in_acts, batch_size)
 
-    values = _run_variants(model, in_info.name, t_info.name, target.channel, paths,
-                           torch.from_numpy(masks), torch.from_numpy(fill), reduce=reduce,
-                           size=int(t_acts.preprocessing["size"]),
+    values = _run_variants(model, in_info.name, t_info.name, target, paths, variants,
+                           reduce=reduce, size=int(t_acts.preprocessing["size"]),
                            resize=t_acts.preprocessing.get("resize"), batch_rows=batch_rows,
                            progress=progress)  # (variants, images)
     base = values[0]
@@ -262,33 +278,79 @@ def _reduce(t: torch.Tensor, how: str) -> torch.Tensor:
     return t[:, t.shape[1] // 2, t.shape[2] // 2]
 
 
+def random_directions(layer: str, channels: int, k: int, rng: np.random.Generator) -> list:
+    """``k`` directions drawn uniformly on the unit sphere of the layer's channel space: the
+    chance baseline for ablating directions."""
+    from ..units import direction
+
+    v = rng.standard_normal((k, channels))
+    return [direction(layer, row, name=f"{layer}@random#{i}") for i, row in enumerate(v)]
+
+
+class _MaskVariants:
+    """Neuron ablation: variant ``v`` keeps the channels where ``masks[v]`` is 1 and replaces the
+    others by ``fill`` (zero or their mean)."""
+
+    def __init__(self, masks: torch.Tensor, fill: torch.Tensor):
+        self.masks, self.fill, self.n = masks, fill, masks.shape[0]
+
+    def apply(self, o: torch.Tensor, v0: int, v1: int) -> torch.Tensor:
+        """(V * n, C, H, W): variants ``v0:v1`` of the batch ``o``, stacked variant-major."""
+        keep = self.masks[v0:v1].to(o.device, o.dtype)[:, None, :, None, None]
+        f = self.fill.to(o.device, o.dtype)[None, None, :, None, None]
+        return (o[None] * keep + (1 - keep) * f).reshape(-1, *o.shape[1:])
+
+
+class _UnitVariants:
+    """Ablation of units of any kind: variant ``v`` removes the units of ``sets[v]``, each
+    unit's activation (read from the clean layer) replaced by zero or its mean along its decoder
+    direction: ``a - sum_u (read_u(a) - fill_u) * dec_u``. For neurons this is the mask above."""
+
+    def __init__(self, sets: list[list], channels: int, model, in_acts, batch_size: int):
+        self.sets, self.n = sets, len(sets)
+        self.fill: list[list[float]] = []
+        for units in sets:
+            fills = []
+            for u in units:
+                if in_acts is None:
+                    fills.append(0.0)
+                else:
+                    fills.append(float(unit_activations(model, u, in_acts, batch_size)
+                                       .column("mean").mean()))
+            self.fill.append(fills)
+
+    def apply(self, o: torch.Tensor, v0: int, v1: int) -> torch.Tensor:
+        out = []
+        for v in range(v0, v1):
+            x = o
+            for u, f in zip(self.sets[v], self.fill[v], strict=True):
+                x = u.write(x, f - u.read(o))
+            out.append(x)
+        return torch.cat(out)
+
+
 @torch.no_grad()
-def _run_variants(model: LoadedModel, in_layer: str, t_layer: str, channel: int,
-                  paths: list[Path], masks: torch.Tensor, fill: torch.Tensor, *, reduce: str,
-                  size: int, resize: int | None, batch_rows: int, progress: bool) -> np.ndarray:
-    """Target values (variants, images) with each mask applied to the input layer."""
+def _run_variants(model: LoadedModel, in_layer: str, t_layer: str, target: Unit,
+                  paths: list[Path], variants, *, reduce: str, size: int, resize: int | None,
+                  batch_rows: int, progress: bool) -> np.ndarray:
+    """Target values (variants, images) with each variant applied to the input layer."""
     from ..hooks import hooks
     from ..images import iter_batches
 
     device = model.device
-    masks = masks.to(device)
-    fill = fill.to(device)
-    n_var = masks.shape[0]
+    n_var = variants.n
     var_chunk = max(1, min(n_var, batch_rows))
     img_batch = max(1, batch_rows // n_var)
     out = np.zeros((n_var, len(paths)), dtype=np.float64)
-    state = {"masks": None, "stack": True}
+    state = {"range": None, "stack": True}
 
     def replace(o, _hook):
-        m = state["masks"]
-        if m is None:
+        if state["range"] is None:
             return None
-        keep = m[:, :, None, None].to(o.dtype)
-        f = fill[None, :, None, None].to(o.dtype)
-        if state["stack"]:  # (V, n, C, H, W) -> (V * n, C, H, W)
-            v = o[None] * keep[:, None] + (1 - keep[:, None]) * f[:, None]
-            return v.reshape(-1, *o.shape[1:])
-        return o * keep + (1 - keep) * f
+        v0, v1 = state["range"]
+        if state["stack"]:
+            return variants.apply(o, v0, v1)
+        return variants.apply(o, v0, v0 + 1)
 
     bar = None
     if progress:
@@ -305,9 +367,9 @@ def _run_variants(model: LoadedModel, in_layer: str, t_layer: str, channel: int,
                 x = model.preprocess(x.to(device))
                 n = x.shape[0]
                 for v0 in range(0, n_var, var_chunk):
-                    chunk = masks[v0:v0 + var_chunk]
-                    out[v0:v0 + len(chunk), col:col + n] = _forward(
-                        model, x, t_layer, channel, chunk, state, reduce, acts)
+                    v1 = min(n_var, v0 + var_chunk)
+                    out[v0:v1, col:col + n] = _forward(model, x, t_layer, target, v0, v1,
+                                                       state, reduce, acts)
                 col += n
                 if bar is not None:
                     bar.update(n)
@@ -320,30 +382,30 @@ def _run_variants(model: LoadedModel, in_layer: str, t_layer: str, channel: int,
     return out
 
 
-def _forward(model, x, t_layer, channel, chunk, state, reduce, acts) -> np.ndarray:
-    """Target values (variants, n) for one image batch ``x``; ``acts`` is filled by the
-    enclosing :func:`~circuits_cli.hooks.hooks` block, which also applies ``state["masks"]``."""
+def _forward(model, x, t_layer, target, v0, v1, state, reduce, acts) -> np.ndarray:
+    """Target values (v1 - v0, n) for one image batch ``x``; ``acts`` is filled by the
+    enclosing :func:`~circuits_cli.hooks.hooks` block, whose hook applies ``state["range"]``."""
     from ..hooks import forward
 
-    n, v = x.shape[0], chunk.shape[0]
+    n, v = x.shape[0], v1 - v0
     if state["stack"]:
-        state["masks"] = chunk
+        state["range"] = (v0, v1)
         try:
             forward(model, x)
             t = acts[t_layer]
             if t.shape[0] == v * n:
-                return _reduce(t[:, channel].float(), reduce).reshape(v, n).cpu().numpy()
+                return _reduce(target.read(t.float()), reduce).reshape(v, n).cpu().numpy()
         except RuntimeError:
             pass
         finally:
-            state["masks"] = None
+            state["range"] = None
         state["stack"] = False  # a skip connection mixes batch sizes: one variant at a time
     res = np.zeros((v, n))
     for i in range(v):
-        state["masks"] = chunk[i:i + 1]
+        state["range"] = (v0 + i, v0 + i + 1)
         try:
             forward(model, x)
         finally:
-            state["masks"] = None
-        res[i] = _reduce(acts[t_layer][:, channel].float(), reduce).cpu().numpy()
+            state["range"] = None
+        res[i] = _reduce(target.read(acts[t_layer].float()), reduce).cpu().numpy()
     return res

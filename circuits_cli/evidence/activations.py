@@ -355,3 +355,69 @@ def _finish(w: dict, n_rows: int) -> None:
             part.unlink()
     w["stats"].clear()
     w["maps"] = None
+
+
+@dataclass
+class UnitActivations:
+    """One unit's activations over an image set: the same questions as
+    :class:`LayerActivations` asks of a channel (``column``, ``position``, ``spatial_map``),
+    answered for any kind of unit. A neuron is a view onto the stored statistics; a direction or
+    dictionary feature is read from the stored maps (float16), or by a forward pass over the
+    same images when the maps were too large to keep."""
+
+    layer: LayerActivations
+    stats: dict[str, np.ndarray]  # max, min, mean, argmax, argmin: (N,)
+    maps: np.ndarray | None  # (N, H, W) float32
+
+    def __getattr__(self, name):  # paths, n_images, preprocessing, ... of the layer
+        if name in ("layer", "stats", "maps"):
+            raise AttributeError(name)
+        return getattr(self.layer, name)
+
+    def column(self, stat: str) -> np.ndarray:
+        return np.asarray(self.stats[stat])
+
+    def position(self, row: int, which: str = "max") -> tuple[int, int]:
+        return divmod(int(self.stats["arg" + which][row]), self.layer.shape[2])
+
+    def spatial_map(self, row: int) -> np.ndarray | None:
+        return None if self.maps is None else np.asarray(self.maps[row], dtype=np.float32)
+
+
+def unit_activations(model: LoadedModel, unit, acts: LayerActivations,
+                     batch_size: int = 16) -> UnitActivations:
+    """The activations of ``unit`` (any kind) over the images of ``acts`` (its layer's)."""
+    from ..units import Neuron
+
+    if acts.layer != unit.layer:
+        raise ValueError(f"activations are of layer {acts.layer}, unit is {unit}")
+    if isinstance(unit, Neuron):
+        c = unit.channel
+        stats = {k: np.asarray(v[:, c]) for k, v in acts.stats.items()}
+        maps = None if acts.maps is None else acts.maps[:, c]
+        return UnitActivations(acts, stats, maps)
+    n, (_, h, w) = acts.n_images, acts.shape
+    maps = np.zeros((n, h, w), dtype=np.float32)
+    if acts.maps is not None:
+        for i in range(0, n, 64):
+            chunk = torch.from_numpy(np.asarray(acts.maps[i:i + 64], dtype=np.float32))
+            maps[i:i + 64] = unit.read(chunk).numpy()
+    else:  # the maps were not kept: one forward pass over the same images
+        from ..hooks import capture
+        from ..images import iter_batches
+
+        row = 0
+        with torch.no_grad():
+            for x, _ok, _ in iter_batches(acts.paths, batch=batch_size,
+                                          size=int(acts.preprocessing.get("size", 224)),
+                                          resize=acts.preprocessing.get("resize")):
+                a = capture(model, x.to(model.device), unit.layer)[unit.layer].float()
+                maps[row:row + a.shape[0]] = unit.read(a).cpu().numpy()
+                row += a.shape[0]
+        if row != n:
+            raise CircuitsError(f"{n - row} image(s) could not be read any more; re-run to "
+                                "refresh the activation cache")
+    flat = maps.reshape(n, -1)
+    stats = {"max": flat.max(1), "min": flat.min(1), "mean": flat.mean(1, dtype=np.float64),
+             "argmax": flat.argmax(1), "argmin": flat.argmin(1)}
+    return UnitActivations(acts, stats, maps)

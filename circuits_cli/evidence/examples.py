@@ -18,9 +18,9 @@ import numpy as np
 
 from ..errors import CircuitsError
 from ..files import save_figure
-from ..units import Unit
+from ..units import Unit, is_neuron
 from ..zoo.base import LoadedModel
-from .activations import ImageSet, LayerActivations, layer_activations
+from .activations import ImageSet, LayerActivations, layer_activations, unit_activations
 from .receptive_field import Box, ReceptiveField, receptive_field
 
 
@@ -94,14 +94,13 @@ def dataset_examples(model: LoadedModel, unit: Unit,
         raise CircuitsError(f"unknown receptive-field box {box!r}; use effective or support")
     if isinstance(images, LayerActivations):
         acts = images
-        if acts.layer != unit.layer:
-            raise ValueError(f"activations are of layer {acts.layer}, unit is {unit}")
     else:
         acts = layer_activations(model, unit.layer, images, cache_dir=cache_dir,
                                  batch_size=batch_size, progress=progress)
-    c = unit.channel
-    mx, mn = acts.column("max", c), acts.column("min", c)
-    signed = bool(np.asarray(acts.stats["min"]).min() < 0)
+    ua = unit_activations(model, unit, acts, batch_size=batch_size)
+    mx, mn = ua.column("max"), ua.column("min")
+    # a neuron of a layer that is never negative (after a ReLU) has no negative examples
+    signed = bool((np.asarray(acts.stats["min"]) if is_neuron(unit) else mn).min() < 0)
     if not negative:
         order = np.argsort(-mx, kind="stable")
         values, which = mx, "max"
@@ -120,10 +119,10 @@ def dataset_examples(model: LoadedModel, unit: Unit,
     rf = receptive_field(model, unit.layer, size=size, cache_dir=cache_dir)
     examples = []
     for rank, row in enumerate(order[:top], start=1):
-        y, x = acts.position(int(row), c, which)
+        y, x = ua.position(int(row), which)
         ex = Example(rank=rank, path=acts.paths[row], activation=float(values[row]),
                      position=(int(y), int(x)), box=rf.box(int(y), int(x), box),
-                     spatial_map=acts.spatial_map(int(row), c))
+                     spatial_map=ua.spatial_map(int(row)))
         if load:
             from ..images import load_image
 
@@ -131,7 +130,7 @@ def dataset_examples(model: LoadedModel, unit: Unit,
         examples.append(ex)
     summary = {"max_mean": round(float(mx.mean()), 6), "max_std": round(float(mx.std()), 6),
                "max_max": round(float(mx.max()), 6),
-               "mean_mean": round(float(acts.column("mean", c).mean()), 6),
+               "mean_mean": round(float(ua.column("mean").mean()), 6),
                "fraction_active": round(float((mx > 0).mean()), 4)}
     return ExampleSet(unit=unit, model=model.name, kind="negative" if negative else "positive",
                       ranking=ranking, examples=examples, n_images=acts.n_images,

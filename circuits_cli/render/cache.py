@@ -1,10 +1,13 @@
 """On-disk cache of renders, keyed by everything that determines the picture.
 
-A render is identified by the model (name and weights identity), the unit, the objective (with
-its parameters), the sign, the steps, the image size, the seed and the version of the rendering
-recipe. Each entry is a PNG and a JSON record beside it; both are written atomically (temporary
-file + rename) and the JSON is written last, so an entry whose JSON exists is complete: a crash
-or Ctrl-C never leaves half an entry, and every other command that needs the same render finds it.
+A render is identified by its settings (:func:`circuits_cli.render.render_settings`): the
+model (name and weights identity), the unit, the objective (with its parameters), the sign and
+the description of the rendering recipe (:meth:`.recipe.Recipe.describe`: parameterization,
+transforms, optimizer, steps, size, seed, precision, recipe version). Each entry is a PNG
+(and, for MACO, a grey transparency PNG ``*.alpha.png``) and a JSON record beside it; all are
+written atomically (temporary file + rename) and the JSON is written last, so an entry whose
+JSON exists is complete: a crash or Ctrl-C never leaves half an entry, and every other command
+that needs the same render finds it.
 
 Default location: ``$CIRCUITS_CACHE/renders`` (default ``~/.cache/circuits/renders``).
 """
@@ -22,9 +25,6 @@ from PIL import Image
 
 from ..files import cache_dir, write_bytes
 
-# Bump when the rendering recipe changes in a way that changes the pictures.
-RECIPE = "lucid-fft-decorrelated-standard-transforms-adam(0.8,0.999)/v2"
-
 
 def default_cache_dir() -> Path:
     return cache_dir("renders")
@@ -36,7 +36,7 @@ def _slug(text: str) -> str:
 
 def render_key(**settings) -> str:
     """A stable hash of the settings (a dict of JSON-serialisable values)."""
-    blob = json.dumps({"recipe": RECIPE, **settings}, sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -49,17 +49,23 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """PNG encoding of an (H, W, 3) image in [0, 1] (or uint8); deterministic bytes."""
+    """PNG encoding of an (H, W, 3) image, or an (H, W) grey one, in [0, 1] (or uint8);
+    deterministic bytes."""
     arr = image if image.dtype == np.uint8 else to_uint8(image)
     buf = io.BytesIO()
-    Image.fromarray(arr, mode="RGB").save(buf, format="PNG")
+    Image.fromarray(arr, mode="RGB" if arr.ndim == 3 else "L").save(buf, format="PNG")
     return buf.getvalue()
 
 
-def read_png(path: Path) -> np.ndarray:
-    """A PNG as (H, W, 3) float32 in [0, 1]."""
+def read_png(path: Path, grey: bool = False) -> np.ndarray:
+    """A PNG as (H, W, 3) float32 in [0, 1] (``grey``: (H, W))."""
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        return np.asarray(im.convert("L" if grey else "RGB"), dtype=np.float32) / 255.0
+
+
+def alpha_path(png: Path) -> Path:
+    """Where a render's transparency map lies beside its PNG."""
+    return png.with_suffix(".alpha.png")
 
 
 class RenderCache:
@@ -77,24 +83,32 @@ class RenderCache:
         folder = (self.root / _slug(settings["model"]) / _slug(str(settings["weights_id"])[:24])
                   / _slug(settings["layer"]))
         stem = f"{_slug(settings['layer'])}_{settings['channel']}-{_slug(settings['objective'])}"
+        if settings.get("param", "fourier") != "fourier":
+            stem += f"-{_slug(settings['param'])}"
         if settings.get("negative"):
             stem += "-neg"
         stem += f"-{key[:16]}"
         return folder / f"{stem}.png", folder / f"{stem}.json"
 
-    def get(self, settings: dict) -> tuple[np.ndarray, dict] | None:
+    def get(self, settings: dict) -> tuple[np.ndarray, dict, np.ndarray | None] | None:
+        """(image, record, transparency map or None), or None for a miss."""
         png, meta = self.paths(settings)
         try:
             record = json.loads(meta.read_text())
             if record.get("settings") != json.loads(json.dumps(settings)):
                 return None  # a hash collision or a foreign file: treat as a miss
-            return read_png(png), record
+            alpha = read_png(alpha_path(png), grey=True) if record.get("alpha") else None
+            return read_png(png), record, alpha
         except (OSError, ValueError):
             return None
 
-    def put(self, settings: dict, image: np.ndarray, record: dict) -> Path:
+    def put(self, settings: dict, image: np.ndarray, record: dict,
+            alpha: np.ndarray | None = None) -> Path:
         png, meta = self.paths(settings)
         atomic_write_bytes(png, png_bytes(image))
+        if alpha is not None:
+            atomic_write_bytes(alpha_path(png), png_bytes(alpha))
+        record = {**record, "alpha": alpha is not None}
         body = json.dumps({"settings": settings, **record}, indent=2, sort_keys=True) + "\n"
         atomic_write_bytes(meta, body.encode())
         return png

@@ -28,15 +28,12 @@ from torch.profiler import record_function
 
 from ..hooks import hooked, run_until
 from ..zoo.base import LoadedModel
-from . import param as param_mod
-from .objectives import Objective
-from .transforms import Transform, compose, standard_transforms
+from .objectives import REFERENCE, Objective
+from .recipe import Recipe
+from .transforms import compose
 
-LEARNING_RATE = 0.05  # Lucid's Adam learning rate
-# Adam's momentum: 0.8 instead of the usual 0.9. Measured on googlenet-bvlc (8 units of
-# inception_4c, 512 steps): +1.5% final activation at every checkpoint from 64 to 512 steps
-# (0.7: +2%), i.e. lucent's 512-step level about 9% sooner; the pictures look the same.
-BETAS = (0.8, 0.999)
+LEARNING_RATE = Recipe.lr  # Lucid's Adam learning rate
+BETAS = Recipe.betas
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -166,6 +163,8 @@ class Optimized:
     activations: np.ndarray  # (B,) the measured objective on the final, untransformed images
     seconds: float
     history: list[float] = field(default_factory=list)  # summed objective per step (transformed)
+    # (B, H, W) accumulated |d objective / d picture| over the steps (MACO's transparency map)
+    transparency: np.ndarray | None = None
 
 
 def to_model_input(model: LoadedModel, images01: torch.Tensor) -> torch.Tensor:
@@ -185,39 +184,59 @@ def measure(model: LoadedModel, images01: torch.Tensor, objective: Objective) ->
     return objective(acts).float().cpu()
 
 
-def optimize(model: LoadedModel, objective: Objective, seeds: list[int], *, steps: int = 512,
-             size: int = 128, seed: int = 0, lr: float = LEARNING_RATE,
-             transforms: list[Transform] | None = None, measure_with: Objective | None = None,
-             fft: bool = True, decorrelate: bool = True, precision: str = "fp32",
-             lr_decay: str = "none", stop_early: bool = True, fast_lrn: bool = True,
-             memory_format: str = "channels_last",
+def optimize(model: LoadedModel, objective: Objective, seeds: list[int],
+             recipe: Recipe | None = None, *, measure_with: Objective | None = None,
+             init_images: torch.Tensor | None = None, transparency: bool | None = None,
              on_step: Callable[[int], None] | None = None,
-             on_eval: Callable[[int, torch.Tensor], None] | None = None,
-             eval_every: int = 0) -> Optimized:
-    """Maximise ``objective`` (summed over items) for ``len(seeds)`` images.
+             on_eval: Callable[[int, torch.Tensor], None] | None = None, eval_every: int = 0,
+             stop_early: bool = True, fast_lrn: bool = True, memory_format: str = "channels_last",
+             lr_decay: str = "none", **fields) -> Optimized:
+    """Maximise ``objective`` (summed over items) for ``len(seeds)`` images made by ``recipe``
+    (or ``Recipe(**fields)``: ``optimize(model, obj, seeds, steps=64, size=64)``).
 
-    ``seeds`` draws each item's initial image; ``seed`` draws the transforms, the same sequence
-    for every batch, so an item's result depends only on its own seed and objective.
-    ``measure_with`` is what is reported as the activation (default: ``objective``), e.g. the bare
-    channel value when the objective also carries a diversity term or a minus sign.
+    ``seeds`` draws each item's initial image; ``recipe.seed`` draws the transforms, the same
+    sequence for every batch, so an item's result depends only on its own seed and objective.
+    ``init_images`` (B, 3, H, W) in [0, 1]: start from these pictures instead (feature
+    accentuation); they are also run through the same transforms every step as the reference
+    whose activations an objective reads under ``reference/LAYER`` (see
+    :func:`.objectives.stay_close`). ``measure_with`` is what is reported as the activation
+    (default: ``objective``), e.g. the bare channel value when the objective also carries a
+    diversity term or a minus sign. ``transparency`` (default: for ``maco``) accumulates the
+    magnitude of the objective's gradient with respect to the picture.
     ``on_step(i)`` is called after every step (progress bars); ``on_eval(step, values)`` every
     ``eval_every`` steps with the measured values of the current images (time-to-quality curves;
-    the time it takes is not counted in ``seconds``). ``stop_early=False`` runs the whole network
-    ``fast_lrn=False`` keeps torch's LRN and ``memory_format="contiguous"`` the model's layout (for
-    measuring what each saves).
+    the time it takes is not counted in ``seconds``). For measuring what each part saves
+    (benchmarks only): ``stop_early=False`` runs the whole network, ``fast_lrn=False`` keeps
+    torch's LRN, ``memory_format="contiguous"`` the model's layout, ``lr_decay="cosine"``.
     """
     device = model.device
+    if recipe is None:
+        if fields.get("precision") == "auto":
+            fields["precision"] = "bf16" if bf16_supported(device) else "fp32"
+        recipe = Recipe(**fields)
+    elif fields:
+        raise TypeError(f"give a recipe or its fields, not both ({', '.join(fields)})")
+    if transparency is None:
+        transparency = recipe.param == "maco"
     measure_with = measure_with or objective
-    image_f = param_mod.image(seeds, size, fft=fft, decorrelate=decorrelate, device=device)
-    optimizer = torch.optim.Adam(image_f.parameters(), lr=lr, betas=BETAS)
+    steps, batch = recipe.steps, len(seeds)
+    reference = None
+    if init_images is not None:
+        reference = torch.as_tensor(init_images, dtype=torch.float32).to(device)
+        if reference.shape[-1] != recipe.size or reference.shape[-2] != recipe.size:
+            reference = F.interpolate(reference, size=(recipe.size, recipe.size),
+                                      mode="bilinear", align_corners=False, antialias=True)
+    image_f = recipe.build_param(seeds, device, init_images=reference)
+    optimizer = recipe.build_optimizer(image_f.parameters())
     scheduler = None
     if lr_decay == "cosine":  # from lr down to lr/100 over the run
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, lr / 100)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, recipe.lr / 100)
     elif lr_decay != "none":
         raise ValueError(f"unknown lr_decay {lr_decay!r}")
-    transform = compose(standard_transforms() if transforms is None else transforms)
-    rng = np.random.RandomState(seed % 2**32)
+    transform = compose(recipe.build_transforms())
+    rng = np.random.RandomState(recipe.seed % 2**32)
     history: list[torch.Tensor] = []
+    accumulated = None
     spent = 0.0
     with (fast_modules(model) if fast_lrn else contextlib.nullcontext(),
           channels_last(model, memory_format == "channels_last") as nhwc):
@@ -225,16 +244,27 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int], *, step
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             with record_function("render.param+transforms"):
-                x = transform(image_f(), rng)
+                picture = image_f()
+                if transparency:
+                    picture.retain_grad()
+                x = picture if reference is None else torch.cat([picture, reference])
+                x = transform(x, rng)
             with (record_function("render.forward"),
                   hooked(model, objective.layers, stop=stop_early) as acts,
-                  autocast_for(precision, device)):
+                  autocast_for(recipe.precision, device)):
                 x = to_model_input(model, x)
                 run_until(model, x.contiguous(memory_format=torch.channels_last) if nhwc else x)
             with record_function("render.objective"):
-                value = objective({k: v.float() for k, v in acts.items()}).sum()
+                acts = {k: v.float() for k, v in acts.items()}
+                if reference is not None:
+                    acts = {**{k: v[:batch] for k, v in acts.items()},
+                            **{REFERENCE + k: v[batch:].detach() for k, v in acts.items()}}
+                value = objective(acts).sum()
             with record_function("render.backward"):
                 (-value).backward()
+            if transparency:
+                grad = picture.grad.detach().abs().sum(1)
+                accumulated = grad if accumulated is None else accumulated.add_(grad)
             with record_function("render.adam"):
                 optimizer.step()
             if scheduler is not None:
@@ -253,4 +283,6 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int], *, step
         spent += time.perf_counter() - t0
     images = final.permute(0, 2, 3, 1).float().cpu().numpy()
     return Optimized(images=images, activations=activations, seconds=spent,
-                     history=torch.stack(history).float().cpu().tolist() if history else [])
+                     history=torch.stack(history).float().cpu().tolist() if history else [],
+                     transparency=None if accumulated is None
+                     else accumulated.float().cpu().numpy())

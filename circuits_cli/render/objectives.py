@@ -8,26 +8,40 @@ index for the whole batch or one index per item (``channel("mixed4c", [0, 1, 2])
 channel 0, item 1 channel 1, ...), which is how the engine renders a layer in a single batch.
 
 Objectives compose like Lucid's: ``channel(L, 3) - 100 * diversity(L)``, ``-channel(L, 3)``
-(a negative visualization), ``0.5 * neuron(L, 3) + channel(L, 4)``.
+(a negative visualization), ``0.5 * neuron(L, 3) + channel(L, 4)``; and strings parse into them
+(:func:`parse`, Lucid's ``as_objective``): ``parse("4c:447 - 0.5*4c:12", model)`` is exactly
+``channel("inception_4c", 447) - 0.5 * channel("inception_4c", 12)``. Two objectives built the
+same way compare equal (``==`` compares their structure, :attr:`Objective.spec`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 Acts = dict[str, torch.Tensor]
+# Key prefix under which the engine passes the activations of the reference pictures (feature
+# accentuation: the natural image, through the same transforms) to an objective.
+REFERENCE = "reference/"
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 class Objective:
-    """A differentiable value per batch item, to be maximised. ``layers``: what it reads."""
+    """A differentiable value per batch item, to be maximised. ``layers``: what it reads.
+    ``spec``: a hashable description of how it was built (None: compared by identity)."""
 
-    def __init__(self, fn: Callable[[Acts], torch.Tensor], layers: Sequence[str], name: str):
+    def __init__(self, fn: Callable[[Acts], torch.Tensor], layers: Sequence[str], name: str,
+                 spec: tuple | None = None):
         self.fn = fn
         self.layers = tuple(dict.fromkeys(layers))
         self.name = name
+        self.spec = spec
 
     def __call__(self, acts: Acts) -> torch.Tensor:
         return self.fn(acts)
@@ -35,18 +49,35 @@ class Objective:
     def __repr__(self) -> str:
         return f"Objective({self.name})"
 
+    def __eq__(self, other):
+        if not isinstance(other, Objective):
+            return NotImplemented
+        if self.spec is None or other.spec is None:
+            return self is other
+        return self.spec == other.spec
+
+    def __hash__(self):
+        return hash(self.spec) if self.spec is not None else id(self)
+
+    @staticmethod
+    def _spec(*parts):
+        return None if any(isinstance(p, Objective) and p.spec is None for p in parts) else \
+            tuple(p.spec if isinstance(p, Objective) else p for p in parts)
+
     def __add__(self, other):
-        if isinstance(other, (int, float)):
-            return Objective(lambda a: self(a) + other, self.layers, f"{self.name} + {other}")
+        if _number(other):
+            return Objective(lambda a: self(a) + other, self.layers, f"{self.name} + {other}",
+                             self._spec("add", self, float(other)))
         if not isinstance(other, Objective):
             return NotImplemented
         return Objective(lambda a: self(a) + other(a), self.layers + other.layers,
-                         f"{self.name} + {other.name}")
+                         f"{self.name} + {other.name}", self._spec("add", self, other))
 
     __radd__ = __add__
 
     def __neg__(self):
-        return Objective(lambda a: -self(a), self.layers, f"-{self.name}")
+        return Objective(lambda a: -self(a), self.layers, f"-{self.name}",
+                         self._spec("neg", self))
 
     def __sub__(self, other):
         return self + (-other)
@@ -55,9 +86,11 @@ class Objective:
         return (-self) + other
 
     def __mul__(self, other):
-        if not isinstance(other, (int, float)):
+        if not _number(other):
             return NotImplemented
-        return Objective(lambda a: other * self(a), self.layers, f"{other} * {self.name}")
+        name = f"({self.name})" if " " in self.name else self.name
+        return Objective(lambda a: other * self(a), self.layers, f"{other} * {name}",
+                         self._spec("mul", float(other), self))
 
     __rmul__ = __mul__
 
@@ -65,6 +98,10 @@ class Objective:
         if not isinstance(other, (int, float)):
             return NotImplemented
         return self * (1.0 / other)
+
+
+def _index(n) -> int | tuple[int, ...]:
+    return int(n) if isinstance(n, int) else tuple(int(i) for i in n)
 
 
 def _per_item(index: int | Sequence[int], batch: int, device) -> torch.Tensor:
@@ -85,7 +122,7 @@ def channel(layer: str, n: int | Sequence[int]) -> Objective:
         idx = _per_item(n, t.shape[0], t.device)
         return t[torch.arange(t.shape[0], device=t.device), idx].mean(dim=(-2, -1))
 
-    return Objective(fn, [layer], f"channel({layer}, {n})")
+    return Objective(fn, [layer], f"channel({layer}, {n})", ("channel", layer, _index(n)))
 
 
 def centre(size: int) -> int:
@@ -105,7 +142,7 @@ def neuron(layer: str, n: int | Sequence[int], x: int | None = None,
         xx = centre(t.shape[-1]) if x is None else x
         return t[torch.arange(t.shape[0], device=t.device), idx, yy, xx]
 
-    return Objective(fn, [layer], f"neuron({layer}, {n})")
+    return Objective(fn, [layer], f"neuron({layer}, {n})", ("neuron", layer, _index(n), x, y))
 
 
 def direction(layer: str, vectors: torch.Tensor) -> Objective:
@@ -122,6 +159,37 @@ def direction(layer: str, vectors: torch.Tensor) -> Objective:
         return torch.einsum("bchw,bc->b", t, vv) / (t.shape[-2] * t.shape[-1])
 
     return Objective(fn, [layer], f"direction({layer})")
+
+
+def read_out(units, centre_only: bool = False) -> Objective:
+    """The read-out of units of any kind (:mod:`circuits_cli.units`: neuron, direction,
+    dictionary feature), one per batch item (or one for the whole batch): its encoder, bias and
+    ReLU applied at every position, averaged (or at the centre position, ``centre_only``)."""
+    units = list(units) if isinstance(units, (list, tuple)) else [units]
+    layer = units[0].layer
+    if any(u.layer != layer for u in units):
+        raise ValueError("units of one objective must share a layer")
+
+    def fn(acts):
+        t = acts[layer]
+        n = t.shape[0]
+        per = units if len(units) == n else units * n if len(units) == 1 else None
+        if per is None:
+            raise ValueError(f"{len(units)} units for a batch of {n}")
+        enc = torch.stack([u.encoder(t.shape[1]) for u in per]).to(t.device, t.dtype)
+        bias = torch.tensor([float(getattr(u, "bias", 0.0)) for u in per], device=t.device,
+                            dtype=t.dtype)
+        relu = torch.tensor([bool(getattr(u, "relu", False)) for u in per], device=t.device)
+        if centre_only:
+            t = t[..., centre(t.shape[-2]):centre(t.shape[-2]) + 1,
+                  centre(t.shape[-1]):centre(t.shape[-1]) + 1]
+        r = torch.einsum("bchw,bc->bhw", t, enc) + bias[:, None, None]
+        r = torch.where(relu[:, None, None], torch.relu(r), r)
+        return r.mean(dim=(-2, -1))
+
+    names = ", ".join(str(u) for u in units[:3]) + (", ..." if len(units) > 3 else "")
+    return Objective(fn, [layer], f"unit({names})",
+                     ("unit", tuple(str(u) for u in units), centre_only))
 
 
 def diversity(layer: str, group: int | None = None) -> Objective:
@@ -144,7 +212,7 @@ def diversity(layer: str, group: int | None = None) -> Objective:
         off_diag = sims.sum(dim=2) - sims.diagonal(dim1=1, dim2=2)
         return -(off_diag / k).reshape(b)
 
-    return Objective(fn, [layer], f"diversity({layer})")
+    return Objective(fn, [layer], f"diversity({layer})", ("diversity", layer, group))
 
 
 def relative_to(objective: Objective, reference: Objective) -> Objective:
@@ -156,7 +224,8 @@ def relative_to(objective: Objective, reference: Objective) -> Objective:
         return objective(acts) * reference(acts).detach().abs()
 
     return Objective(fn, objective.layers + reference.layers,
-                     f"{objective.name} * |{reference.name}|")
+                     f"{objective.name} * |{reference.name}|",
+                     Objective._spec("relative_to", objective, reference))
 
 
 def per_item(objectives: Sequence[Objective]) -> Objective:
@@ -170,3 +239,134 @@ def per_item(objectives: Sequence[Objective]) -> Objective:
                           for i, obj in enumerate(objectives)])
 
     return Objective(fn, layers, f"per_item({len(objectives)})")
+
+
+def stay_close(layer: str) -> Objective:
+    """Feature accentuation's penalty (Hamblin et al., 2024), per item: minus the squared distance
+    between the item's activations at ``layer`` and those of its reference picture (the natural
+    image, seen through the same transforms; the engine passes them under ``reference/LAYER``),
+    relative to the reference's squared norm. 0 when the picture is the image."""
+
+    def fn(acts):
+        t, ref = acts[layer], acts[REFERENCE + layer]
+        dims = tuple(range(1, t.dim()))
+        return -((t - ref) ** 2).sum(dims) / (ref**2).sum(dims).clamp_min(1e-12)
+
+    return Objective(fn, [layer], f"stay_close({layer})", ("stay_close", layer))
+
+
+def unit(u) -> Objective:
+    """The objective of a unit (a :class:`circuits_cli.units.Unit`): a neuron's channel mean, a
+    direction's or dictionary feature's read-out averaged over positions."""
+    from ..units import is_neuron
+
+    if is_neuron(u):
+        return channel(u.layer, int(u.channel))
+    return read_out([u])
+
+
+# --- strings -> objectives (Lucid's as_objective) ---------------------------------------------
+
+_TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
+                    r"(?![\w:])|(?P<unit>[A-Za-z_][\w/.\-]*:\d+|\d+[A-Za-z][\w/.\-]*:\d+)"
+                    r"|(?P<op>[-+*()]))")
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out, pos = [], 0
+    text = text.rstrip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"cannot read {text[pos:].strip()!r} in objective {text!r}")
+        kind = m.lastgroup
+        out.append((kind, m[kind]))
+        pos = m.end()
+    return out
+
+
+def parse(text: str, model=None) -> Objective:
+    """An objective from a string: ``"inception_4c:447"`` (the channel's mean), ``"-4c:447"``,
+    ``"4c:447 - 0.5*4c:12"``, ``"2 * (4c:1 + 4c:2)"``. With ``model`` short layer names are
+    resolved and channels checked (errors are :class:`~circuits_cli.errors.CircuitsError`).
+    The result equals the same objective composed by hand."""
+    from ..errors import CircuitsError
+
+    if isinstance(text, Objective):
+        return text
+    try:
+        toks = _tokens(str(text))
+        if not toks:
+            raise ValueError(f"empty objective {text!r}")
+        pos = 0
+
+        def peek():
+            return toks[pos] if pos < len(toks) else (None, None)
+
+        def take():
+            nonlocal pos
+            if pos >= len(toks):
+                raise ValueError(f"objective {text!r} ends too early")
+            pos += 1
+            return toks[pos - 1]
+
+        def atom():
+            kind, value = take() if pos < len(toks) else (None, None)
+            if kind == "unit":
+                layer, ch = value.rsplit(":", 1)
+                return _channel_of(layer, int(ch), model)
+            if (kind, value) == ("op", "("):
+                inner = expr()
+                if take() != ("op", ")"):
+                    raise ValueError(f"missing ')' in {text!r}")
+                return inner
+            if (kind, value) == ("op", "-"):
+                return -factor()
+            raise ValueError(f"expected LAYER:CHANNEL, a number times one, or '(' in {text!r}")
+
+        def factor():
+            kind, value = peek()
+            if kind == "num":
+                take()
+                if peek() != ("op", "*"):
+                    raise ValueError(f"a number must multiply an objective ({value} * ...) "
+                                     f"in {text!r}")
+                take()
+                return float(value) * factor()
+            result = atom()
+            while peek() == ("op", "*"):
+                take()
+                kind, value = take() if pos < len(toks) else (None, None)
+                if kind != "num":
+                    raise ValueError(f"an objective can only be multiplied by a number in "
+                                     f"{text!r}")
+                result = result * float(value)
+            return result
+
+        def expr():
+            result = factor()
+            while peek() in (("op", "+"), ("op", "-")):
+                _, op = take()
+                rhs = factor()
+                result = result + rhs if op == "+" else result - rhs
+            return result
+
+        result = expr()
+        if pos != len(toks):
+            raise ValueError(f"unexpected {toks[pos][1]!r} in objective {text!r}")
+        return result
+    except ValueError as err:
+        raise CircuitsError(f"{err}; write e.g. 'inception_4c:447', '-4c:447' or "
+                            "'4c:447 - 0.5*4c:12'") from None
+
+
+def _channel_of(layer: str, ch: int, model) -> Objective:
+    if model is not None:
+        from ..errors import CircuitsError
+
+        info = model.layer(layer)
+        if not 0 <= ch < info.channels:
+            raise CircuitsError(f"channel {ch} is out of range for layer {info.name!r}, which "
+                                f"has {info.channels} channels (0-{info.channels - 1})")
+        layer = info.name
+    return channel(layer, ch)

@@ -115,3 +115,33 @@ def standard_transforms() -> list[Transform]:
         random_rotate(list(range(-10, 11)) + 5 * [0]),
         jitter(4),
     ]
+
+
+def random_crop(scale: Sequence[float], centre_sd: float) -> Transform:
+    """MACO's crop: a square whose side is a random fraction ``scale[0]..scale[1]`` of the
+    picture, centred at a point drawn from N(0.5, ``centre_sd``) of the picture (kept inside);
+    the engine then resamples it to the model's input size. One box per step for the batch."""
+    lo, hi = float(scale[0]), float(scale[1])
+
+    def inner(x, rng):
+        h, w = x.shape[-2:]
+        frac = lo + (hi - lo) * rng.rand()
+        side = max(2, min(h, w, int(round(frac * min(h, w)))))
+        cy, cx = 0.5 + centre_sd * rng.randn(2)
+        y0 = int(np.clip(round(cy * h - side / 2), 0, h - side))
+        x0 = int(np.clip(round(cx * w - side / 2), 0, w - side))
+        return x[..., y0:y0 + side, x0:x0 + side]
+
+    return inner
+
+
+def noise(sd: float) -> Transform:
+    """Gaussian pixel noise of standard deviation ``sd`` (MACO). One noise image per step,
+    shared by the batch, so that an item's result does not depend on its batch."""
+
+    def inner(x, rng):
+        gen = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
+        n = torch.randn((1, *x.shape[1:]), generator=gen).to(x.device, x.dtype)
+        return x + sd * n
+
+    return inner

@@ -245,7 +245,7 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
         image = images.get(node.id)
         if image is None:
             image = _load(node.render)
-        lines = [(f"{node.layer}:{node.channel}", "bold")]
+        lines = [(node.id, "bold")]
         if node.branch:
             lines.append((_branch_text(node), "normal"))
         _thumb(ax, image, x, y, thumb, lines, fontsize=10 if len(node.layer) < 16 else 9)

@@ -1,0 +1,108 @@
+"""``circuits steer``: write a unit into the forward pass and watch the predictions move."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .common import model_options
+from .examples import cache_option, images_option, warnings_to_stderr
+
+OUTPUTS = ("steer.json", "steer.png")
+
+
+def _strengths(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        out = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. "
+                                 "'-2,0,2,4'") from None
+    if not out:
+        raise click.BadParameter("give at least one strength, e.g. '-2,0,2,4'")
+    return out
+
+
+@click.command()
+@click.argument("unit", metavar="UNIT")
+@images_option()
+@click.option("--mode", type=click.Choice(["add", "clamp"]), default="add", show_default=True,
+              help="add: add STRENGTH x max-activation times the unit's decoder direction at "
+                   "every position; clamp: set the unit's activation to STRENGTH x "
+                   "max-activation everywhere.")
+@click.option("--strengths", callback=_strengths, default=None, metavar="S,S,...",
+              help="The sweep, in multiples of the unit's largest activation on the images "
+                   "[default: add -2,-1,0,1,2,4; clamp 0,0.5,1,2,4].")
+@click.option("--classes", "classes", default=None, metavar="NAME,...",
+              help="The classes the unit supports (default: the top --n-supported by its "
+                   "expanded weight to the logits).")
+@click.option("--n-supported", default=3, show_default=True, type=click.IntRange(min=1),
+              help="How many supported classes to take from the weights.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for steer.json and steer.png [default: outputs/steer/MODEL/UNIT].")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Images per forward pass.")
+@cache_option
+@model_options
+def steer(unit, images, mode, strengths, classes, n_supported, out_dir, as_json, batch,
+          cache_dir, load_model):
+    """Steer UNIT (a neuron, direction or dictionary feature) and report what changes.
+
+    For each strength, UNIT is written into its layer at every position and the class
+    probabilities of every image are compared with the clean model's: the classes whose
+    probability moves, the images whose top-1 changes, the targeted effect (images moving into
+    the classes UNIT supports; those classes' probability on their own images when suppressing)
+    and the side effects (top-1 accuracy and KL on images of unrelated classes).
+
+    \b
+    Example:
+      circuits steer mixed4b:99 -m toy --images outputs/demo/toy/scenes
+    """
+    from ..errors import CircuitsError
+    from ..evidence import image_set
+    from ..evidence.find import lookup_class
+    from ..evidence.steering import dose_response_figure
+    from ..evidence.steering import steer as run_steer
+    from ..files import save_figure, write_json
+    from ..trace import check_out_dir, default_out_dir
+    from ..units import parse_unit
+
+    imgs = image_set(list(images))
+    model = load_model()
+    target = parse_unit(unit, model)
+    supported = None
+    if classes is not None:
+        supported = [lookup_class(model, c.strip()) for c in classes.split(",") if c.strip()]
+        if not supported:
+            raise CircuitsError("--classes is empty; give class names or indices")
+    out = Path(out_dir) if out_dir is not None else default_out_dir(model, "steer", target.slug)
+    check_out_dir(out, OUTPUTS)
+    with warnings_to_stderr():
+        result = run_steer(model, target, imgs, mode=mode, strengths=strengths,
+                           supported=supported, n_supported=n_supported, cache_dir=cache_dir,
+                           batch_size=batch, progress=not as_json)
+    data = result.to_json()
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "steer.json", data)
+    save_figure(dose_response_figure(result), out / "steer.png")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"Steering {result.unit} ({mode}, strengths x {result.reference:.4g}, its largest "
+               f"activation) on {len(result.paths)} images; supported classes: "
+               f"{', '.join(data['supported_classes'])}")
+    click.echo("  strength  P(supported)  moved-in  P(sup | sup imgs)  top-1 unrelated  "
+               "KL unrelated  changed top-1")
+    for lv in data["levels"]:
+        def f(v, fmt="{:.3f}"):
+            return "   -" if v is None else fmt.format(v)
+        click.echo(f"  {lv['strength']:>8g}  {f(lv['supported_prob_all']):>12}  "
+                   f"{f(lv['moved_into_supported']):>8}  "
+                   f"{f(lv['supported_prob_on_supported']):>17}  "
+                   f"{f(lv['top1_on_unrelated']):>15}  {f(lv['kl_on_unrelated']):>12}  "
+                   f"{lv['changed_top1']:>5} -> {', '.join(lv['changed_to']) or '-'}")
+    click.echo(f"Wrote {out / 'steer.json'} and {out / 'steer.png'}")
