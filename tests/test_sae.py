@@ -334,3 +334,28 @@ def test_inception_4c_sae_reconstructs_and_keeps_the_models_decisions(bvlc_model
     files = save_neuron_features(result, tmp_path / "neuron10")
     assert files["png"].stat().st_size > 10_000
     assert json.loads(files["json"].read_text())["neuron"] == 10
+
+
+def test_cli_resumes_an_interrupted_training(toy, toy_scenes, tmp_path):
+    """Interrupted at step 12 of 20 (checkpoints every 5 steps and at the interruption), the
+    same command line continues from step 12 and removes the checkpoint when done."""
+    from circuits_cli.sae.layer import train_layer_sae
+
+    out, cache = tmp_path / "sae", tmp_path / "cache"
+
+    def stop(m):
+        if m["step"] == 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_layer_sae(toy, "mixed3b", toy_scenes, out, TrainConfig(expansion=2, k=8, steps=20),
+                        cache_dir=cache, log=None, callback=stop, checkpoint_every=5)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
+    result = run("sae", "train", "mixed3b", "-m", "toy", "--images", toy_scenes, "--steps", "20",
+                 "--expansion", "2", "--k", "8", "--out", out, "--no-fidelity",
+                 "--cache-dir", cache, env={"CIRCUITS_CACHE": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert "resuming from step 12/20" in result.stderr and "step 20/20" in result.stderr
+    assert not (out / "checkpoint.pt").exists() and (out / "sae_weights.safetensors").is_file()
+    assert json.loads((out / "cfg.json").read_text())["metrics"]["training"][
+        "resumed_from_step"] == 12
