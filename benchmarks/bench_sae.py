@@ -5,8 +5,8 @@ of ``../shared/images/imagenet-samples`` (random non-negative data of the same s
 absent), on 2 torch threads (CPU) or the GPU when one is present, in the same run:
 
 - ``ours``: :func:`circuits_cli.sae.train` — TopK (x8 = 4096 latents, k=32, batch 1024) with
-  AuxK, streamed from the memory-mapped activation store chunk by chunk, the decoder applied to
-  the k active latents only (``embedding_bag``), running metrics every step;
+  AuxK, streamed from the memory-mapped activation store chunk by chunk, running metrics every
+  step, checkpoint bookkeeping;
 - ``plain``: the anchor, the textbook loop of the same architecture and loss: all samples in
   memory as one float32 tensor, a random permutation per epoch, a dense decoder
   (``f @ W_dec`` over all 4096 latents) and a dense AuxK.
@@ -143,7 +143,7 @@ def main(out: Path, quick: bool = False) -> dict:
              "| loop | samples/s | default run (600 x 1024 samples) |", "| --- | ---: | ---: |",
              f"| plain PyTorch (anchor, in-memory, dense decoder) | "
              f"{result['plain_samples_per_s']} | ~{result['default_run_estimate_s']['plain']} s |",
-             f"| circuits (streamed, sparse decoder, checkpoints) | "
+             f"| circuits (streamed from the store, running metrics) | "
              f"{result['ours_samples_per_s']} | ~{result['default_run_estimate_s']['ours']} s |",
              "",
              f"Ratio ours / plain: {result['speedup_vs_plain']}x."]
