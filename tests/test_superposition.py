@@ -93,6 +93,18 @@ def test_expected_loss_agrees_with_sampled_loss_of_a_trained_model():
     np.testing.assert_allclose(exact, run_.loss, rtol=0.01)
 
 
+def test_training_is_seeded_and_instances_are_independent():
+    """Same seed, same weights bit for bit; another seed, other weights. The instances of a
+    batched run follow their own settings: a ReLU and a linear instance side by side."""
+    kw = dict(density=[[0.1] * 6, [0.1] * 6], importance=1.0, steps=50, relu=[True, False])
+    a = train_toy_models(6, 2, **kw, seed=3)
+    b = train_toy_models(6, 2, **kw, seed=3)
+    c = train_toy_models(6, 2, **kw, seed=4)
+    assert np.array_equal(a.W, b.W) and np.array_equal(a.b, b.b)
+    assert not np.allclose(a.W, c.W)
+    assert a.relu.tolist() == [True, False] and a.W.shape == (2, 2, 6)
+
+
 # ---- the paper's findings, by training -------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -245,3 +257,16 @@ def test_cli_never_overwrites_a_users_file(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert_clean_error(run("superposition", "--out", afile), "is a file")
+
+
+def test_api_rejects_bad_settings_before_writing(tmp_path):
+    from circuits_cli.errors import CircuitsError
+    from circuits_cli.superposition.run import run_superposition
+
+    with pytest.raises(CircuitsError, match="unknown experiment 'phse'"):
+        run_superposition(tmp_path / "a", experiments=["phse"])
+    with pytest.raises(CircuitsError, match="steps"):
+        run_superposition(tmp_path / "b", experiments=["phase"], steps=0)
+    with pytest.raises(CircuitsError, match="density"):
+        train_toy_models(3, 2, [0.5, 0.0, 1.5], steps=1)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -173,3 +173,30 @@ def test_direction_units_on_the_command_line(model, world, dirs, tmp_path):
     assert json.loads(r.stdout)["ablated"] < json.loads(r.stdout)["baseline"]
     assert_clean_error(run("examples", "relu2@nope.npy", "--images", folder, "-m", SPEC,
                            env=env), "does not exist")
+
+
+def test_visualize_a_direction_file(tmp_path):
+    """visualize LAYER@FILE renders each row by its own read-out (planted render network,
+    tests/planted_render_model.py): the red-minus-blue colour direction comes out red, its
+    negation blue; the manifest records the directions by name."""
+    from PIL import Image
+
+    spec = f"{HERE / 'planted_render_model.py'}:detectors"
+    rows = np.zeros((2, 7), np.float32)
+    rows[0, 4], rows[0, 6] = 1, -1  # red detector minus blue detector
+    rows[1, 4], rows[1, 6] = -1, 1
+    np.save(tmp_path / "colours.npy", rows)
+    out = tmp_path / "vis"
+    r = run("visualize", f"relu@{tmp_path / 'colours.npy'}", "-m", spec, "--steps", "64",
+            "--size", "64", "--out", out, "--quiet",
+            env={"CIRCUITS_CACHE": str(tmp_path / "cache")})
+    assert r.exit_code == 0, r.output
+    pngs = sorted((out / "units").glob("*.png"))
+    assert len(pngs) == 2
+    means = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(0)
+             for p in pngs]
+    by_row = dict(zip((p.stem.rsplit("-", 1)[-1] for p in pngs), means, strict=True))
+    assert by_row["0"][0] > by_row["0"][2] + 20, by_row
+    assert by_row["1"][2] > by_row["1"][0] + 20, by_row
+    manifest = json.loads(next(out.glob("manifest*.json")).read_text())
+    assert sorted(u["unit"].rsplit("#", 1)[-1] for u in manifest["units"]) == ["0", "1"]

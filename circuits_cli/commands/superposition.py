@@ -58,9 +58,14 @@ def superposition(out, only, steps, seed, threads, as_json, quiet):
 
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
-    results = run_superposition(out, experiments=experiments, steps=steps, seed=seed, log=log)
+    try:
+        results = run_superposition(out, experiments=experiments, steps=steps, seed=seed,
+                                    log=log)
+    finally:
+        torch.set_num_threads(before)  # a caller in the same process keeps its setting
     if as_json:
         click.echo(json.dumps(_without_matrices(results), indent=2))
     else:

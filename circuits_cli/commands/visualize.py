@@ -130,6 +130,10 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
     from ..units import load_directions, parse_channels
 
     model = load_model()
+    if "@" in layer:  # LAYER@FILE: the rows of a direction file or the features of an SAE
+        return _visualize_file_units(model, layer, units_spec, objective, facets, negative,
+                                     steps, size, batch, seed, param, precision, shard,
+                                     out_dir, quiet)
     info = model.layer(layer)
     accent = None
     if from_image is not None:
@@ -145,3 +149,36 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
                     from_image=accent, images=list(image_dirs) or None, steps=steps, size=size,
                     batch=batch, seed=seed, param=param, precision=precision, shard=shard,
                     out_dir=out_dir, progress=not quiet, echo=click.echo)
+
+
+def _visualize_file_units(model, spec, units_spec, objective, facets, negative, steps, size,
+                          batch, seed, param, precision, shard, out_dir, quiet):
+    """``visualize LAYER@FILE --units LIST``: rows of a direction file, or features of an SAE
+    folder, rendered by their own read-out."""
+    from ..errors import CircuitsError
+    from ..render.run import visualize_layer
+    from ..units import direction_from_file, parse_channels
+
+    layer, _, path = spec.partition("@")
+    path = path.split("#", 1)[0]
+    if objective == "direction":
+        raise CircuitsError("LAYER@FILE already names directions; drop --objective direction")
+    first = direction_from_file(model, layer, path, 0)
+    if first.kind == "feature":
+        from ..sae.model import load_sae
+
+        n, what = load_sae(path).d_sae, f"the SAE in {path}"
+        if units_spec == "all":
+            raise CircuitsError(f"{what} has {n} features; choose some with --units, e.g. "
+                                "--units 0-15")
+    else:
+        from ..units import load_directions
+
+        info = model.layer(layer)
+        n, what = load_directions(path, info.channels, info.name).shape[0], path
+    rows = parse_channels(units_spec, n, what)
+    units = [direction_from_file(model, layer, path, r) for r in rows]
+    return visualize_layer(model, first.layer, units=units, objective=objective, facets=facets,
+                           negative=negative, steps=steps, size=size, batch=batch, seed=seed,
+                           param=param, precision=precision, shard=shard, out_dir=out_dir,
+                           progress=not quiet, echo=click.echo)

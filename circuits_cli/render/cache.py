@@ -82,7 +82,8 @@ class RenderCache:
         key = render_key(**settings)
         folder = (self.root / _slug(settings["model"]) / _slug(str(settings["weights_id"])[:24])
                   / _slug(settings["layer"]))
-        stem = f"{_slug(settings['layer'])}_{settings['channel']}-{_slug(settings['objective'])}"
+        which = settings["channel"] if "channel" in settings else settings["unit_vectors"][:8]
+        stem = f"{_slug(settings['layer'])}_{which}-{_slug(settings['objective'])}"
         if settings.get("param", "fourier") != "fourier":
             stem += f"-{_slug(settings['param'])}"
         if settings.get("negative"):

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import CircuitsError
 from ..files import output_dir
-from ..units import Unit
+from ..units import Unit, is_neuron
 from ..zoo.base import LoadedModel
 from . import Accentuation, Render, check_unit, make_recipe, render_settings, render_units
 from .cache import alpha_path, atomic_write_bytes, png_bytes
@@ -83,7 +83,8 @@ def check_out_dir(out: Path) -> None:
 
 
 def visualize_layer(model: LoadedModel, layer: str, recipe: Recipe | None = None, *,
-                    channels: list[int] | None = None, objective: str = "channel",
+                    channels: list[int] | None = None, units: list[Unit] | None = None,
+                    objective: str = "channel",
                     directions: np.ndarray | None = None, facets: int = 4,
                     negative: bool = False, from_image: Accentuation | None = None,
                     images=None, batch: int | None = None,
@@ -96,14 +97,19 @@ def visualize_layer(model: LoadedModel, layer: str, recipe: Recipe | None = None
     (see :func:`circuits_cli.render.render_units`). ``images`` (a folder or files): score each
     render against the unit's strongest activation over those photos (from the activation
     store). Everything is checked before the first file is written. ``shard=(k, n)`` renders
-    units ``k, k+n, k+2n, ...`` of the list.
+    units ``k, k+n, k+2n, ...`` of the list. ``units`` (directions, dictionary features of
+    ``layer``) replaces ``channels``.
     """
     info = model.layer(layer)
     n_units = directions.shape[0] if objective == "direction" and directions is not None \
         else info.channels
-    if channels is None:
-        channels = list(range(n_units))
-    units = [check_unit(model, Unit(info.name, c), objective, directions) for c in channels]
+    if units is not None:
+        units = [check_unit(model, u, objective) for u in units]
+    else:
+        if channels is None:
+            channels = list(range(n_units))
+        units = [check_unit(model, Unit(info.name, c), objective, directions)
+                 for c in channels]
     if not units:
         raise CircuitsError("no units to render")
     recipe = make_recipe(model, recipe, **recipe_fields)
@@ -112,7 +118,8 @@ def visualize_layer(model: LoadedModel, layer: str, recipe: Recipe | None = None
                                   from_image.keep_weight, from_image.name)
     out = Path(out_dir) if out_dir is not None else default_out_dir(model, info.name)
     check_out_dir(out)
-    best = best_examples(model, info.name, images, objective, negative) if images else None
+    best = best_examples(model, info.name, images, objective, negative) \
+        if images and all(is_neuron(u) for u in units) else None
     mine = units if shard is None else units[shard[0]::shard[1]]
     suffix = variant_suffix(objective, negative, recipe.param, from_image is not None)
     what = dict(objective=objective, negative=negative, facets=facets, directions=directions,
@@ -165,6 +172,13 @@ def visualize_layer(model: LoadedModel, layer: str, recipe: Recipe | None = None
          f"finished")
     echo(f"wrote {out / manifest['sheet']} and {out / manifest['manifest']}")
     return manifest
+
+
+def _label(layer: str, unit_word: str, unit: Unit) -> str:
+    """A sheet label: ``layer:447``, ``layer:dir3``, or ``feature 12`` / ``direction 3``."""
+    if is_neuron(unit):
+        return f"{layer}:{unit_word}{unit.channel}"
+    return f"{unit.kind} {unit.index}"
 
 
 def accentuation(model: LoadedModel, layer: str, image_file: Path, keep_layer: str | None,
@@ -259,7 +273,7 @@ def write_summary(model: LoadedModel, layer: str, units: list[Unit], finished: d
         "complete": len(done) == len(units), "requested": len(units),
         "shard": f"{shard[0]}/{shard[1]}" if shard else None,
         "manifest": f"manifest{suffix}.json", "sheet": f"sheet{suffix}.png",
-        "units": [{"unit": finished[u]["unit"], "channel": u.channel,
+        "units": [{"unit": finished[u]["unit"], "channel": getattr(u, "channel", None),
                    "activation": finished[u]["activation"], "seconds": finished[u]["seconds"],
                    "png": finished[u]["png"], "finished": finished[u]["finished"],
                    **{k: finished[u][k] for k in unit_keys if k in finished[u]}}
@@ -280,7 +294,7 @@ def write_summary(model: LoadedModel, layer: str, units: list[Unit], finished: d
         title = (f"{model.name} · {layer} · {kind} · {recipe.summary()} · "
                  f"{len(done)}/{len(units)} units")
         unit_word = "dir" if what["objective"] == "direction" else ""
-        entries = [SheetEntry(out / finished[u]["png"], f"{layer}:{unit_word}{u.channel}",
+        entries = [SheetEntry(out / finished[u]["png"], _label(layer, unit_word, u),
                               _caption(finished[u])) for u in done]
         save_contact_sheet(out / manifest["sheet"], entries, title)
         if all("transparency_png" in finished[u] for u in done):

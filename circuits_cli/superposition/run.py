@@ -110,11 +110,11 @@ def run_superposition(out: str | Path, experiments=ORDER, steps: int | None = No
     numbers (also written to ``out/results.json``). ``params`` may replace an experiment's
     parameter object, e.g. ``{"phase": PhaseParams(restarts=2)}``."""
     out = Path(out)
-    experiments = [e for e in ORDER if e in experiments]
     unknown = set(experiments) - set(ORDER)
     if unknown:
         raise CircuitsError(f"unknown experiment {sorted(unknown)[0]!r}; choose from "
                             f"{', '.join(ORDER)}")
+    experiments = [e for e in ORDER if e in experiments]
     if steps is not None and steps < 1:
         raise CircuitsError(f"--steps must be at least 1, got {steps}")
     previous = check_out_dir(out, experiments)
