@@ -25,6 +25,8 @@ test-fast: setup
 
 demo: setup
 	$(BIN)/circuits demo -m toy --out outputs/demo
+	$(BIN)/circuits atlas -m toy --layers mixed4a,mixed4b --units mixed4b:96-103 \
+	    --images outputs/demo/scenes --steps 128 --kinds channel --out outputs/demo/atlas
 
 bench: setup
 	$(BIN)/python benchmarks/run.py --out outputs/bench

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-BENCHES = ("connections", "evidence", "visualize", "sae")
+BENCHES = ("connections", "evidence", "visualize", "sae", "atlas")
 
 
 def machine() -> dict:

@@ -27,6 +27,7 @@ COMMANDS = {
     "superposition": "circuits_cli.commands.superposition:superposition",
     "sae": "circuits_cli.commands.sae:sae",
     "steer": "circuits_cli.commands.steer:steer",
+    "atlas": "circuits_cli.commands.atlas:atlas",
     "toy": "circuits_cli.commands.toy:toy",
     "demo": "circuits_cli.commands.demo:demo",
 }

@@ -188,8 +188,9 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
           features: dict[str, list[Unit]] | None = None) -> Circuit:
     """The circuit of ``unit``: its ``top_k`` strongest inputs, theirs, ... over ``depth`` hops.
     All units of one hop are computed in one batched call. ``features`` maps a layer to the
-    dictionary features of an SAE on it (:func:`sae_features`): a hop into that layer ranks its
-    features (through their decoder directions) instead of its neurons, so SAEs on successive
+    dictionary features of an SAE on it (:func:`circuits_cli.units.sae_features`): a hop into
+    that layer ranks its features (through their decoder directions) instead of its neurons,
+    so SAEs on successive
     layers give a feature circuit."""
     if depth < 1:
         raise CircuitsError(f"depth must be at least 1, got {depth}")
@@ -245,19 +246,6 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
                     kernel=np.round(conn.kernel.astype(np.float64), 7).tolist()))
         frontier, layer = next_frontier, src
     return circuit
-
-
-def sae_features(model: LoadedModel, folder: str | Path) -> tuple[str, list[Unit]]:
-    """(layer, every feature of the SAE folder as a unit): for :func:`trace`'s ``features``."""
-    from .sae.model import load_sae
-    from .units import feature
-
-    sae = load_sae(folder)
-    layer = sae.cfg.get("hook_name") or (sae.cfg.get("metadata") or {}).get("hook_name")
-    if not layer:
-        raise CircuitsError(f"the SAE in {str(folder)!r} does not record its layer (hook_name)")
-    name = model.layer(layer).name
-    return name, [feature(name, sae, i, name=f"{name}@{folder}#{i}") for i in range(sae.d_sae)]
 
 
 def _frontier_weights(model: LoadedModel, source: str, layer: str, frontier: list[Unit],

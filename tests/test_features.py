@@ -144,7 +144,8 @@ def test_trace_a_feature_circuit(model, saes, tmp_path):
     """trace from a relu3 feature with the relu2 SAE ranks relu2's features: red + green
     (sqrt 2 of the planted taps) first, then red and blue (1 each), all exciting; the circuit
     reads back and the command draws it."""
-    from circuits_cli.trace import sae_features, trace
+    from circuits_cli.trace import trace
+    from circuits_cli.units import sae_features
 
     root, _, _ = saes
     target = parse_unit(f"relu3@{root / 'relu3'}#0", model)
@@ -170,7 +171,7 @@ def test_find_ranks_features_by_their_contribution_to_a_class(model, world, saes
     (feature 1) contributes, the 'coloured square' feature 0 does not (weight 0 to that
     logit), by weights and by images alike; neurons are unchanged by the generalisation."""
     from circuits_cli.evidence import find_units
-    from circuits_cli.trace import sae_features
+    from circuits_cli.units import sae_features
 
     root, _, _ = saes
     _, feats = sae_features(model, root / "relu3")

@@ -99,7 +99,7 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
 
         image_set = find_image_set(list(image_dirs))  # a bad folder fails before any writing
 
-    from ..trace import sae_features
+    from ..units import sae_features
 
     features = dict(sae_features(model, folder) for folder in saes)
     circuit = trace_circuit(model, target, depth=depth, top_k=top_k, source=source,
