@@ -43,6 +43,7 @@ class DemoResult:
     sheet: Path | None = None
     circuit_png: Path | None = None
     report: Path | None = None
+    story: Path | None = None  # the page of the whole story (toy model)
     seconds: float = 0.0
     findings: list[str] = field(default_factory=list)
 
@@ -122,15 +123,16 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
     images_given = image_set(images) if images is not None else None  # fail before writing
     unit = unit or car_unit(model)
     result = DemoResult(out=out, unit=unit)
+    n_steps = 7 if toy else 4
 
-    echo(f"[1/4] tracing {unit} through the weights (depth {depth}, top {top_k})")
+    echo(f"[1/{n_steps}] tracing {unit} through the weights (depth {depth}, top {top_k})")
     circuit = trace(model, unit, depth=depth, top_k=top_k)
     source = circuit.hops[0].source
     # The whole layer that feeds the unit on toy; elsewhere (512 steps on big models) only the
     # unit's traced inputs, which is what the diagram needs.
     channels = (None if toy else
                 sorted({parse_unit(e.source, model).channel for e in circuit.inputs(str(unit))}))
-    echo(f"[2/4] feature visualizations of {source} "
+    echo(f"[2/{n_steps}] feature visualizations of {source} "
          f"({'all units' if channels is None else f'{len(channels)} units'}, {steps} steps)")
     visualize_layer(model, source, channels=channels, steps=steps, size=size,
                     batch=TOY_BATCH if toy else None, out_dir=out / "visualize",
@@ -138,7 +140,7 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
     sheets = sorted((out / "visualize").glob("sheet*.png"))
     result.sheet = sheets[0] if sheets else None
 
-    echo(f"[3/4] circuit diagram of {unit} ({len(circuit.nodes)} units)")
+    echo(f"[3/{n_steps}] circuit diagram of {unit} ({len(circuit.nodes)} units)")
     pictures = attach_renders(circuit, model, steps=steps, size=size, progress=progress)
     (out / "trace").mkdir(parents=True, exist_ok=True)
     circuit.save(out / "trace" / "circuit.json")
@@ -150,12 +152,21 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
         images = write_scenes(out / "scenes", n_scenes)
         images_given = image_set(images)
     if images_given is not None:
-        echo(f"[4/4] dataset examples and ablation over {images}")
+        echo(f"[4/{n_steps}] dataset examples and ablation over {images}")
         evidence = add_evidence(out / "trace", model, images_given, progress=progress)
         result.report = evidence.html
     else:
-        echo("[4/4] no images given: skipping dataset examples and ablation (pass --images DIR)")
+        echo(f"[4/{n_steps}] no images given: skipping dataset examples and ablation "
+             "(pass --images DIR)")
     if toy:
         result.findings = _toy_findings(model, circuit)
+        from .reports.story import write_story
+        from .story import sections, tell
+
+        story = tell(model, out, unit, Path(images), echo=echo, progress=progress)
+        result.story = write_story(out, f"The car circuit, superposition, features and steering "
+                                   f"on the {model.name} model", model.name,
+                                   sections(result, story), time.perf_counter() - started,
+                                   atlas=out / "atlas" / "index.html")
     result.seconds = time.perf_counter() - started
     return result

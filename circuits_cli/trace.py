@@ -23,7 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .connections import expanded_weights, rank_inputs, resolve_method, unit_weights
+from .connections import (
+    expanded_weights,
+    rank_inputs,
+    resolve_method,
+    through_decoders,
+    unit_weights,
+)
 from .errors import CircuitsError
 from .units import Unit, is_neuron, parse_unit
 from .zoo.base import LoadedModel
@@ -178,9 +184,14 @@ def previous_layer(model: LoadedModel, layer: str) -> str | None:
 
 
 def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
-          source: str | None = None, method: str = "auto") -> Circuit:
+          source: str | None = None, method: str = "auto",
+          features: dict[str, list[Unit]] | None = None) -> Circuit:
     """The circuit of ``unit``: its ``top_k`` strongest inputs, theirs, ... over ``depth`` hops.
-    All units of one hop are computed in one batched call."""
+    All units of one hop are computed in one batched call. ``features`` maps a layer to the
+    dictionary features of an SAE on it (:func:`circuits_cli.units.sae_features`): a hop into
+    that layer ranks its features (through their decoder directions) instead of its neurons,
+    so SAEs on successive
+    layers give a feature circuit."""
     if depth < 1:
         raise CircuitsError(f"depth must be at least 1, got {depth}")
     if top_k < 1:
@@ -213,6 +224,10 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
         with torch.no_grad():
             kernels = _frontier_weights(model, src, layer, frontier, used)
         kernels = kernels.detach().cpu().double()
+        dictionary = features.get(src) if features else None
+        if dictionary:  # rank the source layer's dictionary features, not its neurons
+            kernels = torch.stack([through_decoders(k, dictionary, model.layer(src).channels)
+                                   for k in kernels])
         circuit.hops.append(Hop(src, layer, used, tuple(kernels.shape[-2:])))
         next_frontier: list[Unit] = []
         for row, target in zip(kernels, frontier, strict=True):
@@ -221,7 +236,7 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
             ranked = rank_inputs(row, top_k)
             top = ranked[0].strength if ranked and ranked[0].strength > 0 else 1.0
             for rank, conn in enumerate(ranked, 1):
-                src_unit = Unit(src, conn.channel)
+                src_unit = dictionary[conn.channel] if dictionary else Unit(src, conn.channel)
                 if not any(n.id == str(src_unit) for n in circuit.nodes):
                     circuit.nodes.append(_node(model, src_unit, hop + 1))
                     next_frontier.append(src_unit)
@@ -270,7 +285,7 @@ def attach_renders(circuit: Circuit, model: LoadedModel, *, steps: int = 512, si
     pictures by node id."""
     from .render import render_units
 
-    nodes = [n for n in circuit.nodes if n.channel is not None]  # neurons are rendered
+    nodes = list(circuit.nodes)
     units = [node_unit(model, n) for n in nodes]
     renders = render_units(model, units, steps=steps, size=size, seed=seed, param=param,
                            cache_dir=cache_dir, progress=progress)

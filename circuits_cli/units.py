@@ -241,6 +241,19 @@ def feature_from_sae(model: LoadedModel, layer: str, path: str | Path, index: in
     return feature(info.name, sae, index, name=f"{info.name}@{path}#{index}")
 
 
+def sae_features(model: LoadedModel, folder: str | Path) -> tuple[str, list[Unit]]:
+    """(layer, every feature of the SAE folder as a unit), e.g. for
+    :func:`circuits_cli.trace.trace`'s ``features``: a feature circuit."""
+    from .sae.model import load_sae
+
+    sae = load_sae(folder)
+    layer = sae.cfg.get("hook_name") or (sae.cfg.get("metadata") or {}).get("hook_name")
+    if not layer:
+        raise CircuitsError(f"the SAE in {str(folder)!r} does not record its layer (hook_name)")
+    name = model.layer(layer).name
+    return name, [feature(name, sae, i, name=f"{name}@{folder}#{i}") for i in range(sae.d_sae)]
+
+
 def direction_from_file(model: LoadedModel, layer: str, path: str | Path,
                         row: int = 0) -> Direction:
     """Row ``row`` of a direction file, or feature ``row`` of an SAE folder."""

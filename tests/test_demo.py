@@ -28,6 +28,18 @@ def test_demo_on_toy_writes_every_output_and_finds_part_detectors(tmp_path, cach
         assert (out / path).is_file(), path
     assert len(list((out / "scenes").glob("*.png"))) == 240
     assert "most selective for wheels" in result.stdout  # mixed4a:69, a wheel detector
+    # the rest of the story: superposition, the car layer's SAE, steering its car feature
+    for path in ("superposition/wtw_sweep.png", "sae/cfg.json", "sae/sae_weights.safetensors",
+                 "steer/steer.png", "steer/steer.json", "report.html"):
+        assert (out / path).is_file(), path
+    page = (out / "report.html").read_text()
+    for heading in ("The car circuit of", "superposition", "The features of the car unit",
+                    "Steering the car feature"):
+        assert heading in page, heading
+    steer = json.loads((out / "steer" / "steer.json").read_text())
+    assert steer["supported_classes"][0] == "car"
+    boost = next(lv for lv in steer["levels"] if lv["strength"] == 2.0)
+    assert boost["moved_into_supported"] > 0.2  # boosting the car feature makes cars
 
 
 def test_demo_traces_the_papers_car_detector_on_inceptionv1(tmp_path, cache):

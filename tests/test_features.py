@@ -138,3 +138,50 @@ def test_steering_a_feature_and_the_cli(model, world, saes, tmp_path):
                            SPEC, env=env), "trained on layer")
     assert_clean_error(run("examples", f"relu2@{root / 'relu2'}#9", "--images", world, "-m",
                            SPEC, env=env), "out of range")
+
+
+def test_trace_a_feature_circuit(model, saes, tmp_path):
+    """trace from a relu3 feature with the relu2 SAE ranks relu2's features: red + green
+    (sqrt 2 of the planted taps) first, then red and blue (1 each), all exciting; the circuit
+    reads back and the command draws it."""
+    from circuits_cli.trace import trace
+    from circuits_cli.units import sae_features
+
+    root, _, _ = saes
+    target = parse_unit(f"relu3@{root / 'relu3'}#0", model)
+    layer, feats = sae_features(model, root / "relu2")
+    assert layer == "relu2" and len(feats) == 3
+    circuit = trace(model, target, depth=1, top_k=3, source="relu2", features={layer: feats})
+    edges = sorted(circuit.inputs(str(target)), key=lambda e: e.rank)
+    assert [e.source for e in edges][0] == str(feats[1])
+    assert {e.source for e in edges} == {str(f) for f in feats}
+    assert all(e.sign > 0 for e in edges)
+    assert edges[0].strength > 1.3 * edges[1].strength
+    env = {"CIRCUITS_CACHE": str(tmp_path / "cache")}
+    r = run("trace", str(target), "--from", "relu2", "--depth", "1", "--sae", root / "relu2",
+            "-m", SPEC, "--steps", "4", "--size", "32", "--out", tmp_path / "t", "--json",
+            env=env)
+    assert r.exit_code == 0, r.output
+    assert {e["source"] for e in json.loads(r.stdout)["edges"]} == {str(f) for f in feats}
+    assert (tmp_path / "t" / "circuit.png").is_file()
+
+
+def test_find_ranks_features_by_their_contribution_to_a_class(model, world, saes, tmp_path):
+    """The red-square logit is 5 x mean(relu3:1): among the relu3 SAE's features the red copy
+    (feature 1) contributes, the 'coloured square' feature 0 does not (weight 0 to that
+    logit), by weights and by images alike; neurons are unchanged by the generalisation."""
+    from circuits_cli.evidence import find_units
+    from circuits_cli.units import sae_features
+
+    root, _, _ = saes
+    _, feats = sae_features(model, root / "relu3")
+    by_weight = find_units(model, "red square", "relu3", top=2, units=feats)
+    assert str(by_weight.units[0].unit) == str(feats[1])
+    assert by_weight.units[0].weight == pytest.approx(5.0, rel=1e-3)
+    assert abs(by_weight.units[1].weight) < 1e-3
+    with_images = find_units(model, "red square", "relu3", top=2, units=feats, images=world,
+                             cache_dir=tmp_path / "c")
+    assert str(with_images.units[0].unit) == str(feats[1])
+    neurons = find_units(model, "red square", "relu3", top=1, images=world,
+                         cache_dir=tmp_path / "c")
+    assert str(neurons.units[0].unit) == "relu3:1"

@@ -61,3 +61,33 @@ def test_superposition_notebook_executes(tmp_path, monkeypatch):
     assert "pentagon D_i: [0.4 0.4 0.4 0.4 0.4]" in text
     for name in ("wtw_sweep.png", "feature_norms.png", "phase_diagram.png", "dimensionality.png"):
         assert (tmp_path / "out" / name).stat().st_size > 10_000, name
+
+
+FEATURES = NOTEBOOK.parent / "features_and_steering.ipynb"
+
+
+@pytest.mark.slow
+def test_features_and_steering_notebook_executes(tmp_path, monkeypatch):
+    """notebooks/features_and_steering.ipynb runs top to bottom at small settings (200 scenes,
+    an SAE of 150 steps, 16-step renders): it finds a car feature, traces, renders and steers
+    it, and lists the features behind the car neuron."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    repo = str(NOTEBOOK.parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (repo, os.environ.get("PYTHONPATH")) if p))  # this checkout's circuits_cli
+    monkeypatch.setenv("CIRCUITS_STEPS", "16")
+    monkeypatch.setenv("CIRCUITS_SAE_STEPS", "150")
+    monkeypatch.setenv("CIRCUITS_SCENES", "200")
+    monkeypatch.setenv("CIRCUITS_NOTEBOOK_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("CIRCUITS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(FEATURES, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                                     resources={"metadata": {"path": str(FEATURES.parent)}})
+    client.execute()
+    text = "\n".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                     for out in cell.get("outputs", []))
+    assert "car feature" in text and "explained variance" in text
+    assert "strength +2: P(supported" in text and "writes" in text
+    assert (tmp_path / "out" / "steer.png").stat().st_size > 10_000

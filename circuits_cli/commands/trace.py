@@ -60,8 +60,11 @@ def render_options(func):
                    "report.html and evidence.json.")
 @click.option("--draws", type=click.IntRange(0, 10000), default=50, show_default=True,
               help="With --images: random draws of the ablation baseline.")
+@click.option("--sae", "saes", multiple=True, type=click.Path(path_type=Path), metavar="FOLDER",
+              help="An SAE folder (from 'circuits sae train'; repeatable): hops into its layer "
+                   "rank its dictionary features instead of neurons (a feature circuit).")
 def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, param, no_render,
-          out_dir, as_json, quiet, image_dirs, draws):
+          out_dir, as_json, quiet, image_dirs, draws, saes):
     """Trace the circuit of UNIT (LAYER:CHANNEL) back through the weights.
 
     From UNIT, find its TOP-K strongest inputs in the previous layer by expanded weights (L2
@@ -75,6 +78,7 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
       circuits trace inception_4c:447 -m googlenet-bvlc
       circuits trace 4c:447 --depth 1 --top-k 6 --steps 128 -m googlenet-bvlc
       circuits trace mixed4c:447 --from mixed4a --method linear
+      circuits trace mixed4b@SAE_4B#12 --sae SAE_4A -m toy     # a feature circuit
     """
     from ..trace import attach_renders, check_out_dir, default_out_dir, render_tree
     from ..trace import trace as trace_circuit
@@ -95,8 +99,11 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
 
         image_set = find_image_set(list(image_dirs))  # a bad folder fails before any writing
 
+    from ..units import sae_features
+
+    features = dict(sae_features(model, folder) for folder in saes)
     circuit = trace_circuit(model, target, depth=depth, top_k=top_k, source=source,
-                            method=method)
+                            method=method, features=features)
     images = {}
     if not no_render:
         if not quiet and not as_json:

@@ -421,3 +421,27 @@ def unit_activations(model: LoadedModel, unit, acts: LayerActivations,
     stats = {"max": flat.max(1), "min": flat.min(1), "mean": flat.mean(1, dtype=np.float64),
              "argmax": flat.argmax(1), "argmin": flat.argmin(1)}
     return UnitActivations(acts, stats, maps)
+
+
+def units_spatial_means(acts: LayerActivations, units, chunk_rows: int = 16) -> np.ndarray:
+    """(N, U) each unit's read-out averaged over positions, for many units of ``acts``'s layer
+    at once (one pass over the stored maps): neurons come from the statistics; directions and
+    features need the maps."""
+    from ..units import is_neuron
+
+    if all(is_neuron(u) for u in units):
+        return np.asarray(acts.stats["mean"], dtype=np.float64)[:, [u.channel for u in units]]
+    if acts.maps is None:
+        raise CircuitsError(f"the activation maps of {acts.layer!r} were too large to keep; "
+                            "use fewer images to rank directions or features")
+    c = acts.shape[0]
+    enc = torch.stack([u.encoder(c) for u in units])  # (U, C)
+    bias = torch.tensor([float(getattr(u, "bias", 0.0)) for u in units])
+    relu = torch.tensor([bool(getattr(u, "relu", False)) for u in units])
+    out = np.zeros((acts.n_images, len(units)))
+    for i in range(0, acts.n_images, chunk_rows):
+        block = torch.from_numpy(np.asarray(acts.maps[i:i + chunk_rows], dtype=np.float32))
+        r = torch.einsum("nchw,uc->nuhw", block, enc) + bias[None, :, None, None]
+        r = torch.where(relu[None, :, None, None], torch.relu(r), r)
+        out[i:i + len(block)] = r.mean(dim=(2, 3)).double().numpy()
+    return out

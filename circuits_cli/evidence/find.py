@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import CircuitsError, suggest
 from ..units import Unit
 from ..zoo.base import LoadedModel
-from .activations import ImageSet, layer_activations
+from .activations import ImageSet, layer_activations, units_spatial_means
 
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -142,15 +142,23 @@ def class_weights(model: LoadedModel, layer: str, class_index: int) -> np.ndarra
 def find_units(model: LoadedModel, query: str | int, layer: str, *, top: int = 10,
                images: str | Path | Sequence[str | Path] | ImageSet | None = None,
                cache_dir: str | Path | None = None, batch_size: int = 16,
-               progress: bool = False) -> FindResult:
-    """The ``top`` units of ``layer`` that contribute most to the logit of class ``query``."""
+               progress: bool = False, units: Sequence[Unit] | None = None) -> FindResult:
+    """The ``top`` units of ``layer`` that contribute most to the logit of class ``query``.
+
+    ``units``: the candidates (default: every neuron of the layer), e.g. the dictionary
+    features of an SAE on it; a unit's weight is its decoder direction applied to the layer's
+    expanded weights to the logit, its activation its read-out."""
     if top < 1:
         raise CircuitsError(f"--top must be at least 1, got {top}")
     info = model.layer(layer)
     idx = lookup_class(model, query)
     label = model.label(idx)
     wnid = model.class_ids[idx] if idx < len(model.class_ids) else None
-    w = class_weights(model, info.name, idx)
+    channel_w = class_weights(model, info.name, idx)
+    candidates = list(units) if units is not None else \
+        [Unit(info.name, c) for c in range(info.channels)]
+    w = np.array([float(u.decoder(info.channels).double().numpy() @ channel_w)
+                  for u in candidates])
     score = w.copy()
     ranking = ("expanded weight to the class logit (linear approximation, summed over "
                "positions); no images given")
@@ -159,7 +167,7 @@ def find_units(model: LoadedModel, query: str | int, layer: str, *, top: int = 1
     if images is not None:
         acts = layer_activations(model, info.name, images, cache_dir=cache_dir,
                                  batch_size=batch_size, progress=progress)
-        means = np.asarray(acts.stats["mean"], dtype=np.float64)
+        means = units_spatial_means(acts, candidates)
         n_images = acts.n_images
         mean_act = means.mean(axis=0)
         rows = class_images(acts.paths, wnid, label)
@@ -174,9 +182,9 @@ def find_units(model: LoadedModel, query: str | int, layer: str, *, top: int = 1
                        f"class {label!r}{' (' + wnid + ')' if wnid else ''}; ranked by weights "
                        "only)")
     order = np.argsort(-score, kind="stable")[:top]
-    units = [UnitScore(Unit(info.name, int(c)), float(score[c]), float(w[c]),
+    found = [UnitScore(candidates[c], float(score[c]), float(w[c]),
                        None if cls_act is None else float(cls_act[c]),
                        None if mean_act is None else float(mean_act[c])) for c in order]
     return FindResult(model=model.name, layer=info.name, class_index=idx, label=label,
-                      wnid=wnid, ranking=ranking, units=units, n_images=n_images,
+                      wnid=wnid, ranking=ranking, units=found, n_images=n_images,
                       class_image_files=files)

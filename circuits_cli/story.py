@@ -1,0 +1,188 @@
+"""The rest of the story after the car circuit, on the toy model: superposition, the features of
+the car unit's layer, and steering the car feature; then one page (``report.html`` at the top of
+the demo folder) that presents the whole story.
+
+Small settings throughout (the demo must run in a few minutes on 2 CPU cores); every step
+writes into its own sub-folder and is resumed from it on a re-run:
+
+- ``superposition/``: the paper's sparsity sweep (n = 20 features in m = 5 dimensions);
+- ``sae/``: a TopK sparse autoencoder on the car unit's layer over the demo's scenes;
+- ``steer/``: the car feature (the SAE feature most selective for cars) steered both ways.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .units import Unit
+from .zoo.base import LoadedModel
+
+#: The demo's settings (seconds each on 2 cores).
+SUPERPOSITION_STEPS = 1500
+SAE_SETTINGS = {"expansion": 4, "k": 8, "steps": 300}
+STEER_STRENGTHS = (-1.0, 0.0, 1.0, 2.0)
+
+
+@dataclass
+class Story:
+    superposition: dict | None = None
+    sae_folder: Path | None = None
+    sae_metrics: dict = field(default_factory=dict)
+    car_feature: Unit | None = None
+    car_feature_dprime: float | None = None
+    car_neuron_dprime: float | None = None
+    decoder_on_neuron: float | None = None
+    steering: dict | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def class_feature(model: LoadedModel, sae, acts, class_name: str) -> tuple[int, float]:
+    """(feature, d') of the SAE feature whose spatial max best separates the images of
+    ``class_name`` (labelled by file name) from the rest."""
+    from .evidence.steering import image_labels
+    from .sae.features import feature_activations
+
+    labels = image_labels(model, acts.paths)
+    mine = labels == model.labels.index(class_name)
+    if not mine.any() or mine.all():
+        raise ValueError(f"the images hold no contrast for class {class_name!r}")
+    mx = feature_activations(sae, acts.maps).max.numpy().astype(np.float64)
+    a, b = mx[mine], mx[~mine]
+    d = (a.mean(0) - b.mean(0)) / np.sqrt(0.5 * (a.var(0) + b.var(0)) + 1e-9)
+    best = int(np.nanargmax(d))
+    return best, float(d[best])
+
+
+def tell(model: LoadedModel, out: Path, car: Unit, scenes: Path,
+         echo: Callable[[str], None] = print, progress: bool = False) -> Story:
+    """Superposition, the car layer's SAE and steering its car feature, into ``out``."""
+    from .evidence import layer_activations
+    from .evidence.steering import dose_response_figure, steer
+    from .files import save_figure, write_json
+    from .sae.layer import train_layer_sae
+    from .sae.train import TrainConfig
+    from .superposition.experiments import SweepParams
+    from .superposition.run import run_superposition
+    from .units import parse_unit
+
+    story = Story()
+    echo("[5/7] superposition: the toy models of Elhage et al. (n=20 features, m=5 dimensions)")
+    res = run_superposition(out / "superposition", experiments=("sweep",),
+                            params={"sweep": SweepParams(steps=SUPERPOSITION_STEPS)})
+    story.superposition = res["sweep"]
+    story.files["wtw"] = out / "superposition" / "wtw_sweep.png"
+    story.files["norms"] = out / "superposition" / "feature_norms.png"
+
+    echo(f"[6/7] a sparse autoencoder on {car.layer} over the scenes (TopK, "
+         f"{SAE_SETTINGS['expansion']}x, k={SAE_SETTINGS['k']})")
+    trained = train_layer_sae(model, car.layer, scenes, out / "sae", TrainConfig(**SAE_SETTINGS),
+                              log=None, bar=False)
+    story.sae_folder, story.sae_metrics = out / "sae", trained.metrics
+    acts = layer_activations(model, car.layer, scenes)
+    index, dprime = class_feature(model, trained.sae, acts, "car")
+    story.car_feature = parse_unit(f"{car.layer}@{out / 'sae'}#{index}", model)
+    story.car_feature_dprime = dprime
+    story.car_neuron_dprime = _neuron_dprime(model, acts, car, "car")
+    story.decoder_on_neuron = float(story.car_feature.decoder(acts.shape[0])[car.channel])
+    story.files["sae_metrics"] = out / "sae" / "metrics.png"
+
+    echo(f"[7/7] steering the car feature {index} (add, strengths {list(STEER_STRENGTHS)})")
+    result = steer(model, story.car_feature, scenes, mode="add", strengths=STEER_STRENGTHS,
+                   progress=progress)
+    story.steering = result.to_json()
+    (out / "steer").mkdir(parents=True, exist_ok=True)
+    write_json(out / "steer" / "steer.json", story.steering)
+    save_figure(dose_response_figure(result), out / "steer" / "steer.png")
+    story.files["steer"] = out / "steer" / "steer.png"
+    return story
+
+
+def _neuron_dprime(model: LoadedModel, acts, unit: Unit, class_name: str) -> float:
+    from .evidence.steering import image_labels
+
+    mine = image_labels(model, acts.paths) == model.labels.index(class_name)
+    mx = np.asarray(acts.stats["max"][:, unit.channel], dtype=np.float64)
+    a, b = mx[mine], mx[~mine]
+    return float((a.mean() - b.mean()) / np.sqrt(0.5 * (a.var() + b.var()) + 1e-9))
+
+
+def sections(demo, story: Story) -> list:
+    """The story page's sections from a demo result and a :class:`Story`."""
+    from .reports.story import Figure, Section
+
+    s = []
+    circuit = Section("circuit", f"The car circuit of {demo.unit}")
+    circuit.paragraphs.append(
+        f"{demo.unit} is the unit of the model's last mixed block most selective for cars. Its "
+        "strongest inputs by expanded weights, with their feature visualizations and the spatial "
+        "kernels on the edges (red excites, blue inhibits):")
+    circuit.paragraphs += demo.findings
+    if demo.circuit_png:
+        circuit.figures.append(Figure(demo.circuit_png, "circuit.png: the traced circuit"))
+    if demo.sheet:
+        circuit.figures.append(Figure(demo.sheet, "every unit of the layer that feeds it"))
+    if demo.report:
+        circuit.links.append(("The circuit report: dataset examples, kernels, ablation",
+                              demo.report))
+    s.append(circuit)
+
+    if story.superposition is not None:
+        sup = Section("superposition", "Why neurons are polysemantic: superposition")
+        relu = story.superposition["models"]["relu"]
+        lin = story.superposition["models"]["linear"]
+        sup.paragraphs.append(
+            "Toy models of superposition (Elhage et al. 2022): 20 features of decaying "
+            "importance squeezed through 5 dimensions. With dense features the model keeps the "
+            "5 most important ones, like PCA; as features get sparser the ReLU model stores more "
+            "features than it has dimensions, in superposition. The linear model never does.")
+        sup.table = {"header": ["sparsity S"] + [f"{r['sparsity']:g}" for r in relu],
+                     "rows": [["features stored, ReLU model"] + [r["represented"] for r in relu],
+                              ["features stored, linear model"] + [r["represented"]
+                                                                    for r in lin]]}
+        sup.figures += [Figure(story.files["wtw"], "WᵀW and the bias b across sparsity"),
+                        Figure(story.files["norms"], "feature norms, coloured by superposition")]
+        s.append(sup)
+
+    if story.car_feature is not None:
+        m = story.sae_metrics
+        feat = Section("features", "The features of the car unit's layer")
+        feat.paragraphs.append(
+            f"A TopK sparse autoencoder on {story.car_feature.layer}: explained variance "
+            f"{m.get('explained_variance', float('nan')):.3f}, "
+            f"L0 {m.get('l0', float('nan')):.1f}, "
+            f"dead latents {m.get('dead_fraction', float('nan')):.1%} (held-out scenes).")
+        feat.paragraphs.append(
+            f"Its car feature is latent {story.car_feature.index}: "
+            f"d′ {story.car_feature_dprime:.2f} "
+            f"for car scenes against the rest (the car neuron: {story.car_neuron_dprime:.2f}); its "
+            f"decoder writes {story.decoder_on_neuron:+.2f} into the car neuron. As a unit it is "
+            f"written {story.car_feature}.")
+        feat.figures.append(Figure(story.files["sae_metrics"], "the SAE's metrics"))
+        s.append(feat)
+
+    if story.steering is not None:
+        st = Section("steering", "Steering the car feature")
+        rows = []
+        for lv in story.steering["levels"]:
+            rows.append([f"{lv['strength']:+g}", _f(lv["supported_prob_on_supported"]),
+                         _f(lv["moved_into_supported"]), _f(lv["top1_on_unrelated"]),
+                         _f(lv["kl_on_unrelated"])])
+        st.paragraphs.append(
+            "Adding the feature's decoder direction at every position of its layer, in "
+            f"multiples of its largest activation ({story.steering['reference']:.3g}); supported "
+            f"classes (by its weights to the logits): "
+            f"{', '.join(story.steering['supported_classes'])}.")
+        st.table = {"header": ["strength", "P(supported) on their scenes",
+                               "other scenes moved into them", "top-1 on unrelated scenes",
+                               "KL on unrelated"], "rows": rows}
+        st.figures.append(Figure(story.files["steer"], "dose-response and before/after top-5"))
+        s.append(st)
+    return s
+
+
+def _f(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
