@@ -120,12 +120,12 @@ def parse_layers(model: LoadedModel, spec: str | Sequence[str]) -> list[str]:
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
-    """``K/N`` -> (k, n), the rule of every --shard (one line on a bad value)."""
+    """``"K/N"`` -> (K, N) with 0 <= K < N; None stays None; a one-line error otherwise."""
     import re
 
     if value is None:
         return None
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
     if not m:
         raise CircuitsError(f"malformed --shard {value!r}; write K/N with 0 <= K < N, e.g. 0/4 "
                             "(Slurm: --shard $SLURM_ARRAY_TASK_ID/N with --array=0-(N-1))")
