@@ -351,7 +351,7 @@ def test_cli_resumes_an_interrupted_training(toy, toy_scenes, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_layer_sae(toy, "mixed3b", toy_scenes, out, TrainConfig(expansion=2, k=8, steps=20),
                         cache_dir=cache, log=None, callback=stop, checkpoint_every=5)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "circuits-outputs.jsonl"]
     result = run("sae", "train", "mixed3b", "-m", "toy", "--images", toy_scenes, "--steps", "20",
                  "--expansion", "2", "--k", "8", "--out", out, "--no-fidelity",
                  "--cache-dir", cache, env={"CIRCUITS_CACHE": str(tmp_path)})
