@@ -126,11 +126,12 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
     Every output folder (``trace/``, ``visualize/``, ``scenes/``) and the cache (root
     ``cache_dir``, default ``$CIRCUITS_CACHE``) are checked before any work
     (:func:`circuits_cli.files.claim_output`)."""
-    from .evidence import add_evidence, check_evidence_outputs, image_set
+    from .evidence import check_evidence_outputs, image_set
     from .files import cache_dir as cache_sub
     from .files import claim_output
     from .render.run import visualize_layer
     from .reports.diagrams import draw_circuit
+    from .reports.evidence import add_evidence
     from .trace import attach_renders, render_tree, trace
 
     started = time.perf_counter()

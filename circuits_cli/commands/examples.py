@@ -86,36 +86,3 @@ def examples(unit, images, top_k, negative, box, out_dir, as_json, quiet, batch,
         click.echo(f"  {e.rank:>3}. {e.activation:10.4g}  {e.path.name:<{width}}  "
                    f"at ({e.position[0]}, {e.position[1]})  crop x {x0}-{x1}, y {y0}-{y1}")
     click.echo(f"Sheet: {png}")
-
-
-def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = False,
-                   cache_dir: Path | None = None) -> None:
-    """For ``circuits trace``: add dataset examples and the ablation of the target's traced inputs
-    to the output folder when ``images`` (an ImageSet) is given, and write ``report.html``."""
-    if images is None:
-        from ..reports.html import write_report
-
-        path = write_report(out)
-        if not quiet:
-            click.echo(f"Report: {path} (add --images DIR for dataset examples and ablation)",
-                       err=True)
-        return
-    from ..evidence import add_evidence
-
-    if not quiet:
-        click.echo(f"Dataset examples and ablation over {len(images.paths)} image file(s)...",
-                   err=True)
-    with warnings_to_stderr():
-        ev = add_evidence(out, model, images, draws=draws, progress=not quiet,
-                          cache_dir=cache_dir)
-    if quiet:
-        return
-    for a in ev.ablations:
-        r = a.result
-        names = ", ".join(str(u) for u in r.inputs)
-        click.echo(f"Ablation of {r.target}'s {a.group} inputs ({names}): "
-                   f"{100 * r.relative_drop:+.1f}% drop vs random "
-                   f"{100 * r.random_relative_mean:+.1f}% (z = {r.z_score:.1f}, "
-                   f"p = {a.p_expected:.3g}): weights predict a {a.expected}; "
-                   f"{'agrees' if a.agrees else 'not shown'}", err=True)
-    click.echo(f"Report: {ev.html}", err=True)

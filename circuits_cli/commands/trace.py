@@ -17,6 +17,7 @@ from .options import (
     out_option,
     quiet_option,
     render_options,
+    warnings_to_stderr,
 )
 
 
@@ -106,8 +107,6 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
     out.mkdir(parents=True, exist_ok=True)
     circuit.save(out / "circuit.json")
     draw_circuit(circuit, out / "circuit.png", images)
-    from .examples import trace_evidence
-
     trace_evidence(out, model, image_set, draws=draws, quiet=quiet or as_json,
                    cache_dir=activation_cache(cache_dir) if cache_dir else None)
     if as_json:
@@ -115,3 +114,36 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
         return
     click.echo(render_tree(circuit))
     click.echo(f"Wrote {out / 'circuit.json'} and {out / 'circuit.png'}")
+
+
+def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = False,
+                   cache_dir: Path | None = None) -> None:
+    """For ``circuits trace``: add dataset examples and the ablation of the target's traced inputs
+    to the output folder when ``images`` (an ImageSet) is given, and write ``report.html``."""
+    if images is None:
+        from ..reports.html import write_report
+
+        path = write_report(out)
+        if not quiet:
+            click.echo(f"Report: {path} (add --images DIR for dataset examples and ablation)",
+                       err=True)
+        return
+    from ..reports.evidence import add_evidence
+
+    if not quiet:
+        click.echo(f"Dataset examples and ablation over {len(images.paths)} image file(s)...",
+                   err=True)
+    with warnings_to_stderr():
+        ev = add_evidence(out, model, images, draws=draws, progress=not quiet,
+                          cache_dir=cache_dir)
+    if quiet:
+        return
+    for a in ev.ablations:
+        r = a.result
+        names = ", ".join(str(u) for u in r.inputs)
+        click.echo(f"Ablation of {r.target}'s {a.group} inputs ({names}): "
+                   f"{100 * r.relative_drop:+.1f}% drop vs random "
+                   f"{100 * r.random_relative_mean:+.1f}% (z = {r.z_score:.1f}, "
+                   f"p = {a.p_expected:.3g}): weights predict a {a.expected}; "
+                   f"{'agrees' if a.agrees else 'not shown'}", err=True)
+    click.echo(f"Report: {ev.html}", err=True)

@@ -1,9 +1,9 @@
 """One self-contained HTML page for a traced circuit, as the Circuits papers present one.
 
 :func:`write_report` reads a ``circuits trace`` output folder (``circuit.json``, the PNG figures
-beside it, and, when :func:`circuits_cli.evidence.add_evidence` has run, ``evidence.json`` with
-dataset examples and ablation) and writes ``report.html`` into it. Every picture is embedded as
-a base64 data URI, so the page can be mailed or archived on its own.
+beside it, and, when :func:`circuits_cli.reports.evidence.add_evidence` has run,
+``evidence.json`` with dataset examples and ablation) and writes ``report.html`` into it. Every
+picture is embedded as a base64 data URI, so the page can be mailed or archived on its own.
 
 Sections: the circuit diagram (the folder's PNG figures); the units layer by layer, each with its
 feature visualization, dataset examples and statistics; the connections with their expanded-weight
