@@ -33,6 +33,7 @@ bench: setup
 
 lint: setup
 	$(BIN)/ruff check circuits_cli tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -12,6 +12,7 @@ import sys
 import click
 
 from . import __version__
+from .commands.common import INTERRUPT_NOTE
 from .errors import CircuitsError
 
 # command name -> "module:attribute" (a click.Command), in the order of the pipeline.
@@ -60,18 +61,50 @@ class LazyGroup(click.Group):
             raise
 
     def invoke(self, ctx):
+        from .files import release_claims
+
         try:
             return super().invoke(ctx)
         except CircuitsError as err:
             click.echo(f"Error: {err}", err=True)
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted; finished work is kept on disk, re-run to resume.", err=True)
+            # Each command says what an interrupt keeps (set_interrupt_note); by default nothing.
+            note = ctx.meta.get(INTERRUPT_NOTE, "nothing was written")
+            click.echo(f"Interrupted; {note}.", err=True)
             ctx.exit(130)
+        finally:
+            release_claims()
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Click's main, with every error as ONE line on stderr: ``Error: ...``, exit status 2
+        (usage errors included, which Click prints as four lines by default)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as err:
+            message = " ".join(err.format_message().split())
+            if isinstance(err, click.exceptions.NoArgsIsHelpError):
+                click.echo(err.ctx.get_help())
+                sys.exit(0)
+            if (isinstance(err, click.UsageError) and err.ctx is not None
+                    and "--help" not in message):
+                message += f" (see '{err.ctx.command_path} --help')"
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(2)
+        except CircuitsError as err:  # raised while parsing, before invoke
+            click.echo(f"Error: {err}", err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("Interrupted; nothing was written.", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"],
-                                              "max_content_width": 100})
+                                              "max_content_width": 100,
+                                              "auto_envvar_prefix": "CIRCUITS"})
 @click.version_option(__version__, "--version", prog_name="circuits")
 def cli():
     """Circuit discovery in vision models.
@@ -86,16 +119,15 @@ def cli():
       circuits trace inception_4c:12 -m googlenet-bvlc
 
     Every command takes the model the same way: --model/-m NAME (default inceptionv1, or
-    $CIRCUITS_MODEL), --weights FILE for local weights, --device auto|cpu|cuda|mps.
+    $CIRCUITS_MODEL), --weights FILE for local weights, --device auto|cpu|cuda|mps. The same
+    option means the same everywhere: --top-k N, --out DIR (always a folder), --json, --quiet,
+    --cache-dir DIR (default $CIRCUITS_CACHE or ~/.cache/circuits). Any option can be set as
+    CIRCUITS_<COMMAND>_<OPTION>, e.g. CIRCUITS_VISUALIZE_STEPS=128.
     """
 
 
 def main(argv=None):
-    try:
-        cli.main(args=argv, prog_name="circuits", standalone_mode=True)
-    except CircuitsError as err:  # raised while parsing, before invoke
-        click.echo(f"Error: {err}", err=True)
-        sys.exit(err.exit_code)
+    cli.main(args=argv, prog_name="circuits")
 
 
 if __name__ == "__main__":

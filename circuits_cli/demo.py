@@ -58,13 +58,25 @@ def car_unit(model: LoadedModel) -> Unit:
 
         return best_class_unit(model, TOY_CAR_LAYER, "car", branches=TOY_SPATIAL_BRANCHES).unit
     raise CircuitsError(f"no known car unit for model {model.name!r}; pass --unit LAYER:CHANNEL "
-                        "('circuits find --class car --layer LAYER' finds candidates)")
+                        "('circuits find --class \"sports car\" --layer LAYER' finds candidates "
+                        "on an ImageNet model)")
+
+
+def scene_names(n: int, seed: int = 2024) -> list[str]:
+    """File names of the demo's ``n`` scenes (the class is part of the name)."""
+    from .toy.world import CLASSES, _labels
+
+    labels = _labels(n, seed)
+    return [f"{i:04d}_{CLASSES[int(label)]}.png" for i, label in enumerate(labels)]
 
 
 def write_scenes(out: Path, n: int, seed: int = 2024) -> Path:
     """``n`` generated toy-world scenes as PNGs (kept if already there): the demo's dataset."""
+    import io
+
     from PIL import Image
 
+    from .files import write_bytes
     from .toy.world import CLASSES, make_dataset
 
     out.mkdir(parents=True, exist_ok=True)
@@ -76,9 +88,9 @@ def write_scenes(out: Path, n: int, seed: int = 2024) -> Path:
         path = out / f"{i:04d}_{CLASSES[int(label)]}.png"
         if not path.exists():
             array = (img.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype("uint8")
-            tmp = path.with_name(f".{path.name}.tmp")
-            Image.fromarray(array).save(tmp, format="PNG")
-            tmp.replace(path)
+            buf = io.BytesIO()
+            Image.fromarray(array).save(buf, format="PNG")
+            write_bytes(path, buf.getvalue())
     return out
 
 
@@ -135,41 +147,62 @@ def _toy_label(model: LoadedModel, circuit) -> list[str]:
 def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
              images: str | Path | None = None, steps: int | None = None,
              size: int | None = None, depth: int = 2, top_k: int = 3, n_scenes: int = 240,
-             progress: bool = True, echo: Callable[[str], None] = print) -> DemoResult:
-    """Run the pipeline on ``model``'s car unit (or ``unit``) into ``out``; see module doc."""
-    from .evidence import add_evidence, image_set
+             cache_dir: str | Path | None = None, progress: bool = True,
+             echo: Callable[[str], None] = print) -> DemoResult:
+    """Run the pipeline on ``model``'s car unit (or ``unit``) into ``out``; see module doc.
+
+    Every output folder (``trace/``, ``visualize/``, ``scenes/``) and the cache (root
+    ``cache_dir``, default ``$CIRCUITS_CACHE``) are checked before any work
+    (:func:`circuits_cli.files.claim_output`)."""
+    from .evidence import check_evidence_outputs, image_set
+    from .files import cache_dir as cache_sub
+    from .files import claim_output
     from .render.run import visualize_layer
     from .reports.diagrams import draw_circuit
-    from .trace import attach_renders, check_out_dir, render_tree, trace
+    from .reports.evidence import add_evidence
+    from .trace import attach_renders, render_tree, trace
 
     started = time.perf_counter()
     out = Path(out)
     toy = model.name == "toy"
     steps = steps or (TOY_STEPS if toy else 512)
     size = size or (model.input_size if toy else 128)
-    check_out_dir(out / "trace", ("circuit.json", "circuit.png", "evidence.json"))
+    claim_output(out / "trace", "demo", ("circuit.json", "circuit.png", "evidence.json",
+                                         "report.html"), cache=cache_dir or True)
     images_given = image_set(images) if images is not None else None  # fail before writing
+    if images_given is None and toy:  # an earlier run's scenes are kept as they are
+        kept = len(list((out / "scenes").glob("*.png"))) >= n_scenes
+        claim_output(out / "scenes", "demo", [] if kept else scene_names(n_scenes))
+    renders, activations = cache_sub("renders", cache_dir), cache_sub("activations", cache_dir)
     unit = unit or car_unit(model)
     result = DemoResult(out=out, unit=unit)
     n_steps = 7 if toy else 4
 
-    echo(f"[1/{n_steps}] tracing {unit} through the weights (depth {depth}, top {top_k})")
-    circuit = trace(model, unit, depth=depth, top_k=top_k)
+    circuit = trace(model, unit, depth=depth, top_k=top_k)  # cheap: before the checks
     source = circuit.hops[0].source
     # The whole layer that feeds the unit on toy; elsewhere (512 steps on big models) only the
     # unit's traced inputs, which is what the diagram needs.
     channels = (None if toy else
                 sorted({parse_unit(e.source, model).channel for e in circuit.inputs(str(unit))}))
+    if images_given is not None or toy:
+        check_evidence_outputs(out / "trace", circuit, model, cache_dir=activations)
+    units = [Unit(source, c) for c in (channels if channels is not None
+                                       else range(model.layer(source).channels))]
+    claim_output(out / "visualize", "demo", ["manifest.json", "sheet.png"]
+                 + [f"units/{u.slug}{ext}" for u in units for ext in (".png", ".json")],
+                 cache=renders)
+    echo(f"[1/{n_steps}] traced {unit} through the weights (depth {depth}, top {top_k})")
     echo(f"[2/{n_steps}] feature visualizations of {source} "
          f"({'all units' if channels is None else f'{len(channels)} units'}, {steps} steps)")
     visualize_layer(model, source, channels=channels, steps=steps, size=size,
                     batch=TOY_BATCH if toy else None, out_dir=out / "visualize",
-                    progress=progress, echo=echo)
+                    cache_dir=renders, progress=progress, echo=echo)
     sheets = sorted((out / "visualize").glob("sheet*.png"))
     result.sheet = sheets[0] if sheets else None
 
     echo(f"[3/{n_steps}] circuit diagram of {unit} ({len(circuit.nodes)} units)")
-    pictures = attach_renders(circuit, model, steps=steps, size=size, progress=progress)
+    pictures = attach_renders(circuit, model, steps=steps, size=size, cache_dir=renders,
+                              progress=progress)
     if toy:  # what each unit detects, measured on generated images, under it in the diagram
         result.findings = _toy_label(model, circuit)
         circuit.note = "italic: what each unit detects best (d′ on generated images)"
@@ -184,7 +217,8 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
         images_given = image_set(images)
     if images_given is not None:
         echo(f"[4/{n_steps}] dataset examples and ablation over {images}")
-        evidence = add_evidence(out / "trace", model, images_given, progress=progress)
+        evidence = add_evidence(out / "trace", model, images_given, cache_dir=activations,
+                                progress=progress)
         result.report = evidence.html
     else:
         echo(f"[4/{n_steps}] no images given: skipping dataset examples and ablation "

@@ -54,6 +54,8 @@ def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], int]:
                 if not sub.is_file() or any(part.startswith(".")
                                             for part in sub.relative_to(path).parts):
                     continue
+                if sub.name == "circuits-outputs.jsonl":  # our own record of an output folder
+                    continue
                 if is_image_name(sub):
                     add(sub)
                 else:

@@ -300,39 +300,6 @@ def attach_renders(circuit: Circuit, model: LoadedModel, *, steps: int = 512, si
     return {node.id: render.image for node, render in zip(nodes, renders, strict=True)}
 
 
-# ---------------------------------------------------------------------------------------------
-# Command-line helpers
-
-
-def default_out_dir(model: LoadedModel, command: str, name: str) -> Path:
-    """``outputs/COMMAND/MODEL/NAME`` with file-name-safe parts."""
-    from .files import output_dir
-
-    return output_dir(command, model.name, name)
-
-
-def check_out_dir(out: Path, ours: tuple[str, ...]) -> None:
-    """Refuse an output folder that is a file, or that holds one of our file names with
-    something else in it (never overwrite a user's unrelated file)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CircuitsError(f"--out {str(out)!r} is a file; give a folder")
-    for name in ours:
-        path = out / name
-        if not path.exists():
-            continue
-        if path.is_dir():
-            raise CircuitsError(f"{str(path)!r} is a folder; choose another --out")
-        if name.endswith(".json"):
-            try:
-                fmt = json.loads(path.read_text(encoding="utf-8")).get("format", "")
-            except (OSError, ValueError, AttributeError):
-                fmt = ""
-            if not str(fmt).startswith("circuits-"):
-                raise CircuitsError(f"{str(path)!r} exists and was not written by circuits; "
-                                    "choose another --out or move the file")
-
-
 def render_tree(circuit: Circuit) -> str:
     """The circuit as indented text, target first, inputs strongest first."""
     lines = [f"Circuit of {circuit.target} ({circuit.model}), {len(circuit.hops)} hop(s), "

@@ -99,7 +99,9 @@ class Neuron(Unit):
     @property
     def slug(self) -> str:
         """``inception_4c/3x3:12`` -> ``inception_4c-3x3_12``."""
-        return f"{self.layer.replace('/', '-')}_{self.channel}"
+        from .files import slug
+
+        return f"{slug(self.layer)}_{self.channel}"
 
     def encoder(self, channels: int) -> torch.Tensor:
         e = torch.zeros(channels)

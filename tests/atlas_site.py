@@ -38,10 +38,19 @@ class ToyAtlas:
         return plan_atlas(self.model, out or self.out, ["mixed4a", "mixed4b"], **args)
 
     def build(self, out=None, **kw):
+        import torch
+
         from circuits_cli.atlas import build_atlas
 
-        with cache_env(self.cache):
-            return build_atlas(self.plan(out, **kw), progress=False, echo=lambda m: None)
+        # the thread count the shared renders were made with: it is part of the render key
+        # (another count rounds differently, so it is another picture)
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with cache_env(self.cache):
+                return build_atlas(self.plan(out, **kw), progress=False, echo=lambda m: None)
+        finally:
+            torch.set_num_threads(before)
 
 
 @contextmanager

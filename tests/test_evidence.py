@@ -106,10 +106,10 @@ def test_receptive_field_follows_the_layer_geometry(model, cache):
         x0, y0, x1, y1 = rf.box(5, 5, "support")
         assert x1 - x0 == size and (x0 + x1) / 2 == pytest.approx(5 * stride + stride / 2, abs=1)
         assert rf.box(0, 0, "support")[:2] == (0, 0)  # clipped at the border
-    # cached on disk: with the memory cache emptied, the same answer comes from the JSON file
-    import circuits_cli.evidence.receptive_field as rf_module
-
-    rf_module._MEMORY.clear()
+    # kept in the model's memo (no global cache); with it emptied, the same answer comes from
+    # the JSON file on disk
+    assert ("relu3", model.input_size, 0.9) in model.memo["receptive_field"]
+    model.memo.clear()
     assert receptive_field(model, "relu3", cache_dir=cache).support == rf.support
     assert list((cache.parent / "receptive_fields").rglob("*.json"))
 
@@ -348,7 +348,7 @@ def test_cli_bad_inputs_are_one_line_errors(world, tmp_path):
 
 
 def test_add_evidence_to_a_traced_circuit(model, world, tmp_path):
-    from circuits_cli.evidence import add_evidence
+    from circuits_cli.reports.evidence import add_evidence
     from circuits_cli.trace import trace
 
     circuit = trace(model, Unit("relu3", 0), depth=1, top_k=3, source="relu2")
@@ -380,7 +380,7 @@ def test_add_evidence_to_a_traced_circuit(model, world, tmp_path):
 
 
 def test_add_evidence_refuses_a_foreign_folder(model, world, tmp_path):
-    from circuits_cli.evidence import add_evidence
+    from circuits_cli.reports.evidence import add_evidence
 
     with pytest.raises(CircuitsError, match="no circuit.json"):
         add_evidence(tmp_path, model, world[0])
@@ -431,3 +431,28 @@ def test_p_value_follows_the_direction_the_weights_predict():
     assert inhibitory.to_json()["p_expected"] == pytest.approx(1 / 50)
     excitatory = CircuitAblation(node="t:0", group="excitatory", expected="drop", result=rise)
     assert excitatory.p_expected == 1.0 and not excitatory.agrees
+
+
+def test_evidence_is_gathered_in_memory_and_serialised_once(model, world, tmp_path):
+    """gather_evidence writes nothing; writing it gives the evidence.json that add_evidence
+    writes for the same circuit (one serialisation)."""
+    from circuits_cli.evidence import gather_evidence
+    from circuits_cli.reports.evidence import add_evidence, write_evidence
+    from circuits_cli.trace import trace
+
+    circuit = trace(model, Unit("relu3", 0), depth=1, top_k=3, source="relu2")
+    ev = gather_evidence(model, circuit, world[0], top=4, draws=30, top_images=None,
+                         cache_dir=tmp_path / "cache")
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".png", ".html")
+                or p.name == "evidence.json"]  # only caches were written
+    assert set(ev.examples) == {n.id for n in circuit.nodes}
+    assert [a.group for a in ev.ablations] == ["excitatory"] and ev.ablations[0].agrees
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        circuit.save(d / "circuit.json")
+    write_evidence(a, ev, html=False)
+    add_evidence(b, model, world[0], top=4, draws=30, top_images=None, html=False,
+                 cache_dir=tmp_path / "cache")
+    ja, jb = (json.loads((d / "evidence.json").read_text()) for d in (a, b))
+    assert ja == jb

@@ -182,27 +182,29 @@ def test_bad_toy_weights_file_is_a_one_line_error(tmp_path):
 
 def test_train_command_rejects_bad_output_before_training(tmp_path):
     runner = CliRunner()
-    existing = tmp_path / "toy.pt"
-    existing.write_bytes(b"keep me")
-    result = runner.invoke(cli, ["toy", "train", "--out", str(existing)])
-    assert result.exit_code == 2 and "already exists" in result.output
-    assert existing.read_bytes() == b"keep me"
-    result = runner.invoke(cli, ["toy", "train", "--out", str(tmp_path / "toy.txt")])
-    assert result.exit_code == 2 and "should end in .pt" in result.output
-    result = runner.invoke(cli, ["toy", "train", "--out", str(tmp_path / "t.pt"), "--epochs", "0"])
+    (tmp_path / "toy.pt").write_bytes(b"keep me")
+    result = runner.invoke(cli, ["toy", "train", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "was not written by circuits" in result.output
+    result = runner.invoke(cli, ["toy", "train", "--out", str(tmp_path), "--force"])
+    assert result.exit_code == 2 and "was not written by circuits" in result.output
+    assert (tmp_path / "toy.pt").read_bytes() == b"keep me"
+    result = runner.invoke(cli, ["toy", "train", "--out", str(tmp_path / "toy2.pt")])
+    assert result.exit_code == 2 and "--out is a folder" in result.output
+    result = runner.invoke(cli, ["toy", "train", "--out", str(tmp_path / "t"), "--epochs", "0"])
     assert result.exit_code == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.pt"]
 
 
 @pytest.mark.slow
 def test_train_command_writes_a_checkpoint_the_zoo_loads(tmp_path):
     from circuits_cli.zoo import load_model
 
-    out = tmp_path / "sub" / "mini.pt"
+    out = tmp_path / "sub" / "mini"
     result = CliRunner().invoke(cli, ["toy", "train", "--out", str(out), "--n-train", "140",
                                       "--epochs", "1", "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output
-    model = load_model("toy", weights=out)
+    model = load_model("toy", weights=out / "toy.pt")
     assert model.weights_id != load_model("toy").weights_id
     assert model.logits(torch.rand(2, 3, 64, 64)).shape == (2, len(CLASSES))
 

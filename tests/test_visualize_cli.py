@@ -176,13 +176,27 @@ def test_bad_inputs_exit_2_with_one_line_and_touch_nothing(tmp_path, monkeypatch
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
-def test_refuses_a_folder_of_someone_elses_files(tmp_path):
+def test_never_replaces_someone_elses_files_and_keeps_earlier_settings(tmp_path):
     out = tmp_path / "paper"
-    out.mkdir()
+    (out / "units").mkdir(parents=True)
     (out / "draft.tex").write_text("mine")
+    (out / "units" / "relu_0.png").write_bytes(b"my own picture")
     res = run("relu", "--units", "0", "--out", out, *QUICK)
-    assert res.exit_code == 2 and "not circuits visualize outputs" in res.output
-    assert sorted(p.name for p in out.iterdir()) == ["draft.tex"]
+    assert res.exit_code == 2 and "relu_0.png' was not written by circuits" in res.output
+    assert (out / "units" / "relu_0.png").read_bytes() == b"my own picture"
+    assert sorted(p.name for p in out.rglob("*")) == ["draft.tex", "relu_0.png", "units"]
+    # files of other names are the user's business: rendered beside them, left alone
+    res = run("relu", "--units", "1", "--out", out, *QUICK)
+    assert res.exit_code == 0, res.output
+    assert (out / "draft.tex").read_text() == "mine" and (out / "units" / "relu_1.png").is_file()
+    # other settings for a unit already there: refused, the earlier render kept
+    before = (out / "units" / "relu_1.png").read_bytes()
+    res = run("relu", "--units", "1", "--out", out, *QUICK, "--steps", "7")
+    assert res.exit_code == 2 and "other settings (steps 6 -> 7)" in res.output
+    assert (out / "units" / "relu_1.png").read_bytes() == before
+    # another layer would replace the manifest and sheet: refused
+    res = run("poly", "--units", "0", "--out", out, *QUICK)
+    assert res.exit_code == 2 and "holds renders of layer 'relu'" in res.output
 
 
 def test_contact_sheet_labels_every_cell_and_wraps_a_long_title():

@@ -120,9 +120,19 @@ def parse_layers(model: LoadedModel, spec: str | Sequence[str]) -> list[str]:
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
-    from ..commands.visualize import _parse_shard
+    """``"K/N"`` -> (K, N) with 0 <= K < N; None stays None; a one-line error otherwise."""
+    import re
 
-    return _parse_shard(value)
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+    if not m:
+        raise CircuitsError(f"malformed --shard {value!r}; write K/N with 0 <= K < N, e.g. 0/4 "
+                            "(Slurm: --shard $SLURM_ARRAY_TASK_ID/N with --array=0-(N-1))")
+    k, n = int(m[1]), int(m[2])
+    if n < 1 or not 0 <= k < n:
+        raise CircuitsError(f"--shard {value!r} is out of range; K must be 0..N-1 and N >= 1")
+    return k, n
 
 
 def load_features(path: str | Path, model: LoadedModel) -> dict:

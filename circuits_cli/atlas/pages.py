@@ -210,6 +210,7 @@ class PageWriter:
         page = unit_page(u)
         html = self.env.get_template("unit.html").render(
             root=root, title=f"{u} · {model.name}", model=self._model_info(), st=st,
+            example=str(u),
             unit={"id": str(u), "layer": u.layer, "channel": u.channel,
                   "branch": _branch(model, u), "layer_href": f"{root}/layers/{slug(u.layer)}.html",
                   "shape": info.shape, "channels": info.channels},
@@ -351,6 +352,7 @@ class PageWriter:
         total = sum(len(v) for v in done.values())
         site.write_text("index.html", self.env.get_template("index.html").render(
             root=".", title=f"Atlas of {model.name}", model=self._model_info(), st=st,
+            example=f"{layers[0]}:{done[layers[0]][0]}" if layers else "LAYER:CHANNEL",
             rows=rows, n_units=total, n_layers=len(layers), images=self._images_info(),
             generated=time.strftime("%Y-%m-%d %H:%M"), class_layers=self.plan.class_layers))
         for n in layers:
@@ -365,6 +367,7 @@ class PageWriter:
             i = layers.index(n)
             site.write_text(f"layers/{slug(n)}.html", self.env.get_template("layer.html").render(
                 root="..", title=f"{n} · {model.name}", model=self._model_info(), st=st,
+                example=f"{n}:{done[n][0]}",
                 layer={"name": n, "shape": info.shape, "channels": info.channels,
                        "kind": info.kind, "n_units": len(done[n])},
                 groups=groups, thumb_px=_thumb_px(st.size),

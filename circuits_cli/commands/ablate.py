@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
-from ..files import write_json
 from .common import model_options
-from .examples import cache_option, images_option, warnings_to_stderr
+from .options import (
+    INPUT_UNITS,
+    UNIT,
+    cache_option,
+    images_option,
+    json_option,
+    out_option,
+    quiet_option,
+    warnings_to_stderr,
+)
 
 
 @click.command()
-@click.argument("unit", metavar="UNIT")
-@click.option("--inputs", "inputs", required=True, metavar="LAYER:C,...",
+@click.argument("unit", type=UNIT)
+@click.option("--inputs", "inputs", required=True, type=INPUT_UNITS,
               help="Input units to ablate, all of one earlier layer: 'inception_4d:203,302' "
                    "(a bare channel or range belongs to the layer named before it).")
 @images_option()
@@ -27,16 +34,17 @@ from .examples import cache_option, images_option, warnings_to_stderr
 @click.option("--reduce", type=click.Choice(["mean", "max", "center"]), default="mean",
               show_default=True, help="UNIT's activation in an image: spatial mean, max, or the "
                                       "centre position.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random draws.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Also write the JSON result to this file.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of the random draws.")
+@json_option
+@out_option("none; with --out DIR the result is also written to DIR/ablate_UNIT.json")
+@quiet_option
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
               help="Images per forward pass when computing activations.")
 @cache_option
 @model_options
-def ablate(unit, inputs, images, mode, draws, top_images, reduce, seed, as_json, out_file,
-           batch, cache_dir, load_model):
+def ablate(unit, inputs, images, mode, draws, top_images, reduce, seed, as_json, out_dir,
+           quiet, batch, cache_dir, load_model):
     """Ablate --inputs and report the drop of UNIT against random units of the same layer.
 
     The inputs (units of one layer before UNIT's) are set to zero (or their mean) through a
@@ -50,26 +58,38 @@ def ablate(unit, inputs, images, mode, draws, top_images, reduce, seed, as_json,
       circuits ablate inception_4e:800 --inputs inception_4d:203,302,483,205,171 \\
           -m googlenet-bvlc --images ../shared/images/imagenet-samples
     """
+    from ..errors import CircuitsError
     from ..evidence import ablate as run_ablation
     from ..evidence import image_set, parse_inputs
+    from ..files import claim_output, write_json
     from ..units import parse_unit
+    from .common import set_interrupt_note
+    from .options import activation_cache
 
-    if out_file is not None and out_file.exists() and out_file.suffix.lower() != ".json":
-        from ..errors import CircuitsError
-
-        raise CircuitsError(f"--out {str(out_file)!r} exists and is not a .json file; choose a "
-                            "new file name ending in .json")
+    if out_dir is not None and out_dir.suffix.lower() == ".json":
+        raise CircuitsError(f"--out {str(out_dir)!r} looks like a file; --out is a folder "
+                            "(the result goes to DIR/ablate_UNIT.json): give a folder")
     imgs = image_set(list(images))
     model = load_model()
     target = parse_unit(unit, model)
     ins = parse_inputs(inputs, model)
+    name = f"ablate_{target.slug}.json"
+    if out_dir is not None:
+        claim_output(out_dir, "ablate", (name,), cache=cache_dir if cache_dir else True)
+    else:
+        from ..files import check_cache_writable
+
+        check_cache_writable(cache_dir)
+    set_interrupt_note("finished chunks of the activation pass are kept in the cache; re-run "
+                       "to resume")
     with warnings_to_stderr():
         result = run_ablation(model, target, ins, imgs, mode=mode, draws=draws, seed=seed,
                               reduce=reduce, top_images=top_images or None,
-                              cache_dir=cache_dir, batch_size=batch, progress=True)
+                              cache_dir=activation_cache(cache_dir), batch_size=batch,
+                              progress=not quiet and not as_json)
     data = result.to_json()
-    if out_file is not None:
-        write_json(out_file, data)
+    if out_dir is not None:
+        write_json(out_dir / name, data)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:

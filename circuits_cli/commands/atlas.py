@@ -85,7 +85,7 @@ def atlas(load_model, layers_spec, units_specs, images, out_dir, steps, size, se
     from ..atlas import AtlasSettings, build_atlas, plan_atlas
     from ..atlas.build import parse_shard
     from ..errors import CircuitsError
-    from ..files import output_dir
+    from ..files import claim_output, output_dir
 
     shard = parse_shard(shard_spec)
     kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
@@ -105,6 +105,8 @@ def atlas(load_model, layers_spec, units_specs, images, out_dir, steps, size, se
         class_layers = [] if classes_spec.strip().lower() == "none" else [
             s.strip() for s in classes_spec.split(",") if s.strip()]
     out = out_dir or output_dir("atlas", model.name, "site")
+    claim_output(out, "atlas", cache=True)  # writable --out and cache before any work; a
+    # user's file is never replaced (checked at each write into the claimed folder)
     units = _units(units_specs, layers_spec, model)
     plan = plan_atlas(model, out, layers_spec, units=units, images=images, settings=settings,
                       shard=shard, class_layers=class_layers, features=features_file,

@@ -4,13 +4,13 @@ and preprocessing (and of the dataset examples one is about to trust)."""
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from .common import model_options
+from .options import json_option, quiet_option, top_k_option
 
 
 @dataclass
@@ -36,16 +36,15 @@ def classify_files(model, files: list[Path], top: int = 5, batch: int = 32,
     ``class_ids``.
     """
     import torch
-    from tqdm import tqdm
 
     from ..images import iter_batches, wnid_of
+    from ..progress import Progress
 
     size = model.input_size
     class_index = {wnid: i for i, wnid in enumerate(model.class_ids)}
     predictions: list[Prediction] = []
     skipped = 0
-    bar = tqdm(total=len(files), unit="img", desc="classify", file=sys.stderr,
-               disable=None if progress else True, leave=False)
+    bar = Progress(len(files), "classify", "img", enabled=progress)
     try:
         for x, ok, n_skipped in iter_batches(files, batch=batch, size=size,
                                              resize=round(size * 256 / 224)):
@@ -95,17 +94,17 @@ def _table(predictions: list[Prediction]) -> str:
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path),
                 metavar="IMAGE...")
-@click.option("--top", "-k", default=5, show_default=True, type=click.IntRange(min=1),
-              help="How many classes to show per image.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print a JSON list: {image, top: [{index, label, prob}, ...]} per image.")
+@top_k_option(5, "How many classes to show per image.")
+@json_option
+@quiet_option
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1),
               help="Images per forward pass.")
 @model_options
-def classify(images, top, as_json, batch, load_model):
+def classify(images, top_k, as_json, quiet, batch, load_model):
     """Top classes of each IMAGE (files or folders, searched recursively).
 
     Images are resized (shorter side 256) and centre-cropped to 224 as in ImageNet evaluation.
+    --json prints a JSON list: {image, top: [{index, label, prob}, ...]} per image.
     When file names start with an ImageNet wnid (n01440764_tench.JPEG), the true class is marked
     with * and top-1 / top-5 accuracy is printed at the end.
 
@@ -117,7 +116,8 @@ def classify(images, top, as_json, batch, load_model):
 
     files, not_images = find_images(images)
     model = load_model()
-    predictions, unreadable = classify_files(model, files, top=top, batch=batch, progress=True)
+    predictions, unreadable = classify_files(model, files, top=top_k, batch=batch,
+                                             progress=not quiet)
     skipped = not_images + unreadable
     if skipped:
         click.echo(f"Warning: skipped {skipped} file(s) that are not readable images.", err=True)

@@ -9,6 +9,16 @@ import click
 
 from ..zoo import DEFAULT_MODEL, MODEL_ENV
 
+INTERRUPT_NOTE = "circuits.interrupt_note"  # ctx.meta key the CLI reads on Ctrl-C
+
+
+def set_interrupt_note(note: str) -> None:
+    """What Ctrl-C keeps in the running command, e.g. 'finished units are kept on disk; re-run
+    to resume' (the CLI prints it after 'Interrupted; '; by default 'nothing was written')."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[INTERRUPT_NOTE] = note
+
 
 def model_options(func):
     """Add ``--model/-m``, ``--weights`` and ``--device``; the command receives ``load_model``,

@@ -6,22 +6,26 @@ from pathlib import Path
 
 import click
 
+from ..demo import TOY_STEPS
 from .common import model_options
+from .options import UNIT, cache_option, quiet_option
 
 
 @click.command()
 @model_options
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), metavar="DIR",
               default=Path("outputs/demo"), show_default=True, help="Output folder.")
-@click.option("--unit", default=None, metavar="LAYER:CHANNEL",
+@click.option("--unit", default=None, type=UNIT,
               help="Trace this unit instead of the model's car detector.")
 @click.option("--images", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Images for dataset examples and ablation [default for toy: generated "
                    "scenes].")
 @click.option("--steps", type=click.IntRange(1, 100000), default=None,
-              help="Feature visualization steps  [default: 256 for toy, 512 otherwise]")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def demo(load_model, out_dir, unit, images, steps, quiet):
+              help=f"Feature visualization steps  [default: {TOY_STEPS} for toy, 512 "
+                   "otherwise]")
+@quiet_option
+@cache_option
+def demo(load_model, out_dir, unit, images, steps, quiet, cache_dir):
     """Trace a car detector end to end, as "Zoom In" does.
 
     Finds the model's car unit (the papers' mixed4c:447 on inceptionv1; on toy, the unit of
@@ -40,11 +44,15 @@ def demo(load_model, out_dir, unit, images, steps, quiet):
     """
     from ..demo import run_demo
     from ..units import parse_unit
+    from .common import set_interrupt_note
 
     model = load_model()
     target = parse_unit(unit, model) if unit else None
+    set_interrupt_note("finished renders and activation chunks are kept on disk; re-run to "
+                       "resume")
     result = run_demo(model, out_dir, unit=target, images=images, steps=steps,
-                      progress=not quiet, echo=lambda msg: click.echo(msg, err=True))
+                      cache_dir=cache_dir, progress=not quiet,
+                      echo=lambda msg: click.echo(msg, err=True))
     if result.findings:
         click.echo(f"What the inputs of {result.unit} detect:")
         for line in result.findings:

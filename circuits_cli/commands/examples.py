@@ -3,63 +3,42 @@
 from __future__ import annotations
 
 import json
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from .common import model_options
-
-DEFAULT_OUT = Path("outputs") / "examples"
-
-
-@contextmanager
-def warnings_to_stderr():
-    """Show the API's warnings (skipped files, ...) as ``Warning: ...`` lines on stderr."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        try:
-            yield
-        finally:
-            for w in caught:
-                if issubclass(w.category, UserWarning):
-                    click.echo(f"Warning: {w.message}", err=True)
-
-
-def images_option(required: bool = True):
-    return click.option("--images", "images", required=required, multiple=True,
-                        type=click.Path(path_type=Path), metavar="DIR",
-                        help="Folder (searched recursively) or files of images; repeatable. "
-                             "Activations are computed once and cached "
-                             "($CIRCUITS_CACHE/activations).")
-
-
-def cache_option(func):
-    return click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-                        default=None, help="Activation cache (default $CIRCUITS_CACHE/"
-                                           "activations or ~/.cache/circuits/activations).")(func)
+from .options import (
+    UNIT,
+    cache_option,
+    images_option,
+    json_option,
+    out_option,
+    quiet_option,
+    top_k_option,
+    warnings_to_stderr,
+)
 
 
 @click.command()
-@click.argument("unit", metavar="UNIT")
+@click.argument("unit", type=UNIT)
 @images_option()
-@click.option("--top", "-n", default=9, show_default=True, type=click.IntRange(min=1),
-              help="How many images.")
+@top_k_option(9, "How many images.", legacy=("--top", "-n"))
 @click.option("--negative", is_flag=True,
               help="The most negative examples instead (lowest min; for a non-negative layer "
                    "after a ReLU, the images where the unit stays quietest).")
 @click.option("--box", type=click.Choice(["effective", "support"]), default="effective",
               show_default=True, help="Crop: effective receptive field (90% of the gradient "
                                       "mass) or its full theoretical support.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=DEFAULT_OUT, show_default=True, help="Folder for the PNG sheet and JSON.")
-@click.option("--json", "as_json", is_flag=True, help="Print the examples as JSON on stdout.")
+@out_option("outputs/examples/MODEL/UNIT")
+@json_option
+@quiet_option
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
               help="Images per forward pass when computing activations.")
 @cache_option
 @model_options
-def examples(unit, images, top, negative, box, out_dir, as_json, batch, cache_dir, load_model):
+def examples(unit, images, top_k, negative, box, out_dir, as_json, quiet, batch, cache_dir,
+             load_model):
     """Dataset examples of UNIT (LAYER:CHANNEL): the images that activate it most.
 
     For each image: the unit's strongest activation (spatial max), where it is, and the crop of
@@ -73,17 +52,24 @@ def examples(unit, images, top, negative, box, out_dir, as_json, batch, cache_di
           --images ../shared/images/imagenet-samples
     """
     from ..evidence import dataset_examples, examples_sheet, image_set
-    from ..files import write_text
+    from ..files import claim_output, output_dir, slug, write_text
     from ..units import parse_unit
+    from .common import set_interrupt_note
+    from .options import activation_cache
 
     imgs = image_set(list(images))  # bad folders fail before the model loads
     model = load_model()
     u = parse_unit(unit, model)
+    stem = f"{slug(model.name)}_{u.slug}" + ("_negative" if negative else "")
+    out_dir = Path(out_dir) if out_dir is not None else output_dir("examples", model.name, u.slug)
+    claim_output(out_dir, "examples", (f"{stem}.png", f"{stem}.json"),
+                 cache=cache_dir if cache_dir is not None else True)
+    set_interrupt_note("finished chunks of the activation pass are kept in the cache; re-run "
+                       "to resume")
     with warnings_to_stderr():
-        exs = dataset_examples(model, u, imgs, top=top, negative=negative, box=box,
-                               cache_dir=cache_dir, batch_size=batch, progress=True)
-    stem = f"{model.name.replace(':', '-').replace('/', '-')}_{u.slug}" + (
-        "_negative" if negative else "")
+        exs = dataset_examples(model, u, imgs, top=top_k, negative=negative, box=box,
+                               cache_dir=activation_cache(cache_dir), batch_size=batch,
+                               progress=not quiet and not as_json)
     png = examples_sheet(exs, out_dir / f"{stem}.png")
     data = exs.to_json()
     data["sheet"] = str(png)
@@ -100,34 +86,3 @@ def examples(unit, images, top, negative, box, out_dir, as_json, batch, cache_di
         click.echo(f"  {e.rank:>3}. {e.activation:10.4g}  {e.path.name:<{width}}  "
                    f"at ({e.position[0]}, {e.position[1]})  crop x {x0}-{x1}, y {y0}-{y1}")
     click.echo(f"Sheet: {png}")
-
-
-def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = False) -> None:
-    """For ``circuits trace``: add dataset examples and the ablation of the target's traced inputs
-    to the output folder when ``images`` (an ImageSet) is given, and write ``report.html``."""
-    if images is None:
-        from ..reports.html import write_report
-
-        path = write_report(out)
-        if not quiet:
-            click.echo(f"Report: {path} (add --images DIR for dataset examples and ablation)",
-                       err=True)
-        return
-    from ..evidence import add_evidence
-
-    if not quiet:
-        click.echo(f"Dataset examples and ablation over {len(images.paths)} image file(s)...",
-                   err=True)
-    with warnings_to_stderr():
-        ev = add_evidence(out, model, images, draws=draws, progress=not quiet)
-    if quiet:
-        return
-    for a in ev.ablations:
-        r = a.result
-        names = ", ".join(str(u) for u in r.inputs)
-        click.echo(f"Ablation of {r.target}'s {a.group} inputs ({names}): "
-                   f"{100 * r.relative_drop:+.1f}% drop vs random "
-                   f"{100 * r.random_relative_mean:+.1f}% (z = {r.z_score:.1f}, "
-                   f"p = {a.p_expected:.3g}): weights predict a {a.expected}; "
-                   f"{'agrees' if a.agrees else 'not shown'}", err=True)
-    click.echo(f"Report: {ev.html}", err=True)

@@ -7,26 +7,35 @@ import json
 import click
 
 from .common import model_options
-from .examples import cache_option, images_option, warnings_to_stderr
+from .options import (
+    LAYER,
+    cache_option,
+    images_option,
+    json_option,
+    quiet_option,
+    top_k_option,
+    warnings_to_stderr,
+)
 
 
 @click.command()
 @click.option("--class", "class_name", required=True, metavar="NAME",
               help="Class name ('sports car'; a unique part of a name works), wnid "
                    "(n04285008) or index (817).")
-@click.option("--layer", "-l", required=True, metavar="LAYER", help="Layer whose units to rank.")
-@click.option("--top", "-k", default=10, show_default=True, type=click.IntRange(min=1),
-              help="How many units.")
+@click.option("--layer", "-l", required=True, type=LAYER, help="Layer whose units to rank.")
+@top_k_option(10, "How many units.")
 @images_option(required=False)
 @click.option("--examples", "n_examples", default=3, show_default=True,
               type=click.IntRange(min=0),
               help="With --images, list each unit's top N dataset examples (file names).")
-@click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON on stdout.")
+@json_option
+@quiet_option
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
               help="Images per forward pass when computing activations.")
 @cache_option
 @model_options
-def find(class_name, layer, top, images, n_examples, as_json, batch, cache_dir, load_model):
+def find(class_name, layer, top_k, images, n_examples, as_json, quiet, batch, cache_dir,
+         load_model):
     """Rank the units of LAYER by their contribution to a class logit.
 
     Without images: by the expanded weight of each unit to the class logit (linear
@@ -43,12 +52,20 @@ def find(class_name, layer, top, images, n_examples, as_json, batch, cache_dir, 
     import numpy as np
 
     from ..evidence import find_units, image_set, layer_activations
+    from ..files import check_cache_writable
+    from .common import set_interrupt_note
+    from .options import activation_cache
 
     imgs = image_set(list(images)) if images else None
     model = load_model()
+    if imgs is not None:
+        check_cache_writable(cache_dir)
+        set_interrupt_note("finished chunks of the activation pass are kept in the cache; "
+                           "re-run to resume")
+    cache_dir = activation_cache(cache_dir)
     with warnings_to_stderr():
-        res = find_units(model, class_name, layer, top=top, images=imgs, cache_dir=cache_dir,
-                         batch_size=batch, progress=True)
+        res = find_units(model, class_name, layer, top=top_k, images=imgs, cache_dir=cache_dir,
+                         batch_size=batch, progress=not quiet and not as_json)
     tops: dict[int, list[str]] = {}
     if imgs is not None and n_examples:
         acts = layer_activations(model, res.layer, imgs, cache_dir=cache_dir, warn=False)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 
 from ..errors import CircuitsError
 from .common import model_options
-from .examples import cache_option, images_option, warnings_to_stderr
+from .options import activation_cache, cache_option, images_option, warnings_to_stderr
 
 
 @click.group()
@@ -29,15 +28,13 @@ def sae():
     """
 
 
-def _writable_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise CircuitsError(f"--out {str(out)!r} is a file; give a folder for the SAE")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise CircuitsError(f"cannot write to {str(out)!r} ({str(probe)!r} is not a writable "
-                            "folder); choose another --out")
+def _claim(out: Path, cache_dir) -> None:
+    """The output rule (circuits_cli.files.claim_output): writable --out and cache, and none
+    of the SAE's files a file circuits did not write; before any work."""
+    from ..files import claim_output
+    from ..sae.layer import OUR_FILES
+
+    claim_output(out, "sae train", OUR_FILES, cache=cache_dir or True)
 
 
 @sae.command()
@@ -95,21 +92,21 @@ def train(layer, images, arch, expansion, k, l1, steps, batch_size, lr, holdout,
     cfg.check()
     imgs = image_set(list(images))  # bad folders fail before the model loads
     if out_dir is not None:
-        _writable_dir(out_dir)
+        _claim(out_dir, cache_dir)
     model = load_model()
     info = model.layer(layer)
     if out_dir is None:
         name = f"{info.name}-{arch}-x{expansion}" + (f"-k{k}" if arch == "topk" else f"-l1{l1:g}")
         out_dir = output_dir("sae", model.name, name)
-        _writable_dir(out_dir)
+        _claim(out_dir, cache_dir)
 
     def log(line):
         click.echo(line, err=True)
 
     with warnings_to_stderr():
         res = train_layer_sae(model, info.name, imgs, out_dir, cfg, holdout=holdout,
-                              cache_dir=cache_dir, batch_size=batch, fidelity=not no_fidelity,
-                              threads=threads, log=log)
+                              cache_dir=activation_cache(cache_dir), batch_size=batch,
+                              fidelity=not no_fidelity, threads=threads, log=log)
     if res.already_done:
         log(f"{out_dir} already holds this SAE (same options and images); not retrained")
     if as_json:
@@ -235,9 +232,13 @@ def features(path, images, neuron, top_features, top_images, out_dir, batch, as_
     if neuron is not None and neuron >= s.d_in:
         raise CircuitsError(f"--neuron {neuron} is out of range; {info.name} has {s.d_in} "
                             f"channels (0-{s.d_in - 1})")
+    from ..files import claim_output
+
+    # writable, and a user's file there never replaced: before the activation pass
+    claim_output(out_dir or (s.folder / "features"), "sae features", cache=cache_dir or True)
     with warnings_to_stderr():
-        acts = layer_activations(model, info.name, imgs, cache_dir=cache_dir, batch_size=batch,
-                                 progress=True)
+        acts = layer_activations(model, info.name, imgs, cache_dir=activation_cache(cache_dir),
+                                 batch_size=batch, progress=True)
     fa = feature_activations(s, acts.maps) if acts.maps is not None else None
     if neuron is None and fa is not None:
         neuron = polysemantic_neurons(s, fa, top=1)[0]["neuron"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .common import model_options
-from .examples import cache_option, images_option, warnings_to_stderr
+from .options import activation_cache, cache_option, images_option, warnings_to_stderr
 
 OUTPUTS = ("steer.json", "steer.png")
 
@@ -67,8 +67,7 @@ def steer(unit, images, mode, strengths, classes, n_supported, out_dir, as_json,
     from ..evidence.find import lookup_class
     from ..evidence.steering import dose_response_figure
     from ..evidence.steering import steer as run_steer
-    from ..files import save_figure, write_json
-    from ..trace import check_out_dir, default_out_dir
+    from ..files import claim_output, output_dir, save_figure, write_json
     from ..units import parse_unit
 
     imgs = image_set(list(images))
@@ -79,11 +78,12 @@ def steer(unit, images, mode, strengths, classes, n_supported, out_dir, as_json,
         supported = [lookup_class(model, c.strip()) for c in classes.split(",") if c.strip()]
         if not supported:
             raise CircuitsError("--classes is empty; give class names or indices")
-    out = Path(out_dir) if out_dir is not None else default_out_dir(model, "steer", target.slug)
-    check_out_dir(out, OUTPUTS)
+    out = Path(out_dir) if out_dir is not None else output_dir("steer", model.name, target.slug)
+    claim_output(out, "steer", OUTPUTS, cache=cache_dir or True)
     with warnings_to_stderr():
         result = run_steer(model, target, imgs, mode=mode, strengths=strengths,
-                           supported=supported, n_supported=n_supported, cache_dir=cache_dir,
+                           supported=supported, n_supported=n_supported,
+                           cache_dir=activation_cache(cache_dir),
                            batch_size=batch, progress=not as_json)
     data = result.to_json()
     out.mkdir(parents=True, exist_ok=True)

@@ -50,10 +50,12 @@ def superposition(out, only, steps, seed, threads, as_json, quiet):
       circuits superposition --out sup/
       circuits superposition --only phase --steps 1000 --json
     """
+    from ..files import claim_output
     from ..superposition.run import default_out_dir, run_superposition, summary_line
 
     if out is None:
         out = default_out_dir(seed)
+    claim_output(out, "superposition")  # writable before training; a user's file never replaced
     experiments = list(only) or list(EXPERIMENT_NAMES)
 
     import torch

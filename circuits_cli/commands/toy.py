@@ -16,41 +16,46 @@ def toy():
 
     \b
     Example:
-      circuits toy train --out toy.pt          # about 5 minutes on 2 CPU cores
-      circuits layers -m toy --weights toy.pt
+      circuits toy train --out runs/toy        # about 5 minutes on 2 CPU cores
+      circuits layers -m toy --weights runs/toy/toy.pt
     """
 
 
+CHECKPOINT = "toy.pt"
+
+
 @toy.command()
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              metavar="FILE", help="Where to write the checkpoint (a .pt file).")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help=f"Output folder; the checkpoint is written as DIR/{CHECKPOINT}.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Passes over the training scenes.  [default: the shipped recipe's, 6]")
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None,
               help="Seed of the training scenes, initialisation and batch order.  [default: 0]")
 @click.option("--n-train", "n_train", type=click.IntRange(min=100), default=None,
               help="Number of training scenes.  [default: the shipped recipe's, 16000]")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for training.  [default: 2]")
-@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
-def train(out: Path, epochs, seed, n_train, threads, force):
-    """Train the toy model from scratch and write a checkpoint that -m toy --weights FILE loads.
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--force", is_flag=True,
+              help=f"Replace a {CHECKPOINT} that an earlier 'toy train' wrote in DIR (a file "
+                   "circuits did not write is never replaced).")
+def train(out: Path, epochs, seed, n_train, threads, quiet, force):
+    """Train the toy model from scratch and write DIR/toy.pt, which -m toy --weights loads.
 
     With no options this is the recipe of the shipped weights (recorded inside the checkpoint,
     with the held-out accuracy reached). Progress is shown; the held-out accuracy is printed
-    after every epoch.
+    after every epoch. Training is not resumable: Ctrl-C writes nothing.
     """
-    if out.exists() and not force:
-        raise CircuitsError(f"{str(out)!r} already exists; choose another --out or pass --force "
-                            "to overwrite it")
-    if out.suffix != ".pt":
-        raise CircuitsError(f"--out {str(out)!r} should end in .pt (a PyTorch checkpoint)")
-    if out.parent and not out.parent.exists():
-        try:
-            out.parent.mkdir(parents=True)
-        except OSError as err:
-            raise CircuitsError(f"cannot create the folder {str(out.parent)!r} ({err.strerror}); "
-                                "choose another --out") from None
+    from ..files import claim_output
+
+    if out.suffix in (".pt", ".pth"):
+        raise CircuitsError(f"--out {str(out)!r} looks like a file; --out is a folder (the "
+                            f"checkpoint is written as DIR/{CHECKPOINT}), e.g. --out runs/toy")
+    claim_output(out, "toy train", (CHECKPOINT,))  # unwritable, or a user's file: before work
+    path = out / CHECKPOINT
+    if path.exists() and not force:
+        raise CircuitsError(f"{str(path)!r} already exists; choose another --out or pass --force "
+                            "to replace it")
     from dataclasses import replace
 
     from ..toy.train import Recipe, save_checkpoint
@@ -60,8 +65,9 @@ def train(out: Path, epochs, seed, n_train, threads, force):
     changes = {k: v for k, v in dict(epochs=epochs, seed=seed, n_train=n_train,
                                      threads=threads).items() if v is not None}
     recipe = replace(recipe, **changes)
-    ckpt = run_training(recipe, log=lambda msg: click.echo(msg, err=True))
-    save_checkpoint(ckpt, out)
+    ckpt = run_training(recipe, log=(lambda msg: None) if quiet else
+                        (lambda msg: click.echo(msg, err=True)), progress=not quiet)
+    save_checkpoint(ckpt, path)
     m = ckpt["metrics"]
-    click.echo(f"wrote {out}: held-out accuracy {m['held_out_accuracy']:.3f} "
+    click.echo(f"wrote {path}: held-out accuracy {m['held_out_accuracy']:.3f} "
                f"({m['held_out']}), {m['parameters']:,} parameters, {m['train_seconds']:.0f} s")

@@ -8,51 +8,35 @@ from pathlib import Path
 import click
 
 from .common import model_options
-
-METHOD_HELP = ("How to compute expanded weights: exact (kernels multiplied out: a conv feeding a "
-               "conv, an Inception block's input to its output), linear (the linear "
-               "approximation: ReLU as identity, max-pool as average pool; any two layers), "
-               "auto (exact where it exists).")
-
-
-def render_options(func):
-    """``--steps``, ``--size``, ``--seed``, ``--param``, ``--no-render``: the feature
-    visualizations."""
-    func = click.option("--param", type=click.Choice(["fourier", "maco"]), default="fourier",
-                        show_default=True,
-                        help="Feature visualization parameterization (as in 'circuits "
-                             "visualize --param'); renders are cached per parameterization.")(func)
-    func = click.option("--no-render", is_flag=True,
-                        help="Skip feature visualizations (units drawn as 'no render').")(func)
-    func = click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0,
-                        show_default=True, help="Seed of the feature visualizations.")(func)
-    func = click.option("--size", type=click.IntRange(16, 1024), default=128, show_default=True,
-                        help="Feature visualization size in pixels.")(func)
-    func = click.option("--steps", type=click.IntRange(1, 100000), default=512,
-                        show_default=True,
-                        help="Feature visualization steps; renders come from the cache of "
-                             "'circuits visualize' (same steps/size/seed), fewer steps for a "
-                             "quick look.")(func)
-    return func
+from .options import (
+    LAYER,
+    METHOD_HELP,
+    UNIT,
+    cache_option,
+    json_option,
+    out_option,
+    quiet_option,
+    render_options,
+    warnings_to_stderr,
+)
 
 
 @click.command()
-@click.argument("unit")
+@click.argument("unit", type=UNIT)
 @model_options
 @click.option("--depth", type=click.IntRange(1, 8), default=2, show_default=True,
               help="Hops back from UNIT (layers of inputs).")
 @click.option("--top-k", "top_k", type=click.IntRange(1, 32), default=3, show_default=True,
               help="Strongest inputs kept per unit (by L2 norm of the spatial kernel).")
-@click.option("--from", "source", default=None, metavar="LAYER",
+@click.option("--from", "source", default=None, type=LAYER,
               help="Layer of the first hop  [default: the layer UNIT reads, e.g. the input of "
                    "its Inception block]")
 @click.option("--method", type=click.Choice(["auto", "exact", "linear"]), default="auto",
               show_default=True, help=METHOD_HELP)
 @render_options
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output folder  [default: outputs/trace/MODEL/UNIT]")
-@click.option("--json", "as_json", is_flag=True, help="Print the circuit as JSON on stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@out_option("outputs/trace/MODEL/UNIT")
+@json_option
+@quiet_option
 @click.option("--images", "image_dirs", multiple=True, type=click.Path(path_type=Path),
               metavar="DIR",
               help="Add evidence from these images (repeatable): dataset examples per unit, "
@@ -63,8 +47,9 @@ def render_options(func):
 @click.option("--sae", "saes", multiple=True, type=click.Path(path_type=Path), metavar="FOLDER",
               help="An SAE folder (from 'circuits sae train'; repeatable): hops into its layer "
                    "rank its dictionary features instead of neurons (a feature circuit).")
+@cache_option
 def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, param, no_render,
-          out_dir, as_json, quiet, image_dirs, draws, saes):
+          out_dir, as_json, quiet, image_dirs, draws, saes, cache_dir):
     """Trace the circuit of UNIT (LAYER:CHANNEL) back through the weights.
 
     From UNIT, find its TOP-K strongest inputs in the previous layer by expanded weights (L2
@@ -80,47 +65,85 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
       circuits trace mixed4c:447 --from mixed4a --method linear
       circuits trace mixed4b@SAE_4B#12 --sae SAE_4A -m toy     # a feature circuit
     """
-    from ..trace import attach_renders, check_out_dir, default_out_dir, render_tree
+    from ..files import claim_output, output_dir
+    from ..trace import attach_renders, render_tree
     from ..trace import trace as trace_circuit
     from ..units import parse_unit
+    from .options import activation_cache, render_cache
 
-    model = load_model()
-    target = parse_unit(unit, model)
-    if source is not None:
-        model.layer(source)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(model, "trace", target.slug)
-    check_out_dir(out, ("circuit.json", "circuit.png", "evidence.json"))
-    from ..reports.html import check_report_path
-
-    check_report_path(out / "report.html")
     image_set = None
     if image_dirs:
         from ..evidence import image_set as find_image_set
 
-        image_set = find_image_set(list(image_dirs))  # a bad folder fails before any writing
+        image_set = find_image_set(list(image_dirs))  # bad or unreadable images: before all work
+    model = load_model()
+    target = parse_unit(unit, model)
+    if source is not None:
+        model.layer(source)
+    out = Path(out_dir) if out_dir is not None else output_dir("trace", model.name, target.slug)
+    claim_output(out, "trace", ("circuit.json", "circuit.png", "evidence.json", "report.html"),
+                 cache=cache_dir if cache_dir is not None else (not no_render or bool(image_dirs)))
 
     from ..units import sae_features
 
     features = dict(sae_features(model, folder) for folder in saes)
     circuit = trace_circuit(model, target, depth=depth, top_k=top_k, source=source,
                             method=method, features=features)
+    if image_set is not None:  # examples/UNIT.png of every node: checked before the renders
+        from ..evidence import check_evidence_outputs
+
+        check_evidence_outputs(out, circuit, model,
+                               cache_dir=activation_cache(cache_dir) if cache_dir else None)
     images = {}
     if not no_render:
         if not quiet and not as_json:
             click.echo(f"Feature visualizations of {len(circuit.nodes)} units "
                        f"({steps} steps, cached)...", err=True)
         images = attach_renders(circuit, model, steps=steps, size=size, seed=seed, param=param,
+                                cache_dir=render_cache(cache_dir) if cache_dir else None,
                                 progress=not quiet and not as_json)
     from ..reports.diagrams import draw_circuit
 
     out.mkdir(parents=True, exist_ok=True)
     circuit.save(out / "circuit.json")
     draw_circuit(circuit, out / "circuit.png", images)
-    from .examples import trace_evidence
-
-    trace_evidence(out, model, image_set, draws=draws, quiet=quiet or as_json)
+    trace_evidence(out, model, image_set, draws=draws, quiet=quiet or as_json,
+                   cache_dir=activation_cache(cache_dir) if cache_dir else None)
     if as_json:
         click.echo(json.dumps(circuit.to_json(), indent=2))
         return
     click.echo(render_tree(circuit))
     click.echo(f"Wrote {out / 'circuit.json'} and {out / 'circuit.png'}")
+
+
+def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = False,
+                   cache_dir: Path | None = None) -> None:
+    """For ``circuits trace``: add dataset examples and the ablation of the target's traced inputs
+    to the output folder when ``images`` (an ImageSet) is given, and write ``report.html``."""
+    if images is None:
+        from ..reports.html import write_report
+
+        path = write_report(out)
+        if not quiet:
+            click.echo(f"Report: {path} (add --images DIR for dataset examples and ablation)",
+                       err=True)
+        return
+    from ..reports.evidence import add_evidence
+
+    if not quiet:
+        click.echo(f"Dataset examples and ablation over {len(images.paths)} image file(s)...",
+                   err=True)
+    with warnings_to_stderr():
+        ev = add_evidence(out, model, images, draws=draws, progress=not quiet,
+                          cache_dir=cache_dir)
+    if quiet:
+        return
+    for a in ev.ablations:
+        r = a.result
+        names = ", ".join(str(u) for u in r.inputs)
+        click.echo(f"Ablation of {r.target}'s {a.group} inputs ({names}): "
+                   f"{100 * r.relative_drop:+.1f}% drop vs random "
+                   f"{100 * r.random_relative_mean:+.1f}% (z = {r.z_score:.1f}, "
+                   f"p = {a.p_expected:.3g}): weights predict a {a.expected}; "
+                   f"{'agrees' if a.agrees else 'not shown'}", err=True)
+    click.echo(f"Report: {ev.html}", err=True)

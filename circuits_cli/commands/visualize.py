@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
 
 from .common import model_options
+from .options import CHANNELS, LAYER, SHARD, out_option, quiet_option
 
 OBJECTIVE_CHOICES = ["channel", "neuron", "direction", "diversity"]
 
 
-def _parse_shard(value: str | None) -> tuple[int, int] | None:
-    from ..errors import CircuitsError
-
-    if value is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
-    if not m:
-        raise CircuitsError(f"malformed --shard {value!r}; write K/N with 0 <= K < N, e.g. 0/4 "
-                            "(Slurm: --shard $SLURM_ARRAY_TASK_ID/N with --array=0-(N-1))")
-    k, n = int(m[1]), int(m[2])
-    if n < 1 or not 0 <= k < n:
-        raise CircuitsError(f"--shard {value!r} is out of range; K must be 0..N-1 and N >= 1")
-    return k, n
-
-
 @click.command()
-@click.argument("layer")
+@click.argument("layer", type=LAYER)
 @model_options
-@click.option("--units", "units_spec", default="all", show_default=True, metavar="LIST",
+@click.option("--units", "units_spec", default="all", show_default=True, type=CHANNELS,
               help="Channels to render: 'all' or e.g. '0-63,447'. For --objective direction: "
                    "rows of the --direction file.")
 @click.option("--objective", type=click.Choice(OBJECTIVE_CHOICES), default="channel",
@@ -52,7 +37,9 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
 @click.option("--batch", type=click.IntRange(1, 4096), default=None,
               help="Pictures optimised together  [default: 16 on CPU, 64 on a GPU]")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True,
-              help="Seed of the initial images and the transforms: same seed, same pictures.")
+              help="Seed of the initial images and the transforms: the same seed on the same "
+                   "machine with the same number of torch threads gives the same PNG bytes "
+                   "(another thread count changes float rounding, and the pictures slightly).")
 @click.option("--param", type=click.Choice(["fourier", "maco"]), default="fourier",
               show_default=True,
               help="Image parameterization: fourier (Lucid's: decorrelated Fourier image, jitter/"
@@ -78,16 +65,15 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
               show_default=True,
               help="Arithmetic of the forward/backward pass: auto = bfloat16 where the hardware "
                    "has it natively, else float32.")
-@click.option("--shard", "shard_spec", default=None, metavar="K/N",
+@click.option("--shard", "shard", default=None, type=SHARD,
               help="Render only every N-th unit, starting at the K-th (K = 0..N-1), to split a "
                    "layer across processes or machines; shards writing to the same --out merge "
                    "into one manifest and contact sheet.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder  [default: outputs/visualize/MODEL/LAYER]")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@out_option("outputs/visualize/MODEL/LAYER")
+@quiet_option
 def visualize(layer, load_model, units_spec, objective, direction_file, facets, negative, steps,
               size, batch, seed, param, from_image, keep_layer, keep_weight, image_dirs,
-              precision, shard_spec, out_dir, quiet):
+              precision, shard, out_dir, quiet):
     """Render feature visualizations of the units of LAYER.
 
     Activation maximization as in Lucid: a decorrelated Fourier image, random jitter, scale and
@@ -97,6 +83,10 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
 
     Finished units are kept as they complete: a re-run with the same settings skips them (resume
     after Ctrl-C or a crash), and renders are also cached across commands ($CIRCUITS_CACHE/renders).
+    Another layer, or other settings for units already in --out, is refused (nothing of the
+    earlier run is replaced): give each its own --out. --negative and other objectives have
+    their own file names and share a folder. A file in --out that circuits did not write is
+    never replaced.
 
     \b
     Examples:
@@ -110,8 +100,8 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
       circuits visualize 4c --shard $SLURM_ARRAY_TASK_ID/8 --out runs/4c -m googlenet-bvlc
     """
     from ..errors import CircuitsError
+    from .common import set_interrupt_note
 
-    shard = _parse_shard(shard_spec)
     if direction_file is not None and objective != "direction":
         raise CircuitsError("--direction is only used with --objective direction")
     if objective == "direction" and direction_file is None:
@@ -144,9 +134,17 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
     n = directions.shape[0] if directions is not None else info.channels
     what = "directions in the file" if directions is not None else info.name
     channels = parse_channels(units_spec, n, what)
+    set_interrupt_note("finished units are kept on disk; re-run to resume")
+    if image_dirs:  # an activation pass runs before visualize_layer claims --out: claim first
+        from ..files import claim_output
+        from ..render.run import default_out_dir
+
+        claim_output(out_dir or default_out_dir(model, info.name), "visualize", cache=True)
+    best = best_examples(model, info.name, list(image_dirs), objective, negative) \
+        if image_dirs else None
     visualize_layer(model, info.name, channels=channels, objective=objective,
                     directions=directions, facets=facets, negative=negative,
-                    from_image=accent, images=list(image_dirs) or None, steps=steps, size=size,
+                    from_image=accent, best=best, steps=steps, size=size,
                     batch=batch, seed=seed, param=param, precision=precision, shard=shard,
                     out_dir=out_dir, progress=not quiet, echo=click.echo)
 
@@ -182,3 +180,24 @@ def _visualize_file_units(model, spec, units_spec, objective, facets, negative, 
                            negative=negative, steps=steps, size=size, batch=batch, seed=seed,
                            param=param, precision=precision, shard=shard, out_dir=out_dir,
                            progress=not quiet, echo=click.echo)
+
+
+def best_examples(model, layer: str, images, objective: str,
+                  negative: bool) -> dict | None:
+    """Per channel, the strongest activation over an image set, in the render's own measure
+    (channel and diversity: the spatial mean; neuron: the spatial max, i.e. the neuron at its
+    best position); from the activation store (computed once, cached). None for directions
+    and negative renders, which have no such reference."""
+    if objective == "direction" or negative:
+        return None
+    import numpy as np
+
+    from ..evidence.activations import layer_activations
+
+    acts = layer_activations(model, layer, images)
+    stat = "max" if objective == "neuron" else "mean"
+    table = np.asarray(acts.stats[stat])
+    rows = table.argmax(axis=0)
+    return {"images": acts.n_images, "stat": stat,
+            "value": table.max(axis=0).astype(float).tolist(),
+            "path": [str(acts.paths[r]) for r in rows]}

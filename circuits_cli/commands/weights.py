@@ -8,13 +8,21 @@ from pathlib import Path
 import click
 
 from .common import model_options
-from .trace import METHOD_HELP, render_options
+from .options import (
+    LAYER,
+    METHOD_HELP,
+    UNIT,
+    json_option,
+    out_option,
+    quiet_option,
+    render_options,
+)
 
 
 @click.command()
-@click.argument("unit")
+@click.argument("unit", type=UNIT)
 @model_options
-@click.option("--from", "source", default=None, metavar="LAYER",
+@click.option("--from", "source", default=None, type=LAYER,
               help="Layer of the inputs  [default: the layer UNIT reads, e.g. the input of its "
                    "Inception block]")
 @click.option("--top-k", "top_k", type=click.IntRange(1, 64), default=8, show_default=True,
@@ -22,10 +30,9 @@ from .trace import METHOD_HELP, render_options
 @click.option("--method", type=click.Choice(["auto", "exact", "linear"]), default="auto",
               show_default=True, help=METHOD_HELP)
 @render_options
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Output folder  [default: outputs/weights/MODEL/UNIT_from_LAYER]")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@out_option("outputs/weights/MODEL/UNIT_from_LAYER")
+@json_option
+@quiet_option
 def weights(unit, load_model, source, top_k, method, steps, size, seed, param, no_render,
             out_dir, as_json, quiet):
     """Show the strongest inputs of UNIT (LAYER:CHANNEL) from an earlier layer.
@@ -42,7 +49,8 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, param, n
     """
     from ..connections import rank_inputs, resolve_method, unit_weights
     from ..errors import CircuitsError
-    from ..trace import check_out_dir, default_out_dir, previous_layer
+    from ..files import claim_output, output_dir, slug
+    from ..trace import previous_layer
     from ..units import Unit, parse_unit
 
     model = load_model()
@@ -57,9 +65,9 @@ def weights(unit, load_model, source, top_k, method, steps, size, seed, param, n
         raise CircuitsError(f"--from layer {source!r} does not come before {target.layer!r}; "
                             "choose an earlier layer")
     used = resolve_method(model, source, target.layer, method)
-    name = f"{target.slug}_from_{source.replace('/', '-')}"
-    out = Path(out_dir) if out_dir is not None else default_out_dir(model, "weights", name)
-    check_out_dir(out, ("weights.json", "weights.png"))
+    name = f"{target.slug}_from_{slug(source)}"
+    out = Path(out_dir) if out_dir is not None else output_dir("weights", model.name, name)
+    claim_output(out, "weights", ("weights.json", "weights.png"), cache=not no_render)
 
     kernels = unit_weights(model, source, target, method=used)
     kernels = kernels.detach().cpu().double()

@@ -7,8 +7,9 @@
 - :mod:`.ablation`: zero/mean ablation of input units against random units of the same layer.
 - :mod:`.find`: the units of a layer that build a class logit.
 
-:func:`add_evidence` adds all of it to a ``circuits trace`` output folder: dataset examples per
-node, the ablation of the target's traced inputs, and a self-contained HTML report.
+:func:`gather_evidence` collects all of it for a traced circuit, in memory (an
+:class:`Evidence`); :func:`circuits_cli.reports.evidence.add_evidence` writes it into a
+``circuits trace`` output folder with a self-contained HTML report.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ __all__ = ["AblationResult", "ablate", "parse_inputs", "ImageSet", "LayerActivat
            "default_cache_dir", "image_set", "layer_activations", "layers_activations",
            "Example", "ExampleSet", "dataset_examples", "examples_sheet", "FindResult",
            "UnitScore", "find_units", "lookup_class", "ReceptiveField",
-           "Evidence", "CircuitAblation", "add_evidence", "EVIDENCE_FILE"]
+           "Evidence", "CircuitAblation", "gather_evidence", "check_evidence_outputs",
+           "EVIDENCE_FILE"]
 
 EVIDENCE_FILE = "evidence.json"
 EVIDENCE_FORMAT = "circuits-evidence/1"
@@ -70,76 +72,70 @@ class CircuitAblation:
 
 @dataclass
 class Evidence:
-    """What :func:`add_evidence` wrote into a circuit folder."""
+    """The evidence for a circuit, in memory: dataset examples per node and the ablation tests
+    (:func:`gather_evidence`). JSON on disk is its serialisation (:meth:`to_json`);
+    :func:`circuits_cli.reports.evidence.add_evidence` writes it beside a traced circuit."""
 
-    directory: Path
     examples: dict[str, ExampleSet] = field(default_factory=dict)  # node id -> examples
-    sheets: dict[str, Path] = field(default_factory=dict)  # node id -> PNG
     ablations: list[CircuitAblation] = field(default_factory=list)
-    html: Path | None = None
+    images: str = ""
     n_images: int = 0
     n_skipped: int = 0
+    settings: dict | None = None  # the ablation's settings, None without ablation
+    model: str = ""
+    weights_id: str = ""
+    directory: Path | None = None  # where it was written, if it was
+    sheets: dict[str, Path] = field(default_factory=dict)  # node id -> PNG, once written
+    html: Path | None = None
+
+    def to_json(self, directory: Path | None = None) -> dict:
+        """``evidence.json``: paths of the example sheets relative to ``directory``."""
+        def rel(p: Path) -> str:
+            return str(p.relative_to(directory)) if directory is not None else str(p)
+
+        return {"format": EVIDENCE_FORMAT, "model": self.model, "weights_id": self.weights_id,
+                "images": self.images, "n_images": self.n_images, "n_skipped": self.n_skipped,
+                "examples": {nid: {**({"sheet": rel(self.sheets[nid]),
+                                       "json": rel(self.sheets[nid].with_suffix(".json"))}
+                                      if nid in self.sheets else {}),
+                                   "top": [e.to_json() for e in exs.examples],
+                                   "summary": exs.summary}
+                             for nid, exs in self.examples.items()},
+                "ablation": [a.to_json() for a in self.ablations],
+                "ablation_settings": self.settings}
 
 
-def add_evidence(circuit_dir: str | Path, model, images: str | Path | Sequence[str | Path], *,
-                 top: int = 9, ablation: bool = True, mode: str = "zero", draws: int = 50,
-                 top_images: int | None = 100, reduce: str = "mean", seed: int = 0,
-                 all_nodes: bool = False, html: bool = True,
-                 cache_dir: str | Path | None = None, batch_size: int = 16,
-                 progress: bool = False) -> Evidence:
-    """Add dataset examples, ablation and an HTML report to a ``circuits trace`` output folder.
-
-    Writes into ``circuit_dir``: ``examples/<unit>.png`` and ``.json`` for every node,
-    ``evidence.json`` (examples index and ablation results) and ``report.html``. The ablation
-    zeroes (``mode``) the target's traced inputs, excitatory and inhibitory separately, over the
-    ``top_images`` images where the target is most active (None: all), against ``draws`` random
-    draws of as many units of the same layer; ``all_nodes`` does the same for every node that
-    has traced inputs. Everything is checked before anything is written.
-    """
-    import json
-
+def gather_evidence(model, circuit, images: str | Path | Sequence[str | Path] | ImageSet, *,
+                    top: int = 9, ablation: bool = True, mode: str = "zero", draws: int = 50,
+                    top_images: int | None = 100, reduce: str = "mean", seed: int = 0,
+                    all_nodes: bool = False, cache_dir: str | Path | None = None,
+                    batch_size: int = 16, progress: bool = False) -> Evidence:
+    """Dataset examples of every node of ``circuit`` (a :class:`circuits_cli.trace.Circuit`)
+    and the ablation of the target's traced inputs, excitatory and inhibitory separately, over
+    the ``top_images`` images where the target is most active (None: all), against ``draws``
+    random draws of as many units of the same layer (``all_nodes``: for every node with traced
+    inputs). Nothing is written."""
     from ..errors import CircuitsError
-    from ..files import write_text
-    from ..trace import Circuit, node_unit
+    from ..trace import node_unit
 
-    directory = Path(circuit_dir)
-    cfile = directory / "circuit.json"
-    if not cfile.is_file():
-        raise CircuitsError(f"{str(directory)!r} has no circuit.json; pass the output folder "
-                            "of 'circuits trace'")
-    circuit = Circuit.load(cfile)
     if circuit.model != model.name or str(circuit.weights_id) != str(model.weights_id):
-        raise CircuitsError(f"the circuit in {str(directory)!r} was traced on model "
-                            f"{circuit.model!r} (weights {circuit.weights_id}), not "
-                            f"{model.name!r} (weights {model.weights_id}); load the same model")
+        raise CircuitsError(f"the circuit was traced on model {circuit.model!r} (weights "
+                            f"{circuit.weights_id}), not {model.name!r} (weights "
+                            f"{model.weights_id}); load the same model")
     imgs = image_set(images)
-    if html:
-        from ..reports.html import REPORT_FILE, check_report_path
-
-        check_report_path(directory / REPORT_FILE)
-    evfile = directory / EVIDENCE_FILE
-    if evfile.exists():
-        try:
-            fmt = json.loads(evfile.read_text(encoding="utf-8")).get("format", "")
-        except (OSError, ValueError, AttributeError):
-            fmt = ""
-        if fmt != EVIDENCE_FORMAT:
-            raise CircuitsError(f"{str(evfile)!r} exists and was not written by circuits; move "
-                                "it or choose another folder")
     units = {n.id: node_unit(model, n) for n in circuit.nodes}
     layers = list(dict.fromkeys(u.layer for u in units.values()))
     acts = layers_activations(model, layers, imgs, cache_dir=cache_dir, batch_size=batch_size,
                               progress=progress)
     first = next(iter(acts.values()))
-    ev = Evidence(directory=directory, n_images=first.n_images, n_skipped=first.n_skipped)
+    ev = Evidence(images=imgs.source, n_images=first.n_images, n_skipped=first.n_skipped,
+                  model=model.name, weights_id=str(model.weights_id))
     for node_id, unit in units.items():
-        exs = dataset_examples(model, unit, acts[unit.layer], top=top, cache_dir=cache_dir)
-        png = directory / "examples" / f"{unit.slug}.png"
-        examples_sheet(exs, png)
-        write_text(png.with_suffix(".json"), json.dumps(exs.to_json(), indent=1))
-        ev.examples[node_id], ev.sheets[node_id] = exs, png
-
+        ev.examples[node_id] = dataset_examples(model, unit, acts[unit.layer], top=top,
+                                                cache_dir=cache_dir)
     if ablation:
+        ev.settings = {"mode": mode, "draws": draws, "top_images": top_images,
+                       "reduce": reduce, "seed": seed}
         targets = [n.id for n in circuit.nodes if (all_nodes or n.id == circuit.target)
                    and circuit.inputs(n.id)]
         for node_id in targets:
@@ -152,20 +148,20 @@ def add_evidence(circuit_dir: str | Path, model, images: str | Path | Sequence[s
                              reduce=reduce, top_images=top_images, cache_dir=cache_dir,
                              batch_size=batch_size, progress=progress)
                 ev.ablations.append(CircuitAblation(node_id, group, expected, res))
-
-    data = {"format": EVIDENCE_FORMAT, "model": model.name, "weights_id": str(model.weights_id),
-            "images": imgs.source, "n_images": ev.n_images, "n_skipped": ev.n_skipped,
-            "examples": {nid: {"sheet": str(p.relative_to(directory)),
-                               "json": str(p.with_suffix(".json").relative_to(directory)),
-                               "top": [e.to_json() for e in ev.examples[nid].examples],
-                               "summary": ev.examples[nid].summary}
-                         for nid, p in ev.sheets.items()},
-            "ablation": [a.to_json() for a in ev.ablations],
-            "ablation_settings": {"mode": mode, "draws": draws, "top_images": top_images,
-                                  "reduce": reduce, "seed": seed} if ablation else None}
-    write_text(directory / EVIDENCE_FILE, json.dumps(data, indent=1))
-    if html:
-        from ..reports.html import write_report
-
-        ev.html = write_report(directory)
     return ev
+
+
+def check_evidence_outputs(directory: str | Path, circuit, model, *,
+                           cache_dir: str | Path | None = None, html: bool = True) -> None:
+    """Claim ``directory`` for the evidence files of ``circuit`` (``examples/UNIT.png`` and
+    ``.json`` per node, ``evidence.json``, ``report.html``) and check the activation cache,
+    before any activation is computed (:func:`circuits_cli.files.claim_output`)."""
+    from ..files import claim_output
+    from ..trace import node_unit
+
+    names = [EVIDENCE_FILE] + (["report.html"] if html else [])
+    for n in circuit.nodes:
+        slug = node_unit(model, n).slug
+        names += [f"examples/{slug}.png", f"examples/{slug}.json"]
+    claim_output(directory, "evidence", names,
+                 cache=cache_dir if cache_dir is not None else default_cache_dir())

@@ -19,9 +19,14 @@ What is stored per layer, one row per readable image (``N`` images, ``C`` channe
   the files that could not be decoded.
 
 The image set is identified by a hash of every file's resolved path, size and modification time,
-so editing, adding or removing a photo gives a new entry instead of stale answers. An entry is
-written into a temporary folder and renamed into place, so an interrupted run leaves nothing
-half-written behind.
+so editing, adding or removing a photo gives a new entry instead of stale answers.
+
+The pass runs in chunks of ``$CIRCUITS_ACTIVATION_CHUNK`` images (256 by default); each finished
+chunk is written atomically to ``.ENTRY.partial/`` beside the entry, so an interrupted pass
+(Ctrl-C, a crash, SIGKILL, a time limit) resumes from its last chunk instead of starting over on
+an ImageNet-size folder. At the end the entry is assembled in a temporary folder
+(``.ENTRY.tmp-HOST-PID-*``) and renamed into place; such folders left by a killed process are
+removed by the next pass. ``meta.json`` records how many chunks were computed and resumed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -40,7 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import CircuitsError
-from ..files import cache_dir
+from ..files import cache_dir, slug, temp_prefix
 from ..zoo.base import LoadedModel
 
 FORMAT_VERSION = 1
@@ -97,8 +103,29 @@ def image_set(images: str | Path | Sequence[str | Path] | ImageSet) -> ImageSet:
     if not paths:
         raise CircuitsError(f"no images found in {', '.join(str(p) for p in images)}; "
                             "pass a folder containing JPEG or PNG photos to --images")
-    return ImageSet([Path(p).resolve() for p in paths], int(n_skipped),
-                    ", ".join(str(p) for p in images))
+    result = ImageSet([Path(p).resolve() for p in paths], int(n_skipped),
+                      ", ".join(str(p) for p in images))
+    check_readable(result)
+    return result
+
+
+def check_readable(images: ImageSet) -> None:
+    """Fail early (before any expensive work) when no file of the set can be opened as an image.
+
+    Reads file headers only, and stops at the first readable one: a folder of real photos costs
+    one header; a folder of files that only look like images is found out before rendering or
+    tracing starts. Single unreadable files are skipped (with a warning) by the pass itself."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in images.paths:
+        try:
+            with Image.open(path) as im:
+                im.size  # noqa: B018 - the header was parsed
+            return
+        except (OSError, UnidentifiedImageError, ValueError):
+            continue
+    raise CircuitsError(f"none of the {len(images.paths)} image file(s) in {images.source} can be "
+                        "read as an image; pass a folder of valid JPEG or PNG photos")
 
 
 @dataclass
@@ -157,8 +184,7 @@ class LayerActivations:
                 f"using {self.n_images} image(s)")
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+_slug = slug  # the one file-name rule (circuits_cli.files.slug)
 
 
 def entry_key(model: LoadedModel, layer: str, images: ImageSet, size: int, resize: int) -> str:
@@ -232,129 +258,212 @@ def layers_activations(model: LoadedModel, layers: Sequence[str],
     return {n: out[n] for n in names}
 
 
+CHUNK_ENV = "CIRCUITS_ACTIVATION_CHUNK"
+DEFAULT_CHUNK = 256
+
+
+def chunk_images() -> int:
+    """Images per resumable chunk of an activation pass (``$CIRCUITS_ACTIVATION_CHUNK``)."""
+    try:
+        return max(1, int(os.environ.get(CHUNK_ENV, DEFAULT_CHUNK)))
+    except ValueError:
+        return DEFAULT_CHUNK
+
+
+def partial_dir(entry: Path) -> Path:
+    """Where the finished chunks of an unfinished pass wait (hidden, beside the entry)."""
+    return entry.parent / f".{entry.name}.partial"
+
+
+def clean_dead_temporaries(folder: Path) -> list[Path]:
+    """Remove the assembly folders (``.ENTRY.tmp-HOST-PID-*``) and chunk temporaries that a run
+    killed on this host left (SIGKILL, power loss): their process is gone. Finished chunks in
+    ``.ENTRY.partial/`` are kept: the next pass resumes from them."""
+    from ..files import clean_dead_temporaries as clean
+
+    removed = clean(folder)
+    for partial in Path(folder).glob(".*.partial"):
+        removed += clean(partial)
+    return removed
+
+
+def _chunk_file(partial: Path, index: int) -> Path:
+    return partial / f"chunk-{index:06d}.npz"
+
+
 def _compute(model: LoadedModel, layers: list[str], imgs: ImageSet, dirs: dict[str, Path], *,
              size: int, resize: int, batch_size: int, max_map_bytes: int,
              progress: bool) -> dict[str, LayerActivations]:
+    """One forward pass over the images, in chunks of :func:`chunk_images` images. Each chunk's
+    rows are written (atomically) to ``.ENTRY.partial/`` as soon as it is done, so an interrupted
+    pass (Ctrl-C, a crash, SIGKILL, a Slurm time limit) resumes from its last finished chunk;
+    the entry is assembled from the chunks and renamed into place at the end."""
     from ..hooks import capture
     from ..images import iter_batches
+    from ..progress import Progress
 
     device = model.device
-    tmp = {}
-    writers: dict[str, dict] = {}
-    ok_paths: list[Path] = []
     n_total = len(imgs.paths)
+    per_chunk = chunk_images()
+    n_chunks = max(1, -(-n_total // per_chunk))
+    partials = {n: partial_dir(dirs[n]) for n in layers}
+    for n in layers:
+        dirs[n].parent.mkdir(parents=True, exist_ok=True)
+        clean_dead_temporaries(dirs[n].parent)
+        partials[n].mkdir(exist_ok=True)
+    keep_maps: dict[str, bool] = {}
+    shapes: dict[str, tuple] = {}
+    done = [i for i in range(n_chunks)
+            if all(_chunk_file(partials[n], i).is_file() for n in layers)]
+    resumed = len(done)
+    todo = [i for i in range(n_chunks) if i not in set(done)]
+    already = sum(len(imgs.paths[i * per_chunk:(i + 1) * per_chunk]) for i in done)
+    if progress and resumed:
+        print(f"activations {', '.join(layers)}: resuming, {resumed} of {n_chunks} chunk(s) "
+              "already computed", file=sys.stderr, flush=True)
+    bar = Progress(n_total, f"activations {', '.join(layers)}", "img", enabled=progress,
+                   initial=already)
     try:
-        for n in layers:
-            dirs[n].parent.mkdir(parents=True, exist_ok=True)
-            tmp[n] = Path(tempfile.mkdtemp(dir=dirs[n].parent, prefix=f".{dirs[n].name}.tmp-"))
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=n_total, desc=f"activations {', '.join(layers)}", unit="img",
-                       leave=False, disable=None)  # disable=None: only on a terminal
-        row = 0
-        for batch, ok, n_bad in iter_batches(imgs.paths, batch=batch_size, size=size,
-                                             resize=resize):
-            if bar is not None:
+        for i in todo:
+            chunk_paths = imgs.paths[i * per_chunk:(i + 1) * per_chunk]
+            rows: dict[str, list[dict]] = {n: [] for n in layers}
+            ok_index: list[int] = []
+            for batch, ok, n_bad in iter_batches(chunk_paths, batch=batch_size, size=size,
+                                                 resize=resize):
                 bar.update(len(ok) + n_bad)
-            if not ok:
-                continue
-            ok = [Path(p) for p in ok]
-            with torch.no_grad():
-                acts = capture(model, batch.to(device), layers)
+                if not ok:
+                    continue
+                okset = {str(p) for p in ok}
+                with torch.no_grad():
+                    acts = capture(model, batch.to(device), layers)
+                for n in layers:
+                    a = acts[n].float()
+                    if a.dim() != 4:
+                        raise CircuitsError(f"layer {n!r} has a {a.dim()}-d activation; dataset "
+                                            "examples need a convolutional (N, C, H, W) layer")
+                    if n not in keep_maps:
+                        shapes[n] = tuple(a.shape[1:])
+                        keep_maps[n] = n_total * int(np.prod(shapes[n])) * 2 <= max_map_bytes
+                    rows[n].append(_rows(a, keep_maps[n]))
+                ok_index.extend(i * per_chunk + j for j, p in enumerate(chunk_paths)
+                                if str(p) in okset)
+            ok_index = sorted(set(ok_index))
             for n in layers:
-                a = acts[n].float()
-                if a.dim() != 4:
-                    raise CircuitsError(f"layer {n!r} has a {a.dim()}-d activation; dataset "
-                                        "examples need a convolutional (N, C, H, W) layer")
-                w = writers.get(n)
-                if w is None:
-                    w = writers[n] = _writer(tmp[n], n_total, tuple(a.shape[1:]), max_map_bytes)
-                _write_rows(w, row, a)
-            ok_paths.extend(ok)
-            row += len(ok)
-        if bar is not None:
-            bar.close()
-        result = {}
-        for n in layers:
-            w = writers.get(n)
-            if w is None:  # no image could be read: an empty entry, never cached
-                info = model.layer(n)
-                result[n] = LayerActivations(model.name, str(model.weights_id), n,
-                                             tuple(info.shape or (info.channels, 1, 1)), [],
-                                             list(imgs.paths), imgs.n_skipped, {}, None, dirs[n])
-                continue
-            _finish(w, row)
-            okset = {str(p) for p in ok_paths}
-            failed = [p for p in imgs.paths if str(p) not in okset]
-            meta = {"format": FORMAT_VERSION, "model": model.name,
-                    "weights_id": str(model.weights_id), "layer": n, "shape": list(w["shape"]),
-                    "preprocessing": {"size": size, "resize": resize,
-                                      "input": "RGB [0,1], model.preprocess"},
-                    "maps_dtype": "float16" if w["maps"] is not None else None,
-                    "paths": [str(p) for p in ok_paths], "failed": [str(p) for p in failed],
-                    "n_not_images": imgs.n_skipped, "source": imgs.source}
-            (tmp[n] / "meta.json").write_text(json.dumps(meta, indent=1))
-            try:
-                os.replace(tmp[n], dirs[n])
-            except OSError:  # another process finished the same entry first: use theirs
-                shutil.rmtree(tmp[n], ignore_errors=True)
-            tmp.pop(n)
-            result[n] = _open(dirs[n], False)
-        return result
-    finally:
-        for d in tmp.values():
-            shutil.rmtree(d, ignore_errors=True)
+                _save_chunk(_chunk_file(partials[n], i), rows[n], ok_index, shapes.get(n))
+        bar.close()
+    except BaseException:
+        bar.close()
+        raise
+    result = {}
+    for n in layers:
+        result[n] = _assemble(model, n, imgs, dirs[n], partials[n], n_chunks, size=size,
+                              resize=resize, max_map_bytes=max_map_bytes,
+                              chunks={"total": n_chunks, "resumed": resumed,
+                                      "computed": n_chunks - resumed, "images": per_chunk})
+    return result
 
 
-def _writer(directory: Path, n: int, shape: tuple[int, int, int], max_map_bytes: int) -> dict:
-    c = shape[0]
-    w = {"dir": directory, "shape": shape, "maps": None}
-    w["stats"] = {s: np.lib.format.open_memmap(directory / f"{s}.npy.part", mode="w+",
-                                               dtype=np.int32 if s.startswith("arg")
-                                               else np.float32, shape=(n, c))
-                  for s in STATS}
-    if n * int(np.prod(shape)) * 2 <= max_map_bytes:
-        w["maps"] = np.lib.format.open_memmap(directory / "maps.npy.part", mode="w+",
-                                              dtype=np.float16, shape=(n, *shape))
-    return w
-
-
-def _write_rows(w: dict, row: int, a: torch.Tensor) -> None:
+def _rows(a: torch.Tensor, keep_maps: bool) -> dict[str, np.ndarray]:
     b, c = a.shape[:2]
     flat = a.reshape(b, c, -1)
     mx, amx = flat.max(dim=2)
     mn, amn = flat.min(dim=2)
-    rows = slice(row, row + b)
-    w["stats"]["max"][rows] = mx.cpu().numpy()
-    w["stats"]["argmax"][rows] = amx.cpu().numpy()
-    w["stats"]["min"][rows] = mn.cpu().numpy()
-    w["stats"]["argmin"][rows] = amn.cpu().numpy()
-    w["stats"]["mean"][rows] = flat.mean(dim=2).cpu().numpy()
-    if w["maps"] is not None:
+    out = {"max": mx.cpu().numpy(), "argmax": amx.cpu().numpy().astype(np.int32),
+           "min": mn.cpu().numpy(), "argmin": amn.cpu().numpy().astype(np.int32),
+           "mean": flat.mean(dim=2).cpu().numpy()}
+    if keep_maps:
         f16 = np.finfo(np.float16).max  # clip rather than overflow to inf
-        w["maps"][rows] = np.clip(a.cpu().numpy(), -f16, f16).astype(np.float16)
+        out["maps"] = np.clip(a.cpu().numpy(), -f16, f16).astype(np.float16)
+    return out
 
 
-def _finish(w: dict, n_rows: int) -> None:
-    """Flush, trim to the rows actually written (unreadable images leave none) and rename."""
-    arrays = dict(w["stats"])
-    if w["maps"] is not None:
-        arrays["maps"] = w["maps"]
-    for name, arr in arrays.items():
-        part = w["dir"] / f"{name}.npy.part"
-        final = w["dir"] / f"{name}.npy"
-        if arr.shape[0] == n_rows:
+def _save_chunk(path: Path, rows: list[dict], ok_index: list[int], shape) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # a concurrent pass may have finished
+    arrays = {"rows": np.asarray(ok_index, dtype=np.int64),
+              "shape": np.asarray(shape or (), dtype=np.int64)}
+    if rows:
+        for key in rows[0]:
+            arrays[key] = np.concatenate([r[key] for r in rows])
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name))
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _assemble(model: LoadedModel, layer: str, imgs: ImageSet, entry: Path, partial: Path,
+              n_chunks: int, *, size: int, resize: int, max_map_bytes: int,
+              chunks: dict) -> LayerActivations:
+    """The entry from its chunks: arrays in row order, meta.json, then one rename."""
+    files = [_chunk_file(partial, i) for i in range(n_chunks)]
+    row_index: list[int] = []
+    shape = None
+    try:
+        for f in files:
+            with np.load(f) as z:
+                row_index.extend(int(r) for r in z["rows"])
+                if shape is None and len(z["shape"]):
+                    shape = tuple(int(v) for v in z["shape"])
+    except FileNotFoundError:
+        if (entry / "meta.json").is_file():  # a concurrent pass assembled it first: use it
+            return _open(entry, True)
+        raise
+    if not row_index:  # no image could be read: an empty entry, never cached
+        shutil.rmtree(partial, ignore_errors=True)
+        info = model.layer(layer)
+        return LayerActivations(model.name, str(model.weights_id), layer,
+                                tuple(info.shape or (info.channels, 1, 1)), [],
+                                list(imgs.paths), imgs.n_skipped, {}, None, entry)
+    n_rows = len(row_index)
+    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=temp_prefix(entry.name)))
+    try:
+        arrays: dict[str, np.ndarray] = {}
+        row = 0
+        for f in files:
+            with np.load(f) as z:
+                k = len(z["rows"])
+                if not k:
+                    continue
+                for key in z.files:
+                    if key in ("rows", "shape"):
+                        continue
+                    if key not in arrays:
+                        part = z[key]
+                        arrays[key] = np.lib.format.open_memmap(
+                            tmp / f"{key}.npy", mode="w+", dtype=part.dtype,
+                            shape=(n_rows, *part.shape[1:]))
+                    arrays[key][row:row + k] = z[key]
+                row += k
+        map_shape = shape
+        for arr in arrays.values():
             arr.flush()
-            del arr
-            os.replace(part, final)
-        else:
-            np.save(final, np.asarray(arr[:n_rows]))
-            del arr
-            part.unlink()
-    w["stats"].clear()
-    w["maps"] = None
+        has_maps = "maps" in arrays
+        arrays.clear()
+        ok_paths = [imgs.paths[i] for i in row_index]
+        okset = set(row_index)
+        failed = [p for i, p in enumerate(imgs.paths) if i not in okset]
+        meta = {"format": FORMAT_VERSION, "model": model.name,
+                "weights_id": str(model.weights_id), "layer": layer, "shape": list(map_shape),
+                "preprocessing": {"size": size, "resize": resize,
+                                  "input": "RGB [0,1], model.preprocess"},
+                "maps_dtype": "float16" if has_maps else None,
+                "paths": [str(p) for p in ok_paths], "failed": [str(p) for p in failed],
+                "n_not_images": imgs.n_skipped, "source": imgs.source, "chunks": chunks}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.replace(tmp, entry)
+        except OSError:  # another process finished the same entry first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _open(entry, False)
 
 
 @dataclass

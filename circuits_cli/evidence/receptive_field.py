@@ -21,7 +21,6 @@ weights, layer and input size.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,7 +33,6 @@ from .activations import _slug, default_cache_dir
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), pixels of the model's input, x1/y1 exclusive
 
 RF_VERSION = 2  # bump when the computation changes: old cache files are then ignored
-_MEMORY: dict[tuple, ReceptiveField] = {}
 
 
 @dataclass(frozen=True)
@@ -78,9 +76,10 @@ def receptive_field(model: LoadedModel, layer: str, *, size: int | None = None,
     """The receptive field of ``layer`` at input size ``size`` (default the model's), cached."""
     info = model.layer(layer)
     size = int(size or model.input_size)
-    key = (model.name, str(model.weights_id), info.name, size, round(mass, 4))
-    if key in _MEMORY:
-        return _MEMORY[key]
+    memory = model.memo.setdefault("receptive_field", {})  # this model's, not a global
+    key = (info.name, size, round(mass, 4))
+    if key in memory:
+        return memory[key]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = (root.parent / "receptive_fields" / _slug(f"{model.name}-{str(model.weights_id)[:16]}")
             / f"{_slug(info.name)}-{size}-m{round(mass * 1000)}-v{RF_VERSION}.json")
@@ -94,14 +93,13 @@ def receptive_field(model: LoadedModel, layer: str, *, size: int | None = None,
             rf = None
     if rf is None:
         rf = _compute(model, info.name, size, mass, n_images, seed)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(asdict(rf)))
-            os.replace(tmp, path)
+        try:  # atomic, and its temporary is named so that a killed run's can be removed
+            from ..files import write_text
+
+            write_text(path, json.dumps(asdict(rf)))
         except OSError:
             pass  # a read-only cache only costs a recomputation
-    _MEMORY[key] = rf
+    memory[key] = rf
     return rf
 
 

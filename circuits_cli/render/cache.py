@@ -17,26 +17,27 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..files import cache_dir, write_bytes
+from ..files import cache_dir, slug, write_bytes
 
 
 def default_cache_dir() -> Path:
     return cache_dir("renders")
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", str(text)).strip("-") or "x"
+_slug = slug  # the one file-name rule (circuits_cli.files.slug)
 
 
 def render_key(**settings) -> str:
     """A stable hash of the settings (a dict of JSON-serialisable values)."""
-    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    import torch  # the thread count changes float summation order, hence the bytes
+
+    blob = json.dumps({"threads": torch.get_num_threads(), **settings}, sort_keys=True,
+                      separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -13,8 +13,9 @@ without clashing)::
 
 Quality, in each record and the manifest and on the sheet: ``relative_to_best_example`` (the
 activation reached divided by the unit's strongest activation over an image set, when one is
-given: ``images=``), ``facet_similarity`` (diversity: mean pairwise cosine similarity of the
-facets' activations, 1 = the same picture), ``distance`` (accentuation: relative squared distance
+given: ``best=``, which ``circuits visualize --images`` computes from the activation store),
+``facet_similarity`` (diversity: mean pairwise cosine similarity of the facets' activations,
+1 = the same picture), ``distance`` (accentuation: relative squared distance
 of the keep layer's activations from the photo's).
 
 Every file is written atomically, a unit's PNG before its record, as soon as its batch finishes.
@@ -26,7 +27,6 @@ rebuilt from all matching records whenever a run ends (or is interrupted).
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,8 +42,6 @@ from .cache import alpha_path, atomic_write_bytes, png_bytes
 from .recipe import Recipe
 
 TOOL = "circuits visualize"
-# our files, and the hidden temporary files of an interrupted atomic write of them
-_OURS = re.compile(r"^\.?(units|manifest.*\.json|sheet.*\.png)$")
 
 
 def variant_suffix(objective: str, negative: bool, param: str = "fourier",
@@ -62,24 +60,42 @@ def default_out_dir(model: LoadedModel, layer: str) -> Path:
     return output_dir("visualize", model.name, layer)
 
 
-def check_out_dir(out: Path) -> None:
-    """Refuse a folder that holds anything but our own outputs (never clobber a user's files)."""
-    if out.exists() and not out.is_dir():
-        raise CircuitsError(f"--out {str(out)!r} is a file; give a folder")
-    if not out.is_dir():
-        return
-    foreign = sorted(p.name for p in out.iterdir() if not _OURS.match(p.name))
-    for manifest in sorted(out.glob("manifest*.json")):
-        try:
-            ours = json.loads(manifest.read_text()).get("tool") == TOOL
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:
-            foreign.append(manifest.name)
-    if foreign:
-        raise CircuitsError(f"--out {str(out)!r} already holds files that are not circuits "
-                            f"visualize outputs ({', '.join(foreign[:3])}); choose an empty or "
-                            "new folder")
+def claim_out_dir(out: Path, layer: str, units: list[Unit], settings: dict, suffix: str,
+                  cache_dir=None):
+    """Claim ``out`` for these renders (:func:`circuits_cli.files.claim_output`), before any
+    work: a user's file with the name of one of our outputs, an unwritable folder or cache is a
+    one-line error. Renders of another layer, or of these units with other settings, are never
+    replaced: such a folder is refused (same settings resume; another variant, e.g.
+    ``--negative``, has its own file names and is kept beside them)."""
+    from ..files import claim_output, release_claims
+    from .cache import default_cache_dir
+
+    names = [f"manifest{suffix}.json", f"sheet{suffix}.png"]
+    for u in units:
+        names += [f"units/{u.slug}{suffix}.png", f"units/{u.slug}{suffix}.json"]
+    folder = claim_output(out, "visualize", names,
+                          cache=cache_dir if cache_dir is not None else default_cache_dir())
+    try:
+        manifest = json.loads((out / f"manifest{suffix}.json").read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and manifest.get("layer") not in (None, layer):
+        release_claims()
+        raise CircuitsError(f"--out {str(out)!r} holds renders of layer "
+                            f"{manifest.get('layer')!r}; rendering {layer!r} there would replace "
+                            "its manifest and sheet: choose another --out for each layer")
+    for u in units:
+        rec = _read_record(out, u, suffix)
+        if rec and rec.get("settings") != settings[u]:
+            old = rec.get("settings") or {}
+            diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings[u].items()
+                    if old.get(k) != v and k != "directions"][:3]
+            release_claims()
+            raise CircuitsError(f"--out {str(out)!r} already holds {u} rendered with other "
+                                f"settings ({', '.join(diff) or 'directions'}); they are kept: "
+                                "choose another --out for these settings (the same settings "
+                                "resume)")
+    return folder
 
 
 def visualize_layer(model: LoadedModel, layer: str, recipe: Recipe | None = None, *,
@@ -87,17 +103,18 @@ def visualize_layer(model: LoadedModel, layer: str, recipe: Recipe | None = None
                     objective: str = "channel",
                     directions: np.ndarray | None = None, facets: int = 4,
                     negative: bool = False, from_image: Accentuation | None = None,
-                    images=None, batch: int | None = None,
+                    best: dict | None = None, batch: int | None = None,
                     shard: tuple[int, int] | None = None, out_dir: Path | None = None,
                     cache_dir=None, progress: bool = True,
                     echo: Callable[[str], None] = print, **recipe_fields) -> dict:
     """Render ``channels`` of ``layer`` (all by default) into ``out_dir``; returns the manifest.
 
     ``recipe`` or its fields (``steps``, ``size``, ``seed``, ``param``, ``precision``) say how
-    (see :func:`circuits_cli.render.render_units`). ``images`` (a folder or files): score each
-    render against the unit's strongest activation over those photos (from the activation
-    store). Everything is checked before the first file is written. ``shard=(k, n)`` renders
-    units ``k, k+n, k+2n, ...`` of the list. ``units`` (directions, dictionary features of
+    (see :func:`circuits_cli.render.render_units`). ``best``: score each render against the
+    unit's strongest activation over an image set: ``{"value": [per channel], "path": [per
+    channel], ...}`` (the command builds it from the activation store; neuron units only).
+    Everything is checked before the first file is written. ``shard=(k, n)`` renders units
+    ``k, k+n, k+2n, ...`` of the list. ``units`` (directions, dictionary features of
     ``layer``) replaces ``channels``.
     """
     info = model.layer(layer)
@@ -117,14 +134,14 @@ def visualize_layer(model: LoadedModel, layer: str, recipe: Recipe | None = None
         from_image = Accentuation(from_image.image, model.layer(from_image.keep_layer).name,
                                   from_image.keep_weight, from_image.name)
     out = Path(out_dir) if out_dir is not None else default_out_dir(model, info.name)
-    check_out_dir(out)
-    best = best_examples(model, info.name, images, objective, negative) \
-        if images and all(is_neuron(u) for u in units) else None
     mine = units if shard is None else units[shard[0]::shard[1]]
     suffix = variant_suffix(objective, negative, recipe.param, from_image is not None)
     what = dict(objective=objective, negative=negative, facets=facets, directions=directions,
                 from_image=from_image)
     settings = {u: render_settings(model, u, recipe, **what) for u in units}
+    claim_out_dir(out, info.name, units, settings, suffix, cache_dir)  # before any work
+    if best is not None and not all(is_neuron(u) for u in units):
+        best = None  # the activation store holds channels, not directions or features
 
     finished = {u: rec for u in units
                 if (rec := _read_record(out, u, suffix)) and rec.get("settings") == settings[u]}
@@ -202,25 +219,6 @@ def accentuation(model: LoadedModel, layer: str, image_file: Path, keep_layer: s
                         Path(image_file).name)
 
 
-def best_examples(model: LoadedModel, layer: str, images, objective: str,
-                  negative: bool) -> dict | None:
-    """Per channel, the strongest activation over an image set, in the render's own measure
-    (channel and diversity: the spatial mean; neuron: the spatial max, i.e. the neuron at its
-    best position); from the activation store (computed once, cached). None for directions
-    and negative renders, which have no such reference."""
-    if objective == "direction" or negative:
-        return None
-    from ..evidence.activations import layer_activations
-
-    acts = layer_activations(model, layer, images)
-    stat = "max" if objective == "neuron" else "mean"
-    table = np.asarray(acts.stats[stat])
-    rows = table.argmax(axis=0)
-    return {"images": acts.n_images, "stat": stat,
-            "value": table.max(axis=0).astype(float).tolist(),
-            "path": [str(acts.paths[r]) for r in rows]}
-
-
 def quality(render: Render, best: dict | None) -> dict:
     """The quality scores of a render (see the module docstring), as record fields."""
     q = {}
@@ -254,7 +252,7 @@ def write_summary(model: LoadedModel, layer: str, units: list[Unit], finished: d
     """Rebuild the manifest and the contact sheet from every finished unit of these settings
     found in ``out`` (also those written by other shards). The manifest's settings are the
     render settings (the recipe's description among them), not a second account of them."""
-    from ..reports.sheets import SheetEntry, save_contact_sheet
+    from .sheets import SheetEntry, save_contact_sheet
 
     for u in units:  # pick up what other shards finished meanwhile
         if u not in finished:

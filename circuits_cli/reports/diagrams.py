@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from ..files import save_figure
 
@@ -27,15 +28,6 @@ BLUE = "#2166ac"
 CMAP = "RdBu_r"
 INK = "#202020"
 MUTED = "#606060"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _load(path: str | None) -> np.ndarray | None:
@@ -159,10 +151,19 @@ def _branch_text(node) -> str:
     return f"{node.branch} branch" if node.branch else ""
 
 
+STRENGTH_LEGEND = "width, label: strength (L2 norm) / unit's strongest input"
+
+
+def _text_width(text: str, fontsize: float) -> float:
+    """Width in inches of ``text`` in the default font at ``fontsize`` points."""
+    from matplotlib.textpath import TextPath
+
+    return TextPath((0, 0), text, size=fontsize).get_extents().width / 72
+
+
 def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = None,
                  title: str | None = None, dpi: int = 110) -> Path:
     """Draw ``circuit`` (a :class:`~circuits_cli.trace.Circuit`) to ``path`` (PNG)."""
-    plt = _pyplot()
     images = dict(images or {})
     columns = _columns(circuit)  # depth 0 (target) first
     n_cols = len(columns)
@@ -174,8 +175,12 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
     heat = 0.72                         # edge heatmap side
     margin_x, top, bottom = 0.5, 1.25, 1.45
     width = max(2 * margin_x + n_cols * thumb + (n_cols - 1) * col_gap, 7.5)
+    # the legend's last line must fit: widen the figure for it (it was cut at the right edge)
+    bar_w = min(3.2, width * 0.34)
+    legend_w = 0.5 + bar_w + 0.6 + 1.5 + _text_width(STRENGTH_LEGEND, 9) + 0.3
+    width = max(width, legend_w)
     height = top + bottom + tallest * slot
-    fig = plt.figure(figsize=(width, height))
+    fig = Figure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, width)
     ax.set_ylim(0, height)
@@ -264,7 +269,6 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
     ax.text(width / 2, height - 0.55, sub, ha="center", va="top", fontsize=9.5, color=MUTED)
 
     # legend: weight colour scale, line colour and width
-    bar_w = min(3.2, width * 0.34)
     _colorbar(fig, (0.5 / width, 0.62 / height, bar_w / width, 0.16 / height),
               "weight / target unit's largest |weight|")
     lx = 0.5 + bar_w + 0.6
@@ -275,14 +279,10 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
         ax.text(lx + 0.6, ly + dy, text, va="center", fontsize=9, color=INK)
     ax.plot([lx, lx + 0.5], [ly - 0.6, ly - 0.6], color=MUTED, lw=1.0)
     ax.plot([lx + 0.9, lx + 1.4], [ly - 0.6, ly - 0.6], color=MUTED, lw=7.0)
-    ax.text(lx + 1.5, ly - 0.6, "width, label: strength (L2 norm) / unit's strongest input",
-            va="center", fontsize=9, color=INK)
+    ax.text(lx + 1.5, ly - 0.6, STRENGTH_LEGEND, va="center", fontsize=9, color=INK)
     if circuit.note:
         ax.text(width - 0.3, 0.2, circuit.note, ha="right", va="bottom", fontsize=8, color=MUTED)
-    try:
-        return save_figure(fig, path, dpi)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, dpi)
 
 
 def draw_weights(target, inputs: Sequence, path: Path, *, source_layer: str, method: str,
@@ -291,7 +291,6 @@ def draw_weights(target, inputs: Sequence, path: Path, *, source_layer: str, met
     """One unit's strongest inputs. ``target`` is the unit (``layer:channel``); ``inputs`` are
     :class:`~circuits_cli.connections.Connection` objects (strongest first) from
     ``source_layer``; ``images`` maps ``layer:channel`` to feature visualizations."""
-    plt = _pyplot()
     images = dict(images or {})
     n = len(inputs)
     columns = max(1, min(columns, n))
@@ -302,7 +301,7 @@ def draw_weights(target, inputs: Sequence, path: Path, *, source_layer: str, met
     width = left + columns * cell_w + 0.3
     top, bottom = 1.0, 1.6
     height = top + bottom + rows * cell_h
-    fig = plt.figure(figsize=(max(width, 7.0), height))
+    fig = Figure(figsize=(max(width, 7.0), height))
     width = max(width, 7.0)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, width)
@@ -334,7 +333,4 @@ def draw_weights(target, inputs: Sequence, path: Path, *, source_layer: str, met
                 f"{conn.strength:.3g}", ha="center", va="top", fontsize=8.5, color=colour)
     _colorbar(fig, (0.5 / width, 0.85 / height, min(3.2, width * 0.4) / width, 0.15 / height),
               f"weight / largest |weight| into {target} ({max_weight:.3g})")
-    try:
-        return save_figure(fig, path, dpi)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, dpi)

@@ -1,9 +1,9 @@
 """One self-contained HTML page for a traced circuit, as the Circuits papers present one.
 
 :func:`write_report` reads a ``circuits trace`` output folder (``circuit.json``, the PNG figures
-beside it, and, when :func:`circuits_cli.evidence.add_evidence` has run, ``evidence.json`` with
-dataset examples and ablation) and writes ``report.html`` into it. Every picture is embedded as
-a base64 data URI, so the page can be mailed or archived on its own.
+beside it, and, when :func:`circuits_cli.reports.evidence.add_evidence` has run,
+``evidence.json`` with dataset examples and ablation) and writes ``report.html`` into it. Every
+picture is embedded as a base64 data URI, so the page can be mailed or archived on its own.
 
 Sections: the circuit diagram (the folder's PNG figures); the units layer by layer, each with its
 feature visualization, dataset examples and statistics; the connections with their expanded-weight
@@ -78,14 +78,12 @@ def kernel_png(kernel: np.ndarray, scale: float, cell: int = 8) -> bytes:
 
 def ablation_png(result: dict) -> bytes:
     """Histogram of the random draws' drops with the measured drop marked."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     drops = [d for d in result["random"]["drops"] if d is not None]
     base = result["baseline"] or 1.0
-    fig, ax = plt.subplots(figsize=(5.2, 2.3), dpi=100)
+    fig = Figure(figsize=(5.2, 2.3), dpi=100)
+    ax = fig.add_subplot()
     if drops:
         ax.hist(np.asarray(drops) / base * 100, bins=min(30, max(5, len(drops) // 3)),
                 color="#9aa7b8", label=f"{len(drops)} random draws")
@@ -96,8 +94,7 @@ def ablation_png(result: dict) -> bytes:
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", facecolor="white")
-    plt.close(fig)
+    fig.savefig(buf, format="png", facecolor="white")  # embedded in the page, not a file
     return buf.getvalue()
 
 
@@ -174,23 +171,28 @@ def build_report(directory: str | Path) -> str:
         out.append("<h2>Ablation: does the circuit do what the weights say?</h2>")
         s = ev.get("ablation_settings") or {}
         how = "their mean over the images" if s.get("mode") == "mean" else "zero"
+        n_avail = ev.get("n_images")
+        top = s.get("top_images")
+        if top and (n_avail is None or top < n_avail):
+            which = f"the top {top} images where it is most active"
+        else:
+            which = f"all {n_avail} images" if n_avail is not None else "all images"
         out.append(f"<p>Each group of traced inputs is set to {how} and "
-                   f"the target's {esc(str(s.get('reduce')))} activation is measured over the "
-                   f"{'top ' + str(s['top_images']) + ' ' if s.get('top_images') else ''}images "
-                   "where it is most active, against the same number of random units of the "
-                   "same layer (many draws). Excitatory inputs should make it drop, inhibitory "
-                   "ones rise.</p>")
+                   f"the target's {esc(str(s.get('reduce')))} activation is measured over "
+                   f"{which}, against the same number of random units of the "
+                   "same layer (many draws). Excitatory inputs should make it drop (a positive "
+                   "drop), inhibitory ones rise (a negative drop).</p>")
         out.append("<table><tr><th>target</th><th>inputs</th><th>expected</th>"
-                   "<th>baseline</th><th>ablated</th><th>change</th><th>random draws</th>"
+                   "<th>baseline</th><th>ablated</th><th>drop</th><th>random draws' drop</th>"
                    "<th>z</th><th>p (one-sided, as predicted)</th><th>verdict</th></tr>")
         for a in ev["ablation"]:
             rel = a["relative_drop"]
-            change = f"{-rel * 100:+.1f}%" if rel is not None else "–"
+            change = f"{rel * 100:+.1f}%" if rel is not None else "–"  # as the terminal says
             rnd = a["random"]
             rmean = rnd["mean_relative_drop"]
             rstd = (rnd["std_drop"] / a["baseline"] * 100) if a["baseline"] and rnd[
                 "std_drop"] is not None else None
-            rtxt = (f"{-rmean * 100:+.1f}% &plusmn; {rstd:.1f}% ({rnd['draws']})"
+            rtxt = (f"{rmean * 100:+.1f}% &plusmn; {rstd:.1f}% ({rnd['draws']})"
                     if rmean is not None and rstd is not None else "–")
             verdict = ("<span class='ok'>agrees</span>" if a["agrees"]
                        else "<span class='bad'>not shown</span>")

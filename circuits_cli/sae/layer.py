@@ -129,6 +129,9 @@ def train_layer_sae(model, layer: str, images, out: str | Path, cfg: TrainConfig
                             "or raise --expansion")
     imgs = image_set(images)
     out = Path(out)
+    from ..files import claim_output
+
+    claim_output(out, "sae train", OUR_FILES)  # the output rule; our writes are recorded
     size = int(model.input_size)
     did = data_id(model, info.name, imgs.fingerprint, holdout, size)
     key = run_key(cfg, did)

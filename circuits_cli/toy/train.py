@@ -89,6 +89,13 @@ def evaluate(module: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
     return correct / max(1, len(images))
 
 
+def _tty() -> bool:
+    """tqdm bars only on a terminal: in a log they are noise (the epoch lines say enough)."""
+    import sys
+
+    return sys.stderr.isatty()
+
+
 def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
           progress: bool = True) -> dict:
     """Train a :class:`ToyInceptionV1` by ``recipe``; returns the checkpoint dict."""
@@ -104,8 +111,8 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
         gen = torch.Generator().manual_seed(recipe.seed)
         log(f"rendering {recipe.n_train} training scenes (seed {recipe.seed}) and "
             f"{recipe.n_held_out} held-out scenes (seed {recipe.held_out_seed})")
-        with tqdm(total=recipe.n_train, desc="scenes", unit="img", disable=not progress,
-                  leave=False) as bar:
+        with tqdm(total=recipe.n_train, desc="scenes", unit="img",
+                  disable=not progress or not _tty(), leave=False) as bar:
             images, labels = render_scenes(recipe.n_train, recipe.seed, recipe.size,
                                            progress=lambda k: bar.update(k - bar.n))
         images = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 N,3,H,W
@@ -135,7 +142,7 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
             seen = correct = 0
             loss_sum = 0.0
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}",
-                       unit="batch", disable=not progress, leave=False)
+                       unit="batch", disable=not progress or not _tty(), leave=False)
             for step in bar:
                 idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
                 x = _augment(images[idx].float().div_(255.0), recipe, gen)

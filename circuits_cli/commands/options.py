@@ -1,0 +1,232 @@
+"""The command line's one vocabulary: options and value types shared by every command.
+
+The same word means the same thing everywhere: ``--top-k N`` how many (units, classes, images),
+``--out DIR`` always a folder, ``--json`` JSON on stdout, ``--quiet`` no progress,
+``--cache-dir DIR`` the cache root (as ``$CIRCUITS_CACHE``) wherever images are read. Values are
+checked by Click types before anything is loaded: a malformed UNIT, unit list, ``K/N`` shard or
+range is a one-line usage error (exit 2). Whether a layer or channel exists is checked against
+the model once it is loaded (with the closest layer name suggested).
+
+Every option can also come from the environment: ``CIRCUITS_<COMMAND>_<OPTION>`` (Click's
+``auto_envvar_prefix``), e.g. ``CIRCUITS_VISUALIZE_STEPS=128``; ``$CIRCUITS_MODEL`` and
+``$CIRCUITS_CACHE`` apply to every command.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+CACHE_ENV = "CIRCUITS_CACHE"
+METHOD_HELP = ("How to compute expanded weights: exact (kernels multiplied out: a conv feeding a "
+               "conv, an Inception block's input to its output), linear (the linear "
+               "approximation: ReLU as identity, max-pool as average pool; any two layers), "
+               "auto (exact where it exists).")
+
+
+class UnitType(click.ParamType):
+    """``LAYER:CHANNEL`` (``mixed4c:447``, ``4c:447``) or ``LAYER@FILE[#ROW]``; the layer and
+    the rest are checked against the model later (units.parse_unit), with the closest name
+    suggested."""
+
+    name = "UNIT"
+    # only the shape LAYER:SOMETHING: what SOMETHING may be (a channel today, other kinds of
+    # unit later) is the units module's to say, once the model is known
+    _re = re.compile(r"^[^:@\s]+[:@]\S+$")
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        if not self._re.match(text):
+            self.fail(f"malformed unit {value!r}; write LAYER:CHANNEL (e.g. mixed4c:447) or "
+                      "LAYER@FILE[#ROW] (a direction from a file)", param, ctx)
+        return text
+
+
+class ChannelListType(click.ParamType):
+    """``all`` or channels and ranges: ``0-63,447``; ranges run LOW-HIGH with LOW <= HIGH."""
+
+    name = "LIST"
+    _part = re.compile(r"(\d+)(?:-(\d+))?")
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        if text.lower() == "all":
+            return "all"
+        for part in text.split(","):
+            m = self._part.fullmatch(part.strip())
+            if not m:
+                self.fail(f"malformed unit list {value!r}; write e.g. '0-63,447' or 'all'",
+                          param, ctx)
+            if m[2] is not None and int(m[2]) < int(m[1]):
+                self.fail(f"empty range {part.strip()!r} in {value!r}; write LOW-HIGH, "
+                          "LOW <= HIGH", param, ctx)
+        return text
+
+
+class InputUnitsType(click.ParamType):
+    """``LAYER:C,C,LOW-HIGH,...`` (a bare channel or range belongs to the layer named before),
+    or directions ``LAYER@FILE[#ROW]``."""
+
+    name = "LAYER:C,..."
+    _part = re.compile(r"(?:[^:\s,]+:)?(\d+)(?:-(\d+))?")
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            self.fail("no input units given; write LAYER:C,C,... e.g. 'mixed4b:237,373'",
+                      param, ctx)
+        if ":" not in parts[0] and "@" not in parts[0]:
+            self.fail(f"input {parts[0]!r} has no layer; write LAYER:C first, e.g. "
+                      f"'mixed4b:{parts[0]}'", param, ctx)
+        for part in parts:
+            if "@" in part:  # a direction (LAYER@FILE[#ROW]): units.parse_inputs checks it
+                continue
+            m = self._part.fullmatch(part)
+            if not m:
+                self.fail(f"malformed input unit {part!r} in {value!r}; write LAYER:C,C,... "
+                          "e.g. 'mixed4b:237,373'", param, ctx)
+            if m[2] is not None and int(m[2]) < int(m[1]):
+                self.fail(f"empty range {part!r} in {value!r}; write LOW-HIGH, LOW <= HIGH",
+                          param, ctx)
+        return text
+
+
+class ShardType(click.ParamType):
+    """``K/N``: every N-th item starting at the K-th, 0 <= K < N."""
+
+    name = "K/N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
+        if not m:
+            self.fail(f"malformed --shard {value!r}; write K/N with 0 <= K < N, e.g. 0/4 "
+                      "(Slurm: --shard $SLURM_ARRAY_TASK_ID/N with --array=0-(N-1))",
+                      param, ctx)
+        k, n = int(m[1]), int(m[2])
+        if n < 1 or not 0 <= k < n:
+            self.fail(f"--shard {value!r} is out of range; K must be 0..N-1 and N >= 1",
+                      param, ctx)
+        return k, n
+
+
+class LayerType(click.ParamType):
+    """A layer name; whether it exists is checked against the model (closest name suggested)."""
+
+    name = "LAYER"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        if not text or any(c.isspace() for c in text) or ":" in text:
+            self.fail(f"malformed layer name {value!r}; 'circuits layers' lists them "
+                      "(e.g. mixed4c)", param, ctx)
+        return text
+
+
+UNIT = UnitType()
+CHANNELS = ChannelListType()
+INPUT_UNITS = InputUnitsType()
+SHARD = ShardType()
+LAYER = LayerType()
+
+
+def top_k_option(default: int, help: str, short: str | None = "-k", legacy: tuple = ("--top",),
+                 type=None):
+    """``--top-k N`` (with ``short``), the one spelling of 'how many'; earlier spellings stay as
+    hidden aliases."""
+    names = ["--top-k"] + ([short] if short else [])
+    kind = type or click.IntRange(min=1)
+
+    def decorate(func):
+        @click.option(*names, "top_k", default=default, show_default=True, type=kind, help=help)
+        @click.option(*legacy, "top_k_alias", default=None, type=kind, hidden=True)
+        @functools.wraps(func)
+        def wrapper(*args, top_k, top_k_alias, **kwargs):
+            return func(*args, top_k=top_k if top_k_alias is None else top_k_alias, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def out_option(default_help: str, default=None):
+    """``--out DIR``: always a folder."""
+    return click.option("--out", "out_dir", type=click.Path(path_type=Path), default=default,
+                        metavar="DIR", show_default=default is not None,
+                        help=f"Output folder  [default: {default_help}]" if default is None
+                        else "Output folder.")
+
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print the result as JSON on stdout (progress goes to stderr).")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+
+
+def cache_option(func):
+    """``--cache-dir DIR``: the cache root, as ``$CIRCUITS_CACHE`` (activations and renders)."""
+    return click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+                        envvar=CACHE_ENV, metavar="DIR",
+                        help="Cache root: activations/ and renders/ go there  [default: "
+                             "$CIRCUITS_CACHE or ~/.cache/circuits]")(func)
+
+
+def images_option(required: bool = True, help: str | None = None):
+    return click.option("--images", "images", required=required, multiple=True,
+                        type=click.Path(path_type=Path), metavar="DIR",
+                        help=help or "Folder (searched recursively) or files of images; "
+                                     "repeatable. Activations are computed once and cached "
+                                     "(CACHE/activations).")
+
+
+def render_options(func):
+    """``--steps``, ``--size``, ``--seed``, ``--param``, ``--no-render``: the feature
+    visualizations."""
+    func = click.option("--param", type=click.Choice(["fourier", "maco"]), default="fourier",
+                        show_default=True,
+                        help="Feature visualization parameterization (as in 'circuits "
+                             "visualize --param'); renders are cached per parameterization.")(func)
+    func = click.option("--no-render", is_flag=True,
+                        help="Skip feature visualizations (units drawn as 'no render').")(func)
+    func = click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0,
+                        show_default=True, help="Seed of the feature visualizations.")(func)
+    func = click.option("--size", type=click.IntRange(16, 1024), default=128, show_default=True,
+                        help="Feature visualization size in pixels.")(func)
+    func = click.option("--steps", type=click.IntRange(1, 100000), default=512,
+                        show_default=True,
+                        help="Feature visualization steps; renders come from the cache of "
+                             "'circuits visualize' (same steps/size/seed), fewer steps for a "
+                             "quick look.")(func)
+    return func
+
+
+def activation_cache(root: Path | None) -> Path:
+    """The activations folder under the cache root given by ``--cache-dir`` (or the default)."""
+    from ..files import cache_dir
+
+    return cache_dir("activations", root)
+
+
+def render_cache(root: Path | None) -> Path:
+    from ..files import cache_dir
+
+    return cache_dir("renders", root)
+
+
+@contextmanager
+def warnings_to_stderr():
+    """Show the API's warnings (skipped files, ...) as ``Warning: ...`` lines on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, UserWarning):
+                    click.echo(f"Warning: {w.message}", err=True)
