@@ -37,6 +37,7 @@ class Story:
     car_neuron_dprime: float | None = None
     decoder_on_neuron: float | None = None
     steering: dict | None = None
+    supported_by_weights: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -91,8 +92,14 @@ def tell(model: LoadedModel, out: Path, car: Unit, scenes: Path,
     story.files["sae_metrics"] = out / "sae" / "metrics.png"
 
     echo(f"[7/7] steering the car feature {index} (add, strengths {list(STEER_STRENGTHS)})")
+    # the hypothesis under test is "this is the car feature": its targeted class is car (the
+    # classes its decoder pushes most through the weights are reported beside it)
+    from .evidence.steering import supported_classes
+
+    by_weights, _ = supported_classes(model, story.car_feature, 3)
+    story.supported_by_weights = [model.labels[i] for i in by_weights]
     result = steer(model, story.car_feature, scenes, mode="add", strengths=STEER_STRENGTHS,
-                   progress=progress)
+                   supported=[model.labels.index("car")], progress=progress)
     story.steering = result.to_json()
     (out / "steer").mkdir(parents=True, exist_ok=True)
     write_json(out / "steer" / "steer.json", story.steering)
@@ -173,9 +180,9 @@ def sections(demo, story: Story) -> list:
                          _f(lv["kl_on_unrelated"])])
         st.paragraphs.append(
             "Adding the feature's decoder direction at every position of its layer, in "
-            f"multiples of its largest activation ({story.steering['reference']:.3g}); supported "
-            f"classes (by its weights to the logits): "
-            f"{', '.join(story.steering['supported_classes'])}.")
+            f"multiples of its largest activation ({story.steering['reference']:.3g}). The "
+            "targeted class is car; the classes its decoder pushes most through the weights "
+            f"are {', '.join(story.supported_by_weights)}.")
         st.table = {"header": ["strength", "P(supported) on their scenes",
                                "other scenes moved into them", "top-1 on unrelated scenes",
                                "KL on unrelated"], "rows": rows}

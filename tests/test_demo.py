@@ -37,9 +37,11 @@ def test_demo_on_toy_writes_every_output_and_finds_part_detectors(tmp_path, cach
                     "Steering the car feature"):
         assert heading in page, heading
     steer = json.loads((out / "steer" / "steer.json").read_text())
-    assert steer["supported_classes"][0] == "car"
-    boost = next(lv for lv in steer["levels"] if lv["strength"] == 2.0)
-    assert boost["moved_into_supported"] > 0.2  # boosting the car feature makes cars
+    assert steer["supported_classes"] == ["car"]
+    level = {lv["strength"]: lv for lv in steer["levels"]}
+    assert level[2.0]["moved_into_supported"] > 0.2  # boosting the car feature makes cars
+    # suppressing it lowers P(car) on car scenes
+    assert level[-1.0]["supported_prob_on_supported"] < level[0.0]["supported_prob_on_supported"]
 
 
 def test_demo_traces_the_papers_car_detector_on_inceptionv1(tmp_path, cache):
