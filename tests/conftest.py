@@ -15,6 +15,20 @@ SHARED = Path(os.environ.get("CIRCUITS_SHARED", REPO.parent / "shared"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Every test runs against a cache of its own session (renders, activations, receptive
+    fields), never the user's ``~/.cache/circuits`` or ``$CIRCUITS_CACHE``; subprocesses inherit
+    it. Tests that need an empty cache still pass their own ``tmp_path``."""
+    before = os.environ.get("CIRCUITS_CACHE")
+    os.environ["CIRCUITS_CACHE"] = str(tmp_path_factory.mktemp("circuits-cache"))
+    yield Path(os.environ["CIRCUITS_CACHE"])
+    if before is None:
+        os.environ.pop("CIRCUITS_CACHE", None)
+    else:
+        os.environ["CIRCUITS_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not (SHARED / "models" / "bvlc_googlenet.npz").is_file():
