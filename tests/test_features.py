@@ -185,3 +185,11 @@ def test_find_ranks_features_by_their_contribution_to_a_class(model, world, saes
     neurons = find_units(model, "red square", "relu3", top=1, images=world,
                          cache_dir=tmp_path / "c")
     assert str(neurons.units[0].unit) == "relu3:1"
+    r = run("find", "--class", "red square", "--layer", "relu3", "--sae", root / "relu3",
+            "--images", world, "-m", SPEC, "--json", env={"CIRCUITS_CACHE": str(tmp_path)})
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["units"][0]["unit"] == str(feats[1]) and len(data["units"][0]["top_examples"])
+    assert_clean_error(run("find", "--class", "red square", "--layer", "relu2", "--sae",
+                           root / "relu3", "-m", SPEC, env={"CIRCUITS_CACHE": str(tmp_path)}),
+                       "trained on")

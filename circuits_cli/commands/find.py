@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -28,13 +29,16 @@ from .options import (
 @click.option("--examples", "n_examples", default=3, show_default=True,
               type=click.IntRange(min=0),
               help="With --images, list each unit's top N dataset examples (file names).")
+@click.option("--sae", "sae", default=None, type=click.Path(path_type=Path), metavar="FOLDER",
+              help="Rank the dictionary features of this SAE (trained on LAYER) instead of "
+                   "its neurons.")
 @json_option
 @quiet_option
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
               help="Images per forward pass when computing activations.")
 @cache_option
 @model_options
-def find(class_name, layer, top_k, images, n_examples, as_json, quiet, batch, cache_dir,
+def find(class_name, layer, top_k, images, n_examples, sae, as_json, quiet, batch, cache_dir,
          load_model):
     """Rank the units of LAYER by their contribution to a class logit.
 
@@ -63,19 +67,31 @@ def find(class_name, layer, top_k, images, n_examples, as_json, quiet, batch, ca
         set_interrupt_note("finished chunks of the activation pass are kept in the cache; "
                            "re-run to resume")
     cache_dir = activation_cache(cache_dir)
+    candidates = None
+    if sae is not None:
+        from ..errors import CircuitsError
+        from ..units import sae_features
+
+        sae_layer, candidates = sae_features(model, sae)
+        if sae_layer != model.layer(layer).name:
+            raise CircuitsError(f"the SAE in {str(sae)!r} was trained on {sae_layer!r}, not "
+                                f"{model.layer(layer).name!r}; pass --layer {sae_layer}")
     with warnings_to_stderr():
         res = find_units(model, class_name, layer, top=top_k, images=imgs, cache_dir=cache_dir,
-                         batch_size=batch, progress=not quiet and not as_json)
-    tops: dict[int, list[str]] = {}
+                         batch_size=batch, progress=not quiet and not as_json, units=candidates)
+    tops: dict[str, list[str]] = {}
     if imgs is not None and n_examples:
+        from ..evidence.activations import unit_activations
+
         acts = layer_activations(model, res.layer, imgs, cache_dir=cache_dir, warn=False)
         for s in res.units:
-            order = np.argsort(-acts.column("max", s.unit.channel), kind="stable")[:n_examples]
-            tops[s.unit.channel] = [acts.paths[i].name for i in order]
+            column = unit_activations(model, s.unit, acts).column("max")
+            order = np.argsort(-column, kind="stable")[:n_examples]
+            tops[str(s.unit)] = [acts.paths[i].name for i in order]
     data = res.to_json()
     if tops:
         for entry, s in zip(data["units"], res.units, strict=True):
-            entry["top_examples"] = tops[s.unit.channel]
+            entry["top_examples"] = tops[str(s.unit)]
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -93,5 +109,5 @@ def find(class_name, layer, top_k, images, n_examples, as_json, quiet, batch, ca
         if has_act:
             line += f" {s.class_activation:10.4g} {s.mean_activation:10.4g}"
         if tops:
-            line += "  " + ", ".join(tops[s.unit.channel])
+            line += "  " + ", ".join(tops[str(s.unit)])
         click.echo(line)
