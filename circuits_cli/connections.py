@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -313,15 +312,12 @@ def _exact_block(model: LoadedModel, block: InceptionBlock, src: LayerInfo, tgt:
     return out
 
 
-# conv-feeds-conv detection: the leaf modules run between the two hook points, in call order.
-_CALL_ORDER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _call_order(model: LoadedModel) -> list[str]:
-    cached = _CALL_ORDER.get(model.module)
+    """conv-feeds-conv detection: the leaf modules in call order (kept in ``model.memo``)."""
+    cached = model.memo.get("connections.call_order")
     if cached is None:
         cached = list(probe(model.module, _image(model, 1)))
-        _CALL_ORDER[model.module] = cached
+        model.memo["connections.call_order"] = cached
     return cached
 
 
@@ -482,8 +478,6 @@ class _Geometry:
     side: int | None = None       # input image size that runs the layers before the source
 
 
-_GEOMETRY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
 
 def _support_box(g: torch.Tensor) -> tuple[int, int, int, int] | None:
     mask = g.abs().sum(dim=(0, 1)) > 0
@@ -497,7 +491,7 @@ def _geometry(model: LoadedModel, src: LayerInfo, tgt: LayerInfo | None) -> _Geo
     """Where the target's receptive field lies in the source map, and the smallest source map
     that computes it exactly; found with one probe (a random mix of all target channels)."""
     key = (src.name, tgt.name if tgt else LOGITS, model.input_size)
-    per_model = _GEOMETRY.setdefault(model.module, {})
+    per_model = model.memo.setdefault("connections.geometry", {})
     if key in per_model:
         return per_model[key]
     n_out = tgt.channels if tgt else _n_logits(model)

@@ -106,10 +106,10 @@ def test_receptive_field_follows_the_layer_geometry(model, cache):
         x0, y0, x1, y1 = rf.box(5, 5, "support")
         assert x1 - x0 == size and (x0 + x1) / 2 == pytest.approx(5 * stride + stride / 2, abs=1)
         assert rf.box(0, 0, "support")[:2] == (0, 0)  # clipped at the border
-    # cached on disk: with the memory cache emptied, the same answer comes from the JSON file
-    import circuits_cli.evidence.receptive_field as rf_module
-
-    rf_module._MEMORY.clear()
+    # kept in the model's memo (no global cache); with it emptied, the same answer comes from
+    # the JSON file on disk
+    assert ("relu3", model.input_size, 0.9) in model.memo["receptive_field"]
+    model.memo.clear()
     assert receptive_field(model, "relu3", cache_dir=cache).support == rf.support
     assert list((cache.parent / "receptive_fields").rglob("*.json"))
 

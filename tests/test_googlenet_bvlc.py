@@ -18,6 +18,7 @@ from circuits_cli.errors import CircuitsError
 from circuits_cli.hooks import capture
 from circuits_cli.images import wnid_of
 from circuits_cli.zoo import googlenet_bvlc as gb
+from circuits_cli.zoo import weights
 
 BLOCKS = ["3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b"]
 
@@ -185,7 +186,7 @@ def test_not_an_npz_is_a_one_line_error(tmp_path):
 def test_missing_default_weights_say_where_and_what_to_do(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(gb.WEIGHTS_ENV, raising=False)
-    monkeypatch.setattr(gb, "_repo_shared", lambda: tmp_path / "nowhere")
+    monkeypatch.setattr(weights, "_repo_root", lambda: tmp_path / "nowhere" / "repo")
     with pytest.raises(CircuitsError, match="--weights FILE"):
         gb.default_weights()
     monkeypatch.setenv(gb.WEIGHTS_ENV, str(tmp_path / "missing.npz"))

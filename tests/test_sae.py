@@ -92,6 +92,10 @@ def test_files_are_saelens_layout_and_round_trip(tmp_path):
         assert torch.equal(getattr(back, key), getattr(sae, key))
     x = torch.randn(7, 24)
     assert torch.equal(back(x), sae(x)) and (back.encode(x) > 0).sum(1).max() <= 5
+    # the sparse TopK decode (k rows of W_dec) is the dense decode of the encoding
+    assert torch.allclose(sae(x), sae.decode(sae.encode(x)), atol=1e-5)
+    maps = torch.randn(2, 24, 3, 5)
+    assert torch.allclose(sae.forward_map(maps)[1, :, 2, 4], sae(maps[1, :, 2, 4]), atol=1e-5)
     feat = back.feature(3)
     assert torch.equal(feat.encoder, sae.W_enc[:, 3]) and torch.equal(feat.decoder, sae.W_dec[3])
     # the standard (ReLU) architecture reads back as relu
@@ -310,12 +314,15 @@ def test_inception_4c_sae_reconstructs_and_keeps_the_models_decisions(bvlc_model
                           cache_dir=cache, batch_size=25, log=None)
     m, ds = res.metrics, res.metrics["downstream"]
     print({k: m[k] for k in ("explained_variance", "l0", "dead_fraction", "dense_fraction")}, ds)
-    assert m["explained_variance"] >= 0.55
-    assert m["l0"] <= 32 and m["dead_fraction"] <= 0.2
+    # measured: explained variance 0.553 (held out), L0 32, dead 0%, dense 0.2%; top-1 on the
+    # 30 held-out photos clean 0.700, spliced 0.633, mean-ablated 0.000; KL 0.515 vs 7.46 nats
+    # (fraction recovered 0.931)
+    assert m["explained_variance"] >= 0.45
+    assert m["l0"] <= 32 and m["dead_fraction"] <= 0.1
     assert ds["images"] == 30 and ds["against"] == "labels from file names"
-    assert ds["top1_sae"] >= ds["top1_clean"] - 0.25
-    assert ds["kl_fraction_recovered"] >= 0.6
-    assert ds["top1_mean_ablation"] < ds["top1_sae"]
+    assert ds["top1_sae"] >= ds["top1_clean"] - 0.3
+    assert ds["kl_fraction_recovered"] >= 0.8
+    assert ds["top1_mean_ablation"] <= 0.1 < ds["top1_sae"]
 
     acts = layer_activations(bvlc_model, "inception_4c", paths, cache_dir=cache)
     result = neuron_features(res.sae, acts, 10, top_features=4, top_images=4)
@@ -327,3 +334,28 @@ def test_inception_4c_sae_reconstructs_and_keeps_the_models_decisions(bvlc_model
     files = save_neuron_features(result, tmp_path / "neuron10")
     assert files["png"].stat().st_size > 10_000
     assert json.loads(files["json"].read_text())["neuron"] == 10
+
+
+def test_cli_resumes_an_interrupted_training(toy, toy_scenes, tmp_path):
+    """Interrupted at step 12 of 20 (checkpoints every 5 steps and at the interruption), the
+    same command line continues from step 12 and removes the checkpoint when done."""
+    from circuits_cli.sae.layer import train_layer_sae
+
+    out, cache = tmp_path / "sae", tmp_path / "cache"
+
+    def stop(m):
+        if m["step"] == 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_layer_sae(toy, "mixed3b", toy_scenes, out, TrainConfig(expansion=2, k=8, steps=20),
+                        cache_dir=cache, log=None, callback=stop, checkpoint_every=5)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
+    result = run("sae", "train", "mixed3b", "-m", "toy", "--images", toy_scenes, "--steps", "20",
+                 "--expansion", "2", "--k", "8", "--out", out, "--no-fidelity",
+                 "--cache-dir", cache, env={"CIRCUITS_CACHE": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert "resuming from step 12/20" in result.stderr and "step 20/20" in result.stderr
+    assert not (out / "checkpoint.pt").exists() and (out / "sae_weights.safetensors").is_file()
+    assert json.loads((out / "cfg.json").read_text())["metrics"]["training"][
+        "resumed_from_step"] == 12

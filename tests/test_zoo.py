@@ -16,6 +16,7 @@ from circuits_cli.hooks import capture
 from circuits_cli.units import parse_channels, parse_unit
 from circuits_cli.zoo import inceptionv1 as inc
 from circuits_cli.zoo import load_model
+from circuits_cli.zoo.weights import sha256_file
 
 # Channel counts of Lucid's InceptionV1 from ../shared/reference/circuits-facts.md.
 REFERENCE_CHANNELS = {"conv2d0": 64, "conv2d1": 64, "conv2d2": 192, "mixed3a": 256,
@@ -129,7 +130,7 @@ def test_download_pins_and_checks_sha256(torch_home, monkeypatch, inception_weig
     assert run("layers", "-m", "inceptionv1", "--json").exit_code == 0
     cached = torch_home / inc.WEIGHTS_FILE
     pinned = (torch_home / (inc.WEIGHTS_FILE + ".sha256")).read_text().split()[0]
-    assert pinned == inc.sha256_of(inception_weights)
+    assert pinned == sha256_file(inception_weights)
     # A later load of a corrupted cache is refused, and the file is left for the user to inspect.
     data = bytearray(cached.read_bytes())
     data[len(data) // 2] ^= 0xFF

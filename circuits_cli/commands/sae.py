@@ -4,13 +4,43 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from ..errors import CircuitsError
 from .common import model_options
-from .examples import cache_option, images_option, warnings_to_stderr
+
+
+# The next three mirror commands/examples.py (commands do not import each other; the lead is
+# moving shared options into commands/options.py).
+@contextmanager
+def warnings_to_stderr():
+    """Show the API's warnings (skipped files, ...) as ``Warning: ...`` lines on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, UserWarning):
+                    click.echo(f"Warning: {w.message}", err=True)
+
+
+def images_option():
+    return click.option("--images", "images", required=True, multiple=True,
+                        type=click.Path(path_type=Path), metavar="DIR",
+                        help="Folder (searched recursively) or files of images; repeatable. "
+                             "Activations are computed once and cached "
+                             "($CIRCUITS_CACHE/activations).")
+
+
+def cache_option(func):
+    return click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+                        default=None, help="Activation cache (default $CIRCUITS_CACHE/"
+                                           "activations or ~/.cache/circuits/activations).")(func)
 
 
 @click.group()

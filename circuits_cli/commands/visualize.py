@@ -144,9 +144,11 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
     n = directions.shape[0] if directions is not None else info.channels
     what = "directions in the file" if directions is not None else info.name
     channels = parse_channels(units_spec, n, what)
+    best = best_examples(model, info.name, list(image_dirs), objective, negative) \
+        if image_dirs else None
     visualize_layer(model, info.name, channels=channels, objective=objective,
                     directions=directions, facets=facets, negative=negative,
-                    from_image=accent, images=list(image_dirs) or None, steps=steps, size=size,
+                    from_image=accent, best=best, steps=steps, size=size,
                     batch=batch, seed=seed, param=param, precision=precision, shard=shard,
                     out_dir=out_dir, progress=not quiet, echo=click.echo)
 
@@ -182,3 +184,24 @@ def _visualize_file_units(model, spec, units_spec, objective, facets, negative, 
                            negative=negative, steps=steps, size=size, batch=batch, seed=seed,
                            param=param, precision=precision, shard=shard, out_dir=out_dir,
                            progress=not quiet, echo=click.echo)
+
+
+def best_examples(model, layer: str, images, objective: str,
+                  negative: bool) -> dict | None:
+    """Per channel, the strongest activation over an image set, in the render's own measure
+    (channel and diversity: the spatial mean; neuron: the spatial max, i.e. the neuron at its
+    best position); from the activation store (computed once, cached). None for directions
+    and negative renders, which have no such reference."""
+    if objective == "direction" or negative:
+        return None
+    import numpy as np
+
+    from ..evidence.activations import layer_activations
+
+    acts = layer_activations(model, layer, images)
+    stat = "max" if objective == "neuron" else "mean"
+    table = np.asarray(acts.stats[stat])
+    rows = table.argmax(axis=0)
+    return {"images": acts.n_images, "stat": stat,
+            "value": table.max(axis=0).astype(float).tolist(),
+            "path": [str(acts.paths[r]) for r in rows]}

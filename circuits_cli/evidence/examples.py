@@ -142,11 +142,9 @@ def examples_sheet(exset: ExampleSet, path: str | Path | None = None, *, columns
                    title: str | None = None, context: bool = True, dpi: int = 100):
     """A PNG sheet of dataset examples: for each, the crop under the receptive field (large)
     with rank and activation, and below it the whole image with the box drawn (``context``).
-    Returns the matplotlib figure when ``path`` is None, else writes the PNG atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Returns the :class:`matplotlib.figure.Figure` when ``path`` is None, else writes the PNG
+    atomically."""
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     exs = exset.examples
@@ -158,7 +156,7 @@ def examples_sheet(exset: ExampleSet, path: str | Path | None = None, *, columns
     cw, crop, thumb, gap, head = 2.15, 1.95, 0.95, 0.06, 0.62
     ch = 0.26 + crop + (gap + thumb if context else 0) + 0.22
     fw, fh = cols * cw + 0.1, rows * ch + head
-    fig = plt.figure(figsize=(fw, fh), dpi=dpi)
+    fig = Figure(figsize=(fw, fh), dpi=dpi)
 
     def axes(x_in, y_top_in, w_in, h_in):
         return fig.add_axes([x_in / fw, 1 - (y_top_in + h_in) / fh, w_in / fw, h_in / fh])
@@ -200,5 +198,4 @@ def examples_sheet(exset: ExampleSet, path: str | Path | None = None, *, columns
     if path is None:
         return fig
     save_figure(fig, path, dpi=dpi)
-    plt.close(fig)
     return Path(path)

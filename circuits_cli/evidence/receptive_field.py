@@ -34,7 +34,6 @@ from .activations import _slug, default_cache_dir
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), pixels of the model's input, x1/y1 exclusive
 
 RF_VERSION = 2  # bump when the computation changes: old cache files are then ignored
-_MEMORY: dict[tuple, ReceptiveField] = {}
 
 
 @dataclass(frozen=True)
@@ -78,9 +77,10 @@ def receptive_field(model: LoadedModel, layer: str, *, size: int | None = None,
     """The receptive field of ``layer`` at input size ``size`` (default the model's), cached."""
     info = model.layer(layer)
     size = int(size or model.input_size)
-    key = (model.name, str(model.weights_id), info.name, size, round(mass, 4))
-    if key in _MEMORY:
-        return _MEMORY[key]
+    memory = model.memo.setdefault("receptive_field", {})  # this model's, not a global
+    key = (info.name, size, round(mass, 4))
+    if key in memory:
+        return memory[key]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = (root.parent / "receptive_fields" / _slug(f"{model.name}-{str(model.weights_id)[:16]}")
             / f"{_slug(info.name)}-{size}-m{round(mass * 1000)}-v{RF_VERSION}.json")
@@ -101,7 +101,7 @@ def receptive_field(model: LoadedModel, layer: str, *, size: int | None = None,
             os.replace(tmp, path)
         except OSError:
             pass  # a read-only cache only costs a recomputation
-    _MEMORY[key] = rf
+    memory[key] = rf
     return rf
 
 

@@ -13,8 +13,9 @@ without clashing)::
 
 Quality, in each record and the manifest and on the sheet: ``relative_to_best_example`` (the
 activation reached divided by the unit's strongest activation over an image set, when one is
-given: ``images=``), ``facet_similarity`` (diversity: mean pairwise cosine similarity of the
-facets' activations, 1 = the same picture), ``distance`` (accentuation: relative squared distance
+given: ``best=``, which ``circuits visualize --images`` computes from the activation store),
+``facet_similarity`` (diversity: mean pairwise cosine similarity of the facets' activations,
+1 = the same picture), ``distance`` (accentuation: relative squared distance
 of the keep layer's activations from the photo's).
 
 Every file is written atomically, a unit's PNG before its record, as soon as its batch finishes.
@@ -87,17 +88,18 @@ def visualize_layer(model: LoadedModel, layer: str, recipe: Recipe | None = None
                     objective: str = "channel",
                     directions: np.ndarray | None = None, facets: int = 4,
                     negative: bool = False, from_image: Accentuation | None = None,
-                    images=None, batch: int | None = None,
+                    best: dict | None = None, batch: int | None = None,
                     shard: tuple[int, int] | None = None, out_dir: Path | None = None,
                     cache_dir=None, progress: bool = True,
                     echo: Callable[[str], None] = print, **recipe_fields) -> dict:
     """Render ``channels`` of ``layer`` (all by default) into ``out_dir``; returns the manifest.
 
     ``recipe`` or its fields (``steps``, ``size``, ``seed``, ``param``, ``precision``) say how
-    (see :func:`circuits_cli.render.render_units`). ``images`` (a folder or files): score each
-    render against the unit's strongest activation over those photos (from the activation
-    store). Everything is checked before the first file is written. ``shard=(k, n)`` renders
-    units ``k, k+n, k+2n, ...`` of the list. ``units`` (directions, dictionary features of
+    (see :func:`circuits_cli.render.render_units`). ``best``: score each render against the
+    unit's strongest activation over an image set: ``{"value": [per channel], "path": [per
+    channel], ...}`` (the command builds it from the activation store; neuron units only).
+    Everything is checked before the first file is written. ``shard=(k, n)`` renders units
+    ``k, k+n, k+2n, ...`` of the list. ``units`` (directions, dictionary features of
     ``layer``) replaces ``channels``.
     """
     info = model.layer(layer)
@@ -118,8 +120,8 @@ def visualize_layer(model: LoadedModel, layer: str, recipe: Recipe | None = None
                                   from_image.keep_weight, from_image.name)
     out = Path(out_dir) if out_dir is not None else default_out_dir(model, info.name)
     check_out_dir(out)
-    best = best_examples(model, info.name, images, objective, negative) \
-        if images and all(is_neuron(u) for u in units) else None
+    if best is not None and not all(is_neuron(u) for u in units):
+        best = None  # the activation store holds channels, not directions or features
     mine = units if shard is None else units[shard[0]::shard[1]]
     suffix = variant_suffix(objective, negative, recipe.param, from_image is not None)
     what = dict(objective=objective, negative=negative, facets=facets, directions=directions,
@@ -202,25 +204,6 @@ def accentuation(model: LoadedModel, layer: str, image_file: Path, keep_layer: s
                         Path(image_file).name)
 
 
-def best_examples(model: LoadedModel, layer: str, images, objective: str,
-                  negative: bool) -> dict | None:
-    """Per channel, the strongest activation over an image set, in the render's own measure
-    (channel and diversity: the spatial mean; neuron: the spatial max, i.e. the neuron at its
-    best position); from the activation store (computed once, cached). None for directions
-    and negative renders, which have no such reference."""
-    if objective == "direction" or negative:
-        return None
-    from ..evidence.activations import layer_activations
-
-    acts = layer_activations(model, layer, images)
-    stat = "max" if objective == "neuron" else "mean"
-    table = np.asarray(acts.stats[stat])
-    rows = table.argmax(axis=0)
-    return {"images": acts.n_images, "stat": stat,
-            "value": table.max(axis=0).astype(float).tolist(),
-            "path": [str(acts.paths[r]) for r in rows]}
-
-
 def quality(render: Render, best: dict | None) -> dict:
     """The quality scores of a render (see the module docstring), as record fields."""
     q = {}
@@ -254,7 +237,7 @@ def write_summary(model: LoadedModel, layer: str, units: list[Unit], finished: d
     """Rebuild the manifest and the contact sheet from every finished unit of these settings
     found in ``out`` (also those written by other shards). The manifest's settings are the
     render settings (the recipe's description among them), not a second account of them."""
-    from ..reports.sheets import SheetEntry, save_contact_sheet
+    from .sheets import SheetEntry, save_contact_sheet
 
     for u in units:  # pick up what other shards finished meanwhile
         if u not in finished:

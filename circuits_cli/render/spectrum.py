@@ -10,8 +10,11 @@ nothing is downloaded. Recompute it, or make one from your own photos, with::
 
     python -m circuits_cli.render.spectrum PHOTO_DIR circuits_cli/render/data/natural_spectrum.npy
 
-Each photo is resized (shorter side) and centre-cropped to ``size``, shifted by -0.5, decorrelated
-and transformed (``rfft2``, orthonormal); the magnitudes are averaged over photos.
+Each photo is resized (shorter side) and centre-cropped to ``size``, shifted by -0.5, decorrelated,
+multiplied by a 2-D Hann window and transformed (``rfft2``, orthonormal); the magnitudes are
+averaged over photos. Without the window a photo's edges (a discrete Fourier transform treats the
+picture as periodic) put a cross of energy on the horizontal and vertical frequency axes, and MACO
+renders with that spectrum show horizontal and vertical streaks.
 """
 
 from __future__ import annotations
@@ -42,11 +45,14 @@ def compute_spectrum(images: str | Path | list, size: int = SHIPPED_SIZE) -> np.
 
     files, _ = find_images([images] if isinstance(images, (str, Path)) else images)
     inverse = _decorrelation()
+    hann = torch.hann_window(size, periodic=False, dtype=torch.float64)
+    window = torch.outer(hann, hann)
+    window = window / window.pow(2).mean().sqrt()  # keeps the energy of a stationary picture
     total, n = None, 0
     for x, _read, _skipped in iter_batches(files, batch=32, size=size, resize=size):
         if not len(x):
             continue
-        x = torch.einsum("bchw,cd->bdhw", x.double() - 0.5, inverse)
+        x = torch.einsum("bchw,cd->bdhw", x.double() - 0.5, inverse) * window
         mag = torch.fft.rfft2(x, norm="ortho").abs().sum(0)
         total = mag if total is None else total + mag
         n += len(x)

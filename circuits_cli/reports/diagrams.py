@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from ..files import save_figure
 
@@ -27,15 +28,6 @@ BLUE = "#2166ac"
 CMAP = "RdBu_r"
 INK = "#202020"
 MUTED = "#606060"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _load(path: str | None) -> np.ndarray | None:
@@ -160,7 +152,6 @@ def _branch_text(node) -> str:
 def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = None,
                  title: str | None = None, dpi: int = 110) -> Path:
     """Draw ``circuit`` (a :class:`~circuits_cli.trace.Circuit`) to ``path`` (PNG)."""
-    plt = _pyplot()
     images = dict(images or {})
     columns = _columns(circuit)  # depth 0 (target) first
     n_cols = len(columns)
@@ -173,7 +164,7 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
     margin_x, top, bottom = 0.5, 1.25, 1.45
     width = max(2 * margin_x + n_cols * thumb + (n_cols - 1) * col_gap, 7.5)
     height = top + bottom + tallest * slot
-    fig = plt.figure(figsize=(width, height))
+    fig = Figure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, width)
     ax.set_ylim(0, height)
@@ -275,10 +266,7 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
             va="center", fontsize=9, color=INK)
     if circuit.note:
         ax.text(width - 0.3, 0.2, circuit.note, ha="right", va="bottom", fontsize=8, color=MUTED)
-    try:
-        return save_figure(fig, path, dpi)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, dpi)
 
 
 def draw_weights(target, inputs: Sequence, path: Path, *, source_layer: str, method: str,
@@ -287,7 +275,6 @@ def draw_weights(target, inputs: Sequence, path: Path, *, source_layer: str, met
     """One unit's strongest inputs. ``target`` is the unit (``layer:channel``); ``inputs`` are
     :class:`~circuits_cli.connections.Connection` objects (strongest first) from
     ``source_layer``; ``images`` maps ``layer:channel`` to feature visualizations."""
-    plt = _pyplot()
     images = dict(images or {})
     n = len(inputs)
     columns = max(1, min(columns, n))
@@ -298,7 +285,7 @@ def draw_weights(target, inputs: Sequence, path: Path, *, source_layer: str, met
     width = left + columns * cell_w + 0.3
     top, bottom = 1.0, 1.6
     height = top + bottom + rows * cell_h
-    fig = plt.figure(figsize=(max(width, 7.0), height))
+    fig = Figure(figsize=(max(width, 7.0), height))
     width = max(width, 7.0)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, width)
@@ -330,7 +317,4 @@ def draw_weights(target, inputs: Sequence, path: Path, *, source_layer: str, met
                 f"{conn.strength:.3g}", ha="center", va="top", fontsize=8.5, color=colour)
     _colorbar(fig, (0.5 / width, 0.85 / height, min(3.2, width * 0.4) / width, 0.15 / height),
               f"weight / largest |weight| into {target} ({max_weight:.3g})")
-    try:
-        return save_figure(fig, path, dpi)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, dpi)

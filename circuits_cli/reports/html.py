@@ -78,14 +78,12 @@ def kernel_png(kernel: np.ndarray, scale: float, cell: int = 8) -> bytes:
 
 def ablation_png(result: dict) -> bytes:
     """Histogram of the random draws' drops with the measured drop marked."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     drops = [d for d in result["random"]["drops"] if d is not None]
     base = result["baseline"] or 1.0
-    fig, ax = plt.subplots(figsize=(5.2, 2.3), dpi=100)
+    fig = Figure(figsize=(5.2, 2.3), dpi=100)
+    ax = fig.add_subplot()
     if drops:
         ax.hist(np.asarray(drops) / base * 100, bins=min(30, max(5, len(drops) // 3)),
                 color="#9aa7b8", label=f"{len(drops)} random draws")
@@ -96,8 +94,7 @@ def ablation_png(result: dict) -> bytes:
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", facecolor="white")
-    plt.close(fig)
+    fig.savefig(buf, format="png", facecolor="white")  # embedded in the page, not a file
     return buf.getvalue()
 
 

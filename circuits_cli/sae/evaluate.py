@@ -46,7 +46,7 @@ def reconstruction_metrics(sae: SAE, maps, rows: Sequence[int] | np.ndarray,
         block = torch.from_numpy(np.asarray(maps[rows[i:i + chunk_rows]], dtype=np.float32))
         x = block.flatten(2).transpose(1, 2).reshape(-1, d)
         f = sae.encode(x)
-        x_hat = sae.decode(f)
+        x_hat = sae(x)  # TopK decodes its k active latents only
         active = f > 0
         n += len(x)
         s1 += x.sum(0, dtype=torch.float64)

@@ -125,7 +125,14 @@ class SAE(nn.Module):
         return f @ self.W_dec + self.b_dec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        if self.arch != "topk":
+            return self.decode(self.encode(x))
+        # TopK: decode the k active latents only (k rows of W_dec, not all d_sae)
+        vals, idx = self.pre_acts(x).topk(self.k, dim=-1)
+        flat_v, flat_i = torch.relu(vals).reshape(-1, self.k), idx.reshape(-1, self.k)
+        out = torch.nn.functional.embedding_bag(flat_i, self.W_dec, per_sample_weights=flat_v,
+                                                mode="sum")
+        return out.reshape(*x.shape[:-1], self.d_in) + self.b_dec
 
     def encode_map(self, act: torch.Tensor) -> torch.Tensor:
         """``(N, d_sae, H, W)`` feature maps of a conv activation ``(N, d_in, H, W)``."""

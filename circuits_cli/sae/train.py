@@ -171,9 +171,20 @@ def _lr(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (cfg.steps - step) / max(1, cfg.steps - decay_start)
 
 
+#: decode the k active latents with ``embedding_bag`` (True) or scatter them into a dense
+#: ``(batch, d_sae)`` matrix and multiply (False). Dense trains faster on CPU: the backward of
+#: ``embedding_bag`` sorts the indices, serially (measured with torch.profiler on 4c's shape,
+#: 2 threads: 4 steps in 5.8-6.5 s dense against 8.6-9.2 s sparse, a quarter of it in sort).
+#: Inference (:meth:`SAE.forward`) has no backward and keeps the sparse decode.
+SPARSE_DECODE = False
+
+
 def _decode_sparse(vals: torch.Tensor, idx: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
-    """Σ_j vals[:, j] · W_dec[idx[:, j]]: the decoder on k active latents, not on all d_sae."""
-    return F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+    """Σ_j vals[:, j] · W_dec[idx[:, j]]: the decoder on the k active latents."""
+    if SPARSE_DECODE:
+        return F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+    dense = torch.zeros(len(vals), W_dec.shape[0], dtype=vals.dtype, device=vals.device)
+    return dense.scatter(-1, idx, vals) @ W_dec
 
 
 def loss_terms(sae: SAE, x: torch.Tensor, cfg: TrainConfig, dead: torch.Tensor | None

@@ -9,39 +9,55 @@ Names:
   package.
 - ``torchvision:NAME``: any torchvision classification model with its default pretrained weights.
 - ``path/to/file.py:factory``: a user's own model, ``factory()`` returning an ``nn.Module``.
+
+The named models register with :func:`~circuits_cli.zoo.registry.register_model`; how each one's
+weights are found is a :class:`~circuits_cli.zoo.weights.WeightsSpec` read by one loader. Every
+model can be built with random weights (``load_model(name, weights="random")``) for tests and
+benchmarks. Importing this package imports no torch (``circuits --help`` stays fast).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import CircuitsError, suggest
-from .base import LayerInfo, LoadedModel
+from . import registry
+from .registry import register_model
+from .weights import WeightsSpec, find_weights
+
+if TYPE_CHECKING:
+    import torch
+
+    from .base import LayerInfo, LoadedModel
 
 __all__ = ["LayerInfo", "LoadedModel", "load_model", "model_names", "resolve_device",
-           "DEFAULT_MODEL", "MODEL_ENV"]
+           "register_model", "WeightsSpec", "DEFAULT_MODEL", "MODEL_ENV", "RANDOM"]
 
 MODEL_ENV = "CIRCUITS_MODEL"
 DEFAULT_MODEL = "inceptionv1"
+#: ``weights=RANDOM`` builds a model with random initial weights (seeded: the same every time).
+RANDOM = "random"
+RANDOM_SEED = 0
 
-# name -> "module:function"; each builder takes (weights: Path | None) and returns a LoadedModel.
-_REGISTRY = {
-    "inceptionv1": "circuits_cli.zoo.inceptionv1:build",
-    "googlenet-bvlc": "circuits_cli.zoo.googlenet_bvlc:build",
-    "toy": "circuits_cli.zoo.toy:build",
-}
+
+def __getattr__(name: str):  # LayerInfo, LoadedModel: imported (with torch) when first used
+    if name in ("LayerInfo", "LoadedModel"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def model_names() -> list[str]:
-    return sorted(_REGISTRY) + ["torchvision:NAME", "FILE.py:FACTORY"]
+    return registry.names() + ["torchvision:NAME", "FILE.py:FACTORY"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; an unavailable device is a clear error."""
+    import torch
+
     if isinstance(device, torch.device):
         return device
     device = (device or "auto").lower()
@@ -63,33 +79,53 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def load_model(name: str | None = None, weights: str | Path | None = None,
-               device: str | torch.device | None = "cpu") -> LoadedModel:
+               device: str | torch.device | None = "cpu", pretrained: bool = True
+               ) -> LoadedModel:
     """Build a zoo model by name, load its weights and move it to ``device`` in eval mode.
 
     ``name`` defaults to ``$CIRCUITS_MODEL`` or ``inceptionv1``. ``weights`` is a local file that
-    replaces the model's default weights (required offline for ``inceptionv1``).
+    replaces the model's default weights (required offline for ``inceptionv1``), or ``"random"``
+    (the same as ``pretrained=False``): random initial weights, seeded so that two builds are
+    equal, with ``weights_id`` ``random:seed0``; nothing is read or downloaded.
     """
+    import torch
+
     name = (name or os.environ.get(MODEL_ENV) or DEFAULT_MODEL).strip()
+    if isinstance(weights, str) and weights == RANDOM:
+        weights, pretrained = None, False
     if weights is not None:
+        if not pretrained:
+            raise CircuitsError("a weights file and random weights were both asked for; "
+                                "pass one of them")
         weights = Path(weights).expanduser()
         if not weights.is_file():
             raise CircuitsError(f"weights file {str(weights)!r} does not exist; pass the path "
                                 "of a local weights file to --weights")
     dev = resolve_device(device)
     if name.startswith("torchvision:"):
-        from .torchvision_models import build as builder
-
-        model = builder(name.split(":", 1)[1], weights)
+        from .torchvision_models import build as family
     elif ":" in name and name.split(":", 1)[0].endswith(".py"):
-        from .user import build as builder
-
-        model = builder(name, weights)
-    elif name in _REGISTRY:
-        mod, fn = _REGISTRY[name].split(":")
-        model = getattr(importlib.import_module(mod), fn)(weights)
+        from .user import build as family
+    elif name in registry.MODULES:
+        family = None
     else:
         raise CircuitsError(suggest(name, model_names(), "model")
                             + " (or torchvision:NAME, or FILE.py:FACTORY for your own)")
+    with torch.random.fork_rng(devices=[]):
+        if not pretrained:
+            torch.manual_seed(RANDOM_SEED)
+        if family is not None:
+            spec = name.split(":", 1)[1] if name.startswith("torchvision:") else name
+            model = family(spec, weights, random=not pretrained)
+        else:
+            entry = registry.entry(name)
+            if pretrained:
+                model = entry.build(weights if weights is not None
+                                    else find_weights(entry.weights))
+            else:
+                model = entry.build(None)
+    if not pretrained:
+        model.weights_id = f"random:seed{RANDOM_SEED}"
     model.module.eval()
     for p in model.module.parameters():
         p.requires_grad_(False)

@@ -84,6 +84,12 @@ class LoadedModel:
     aliases: dict[str, str] = field(default_factory=dict)
     description: str = ""
     blocks: dict[str, InceptionBlock] = field(default_factory=dict)  # keyed by output layer
+    #: Results that library code derives from this network and reuses (e.g. the module call
+    #: order and receptive-field geometry of :mod:`circuits_cli.connections`), keyed
+    #: ``"module.what"``. They belong to the model and go with it: no module-level caches. A
+    #: copy made with :func:`dataclasses.replace` starts empty; change the weights or the
+    #: structure of ``module`` in place and call ``memo.clear()``.
+    memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:

@@ -30,8 +30,6 @@ Input: RGB in [0, 1] -> x 255, channels reordered to BGR, minus the mean (104, 1
 
 from __future__ import annotations
 
-import hashlib
-import os
 import zipfile
 from pathlib import Path
 
@@ -42,6 +40,8 @@ from torch import nn
 from ..errors import CircuitsError
 from ..hooks import probe
 from .base import Branch, InceptionBlock, LayerInfo, LoadedModel
+from .registry import register_model
+from .weights import WeightsSpec, find_beside, find_weights, weights_id
 
 WEIGHTS_ENV = "CIRCUITS_BVLC_WEIGHTS"
 WEIGHTS_FILE = "bvlc_googlenet.npz"
@@ -257,35 +257,21 @@ def preprocess(x: torch.Tensor) -> torch.Tensor:
 # Files
 
 
-def _repo_shared() -> Path:
-    return Path(__file__).resolve().parents[3] / "shared" / "models"
+WEIGHTS = WeightsSpec(
+    title="BVLC GoogLeNet", file=WEIGHTS_FILE, env=WEIGHTS_ENV,
+    search=("{cwd}", "{cwd}/../shared/models", "{repo}/../shared/models"),
+    preprocessing="RGB in [0, 1] -> x 255, BGR, minus the mean (104, 117, 123) (Caffe)",
+    labels=SYNSETS_FILE)
 
 
 def default_weights() -> Path:
     """The weights file used when none is given (see the module docstring for the order)."""
-    candidates = []
-    env = os.environ.get(WEIGHTS_ENV)
-    if env:
-        candidates.append(Path(env).expanduser())
-    candidates += [Path.cwd() / WEIGHTS_FILE,
-                   Path.cwd().parent / "shared" / "models" / WEIGHTS_FILE,
-                   _repo_shared() / WEIGHTS_FILE]
-    for path in candidates:
-        if path.is_file():
-            return path
-    if env:
-        raise CircuitsError(f"${WEIGHTS_ENV} is {env!r}, which is not a file; point it at "
-                            f"{WEIGHTS_FILE} or pass --weights FILE")
-    raise CircuitsError(f"BVLC GoogLeNet weights not found ({WEIGHTS_FILE} in ., "
-                        f"../shared/models, or ${WEIGHTS_ENV}); pass --weights FILE")
+    return find_weights(WEIGHTS)
 
 
-def find_synsets(weights: Path) -> Path | None:
+def find_synsets(weights: Path | None) -> Path | None:
     """``imagenet_synsets.txt`` beside the weights, else in a ``shared/models`` folder."""
-    for folder in (weights.parent, Path.cwd().parent / "shared" / "models", _repo_shared()):
-        if (folder / SYNSETS_FILE).is_file():
-            return folder / SYNSETS_FILE
-    return None
+    return find_beside(WEIGHTS, SYNSETS_FILE, weights)
 
 
 def read_synsets(path: Path | None) -> tuple[list[str], list[str]]:
@@ -305,15 +291,6 @@ def read_synsets(path: Path | None) -> tuple[list[str], list[str]]:
     return labels, wnids
 
 
-def sha256_id(path: Path) -> str:
-    """``sha256:`` and the first 16 hex digits of the file's SHA-256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()[:16]
-
-
 def load_weights(module: nn.Module, path: Path) -> None:
     """Copy the arrays of ``path`` into ``module``; a missing key or a wrong shape is a one-line
     error naming the first bad key."""
@@ -321,9 +298,11 @@ def load_weights(module: nn.Module, path: Path) -> None:
                "'conv1/7x7_s2/weight')"
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise CircuitsError(f"cannot read {str(path)!r} as an .npz file ({err}); "
-                            f"{expected}") from err
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # EOF: an empty file
+        reason = str(err) or ("the file is empty" if isinstance(err, EOFError)
+                              else type(err).__name__)
+        raise CircuitsError(f"cannot read {str(path)!r} as an .npz file ({reason}); "
+                            f"{expected}") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise CircuitsError(f"{str(path)!r} holds a single array, not an .npz archive; {expected}")
     state = {}
@@ -342,14 +321,18 @@ def load_weights(module: nn.Module, path: Path) -> None:
     module.load_state_dict(state)
 
 
-def build(weights: Path | None = None) -> LoadedModel:
-    """BVLC GoogLeNet with its pretrained ImageNet weights (see the module docstring)."""
-    path = Path(weights).expanduser() if weights is not None else default_weights()
+@register_model("googlenet-bvlc", weights=WEIGHTS,
+                description="BVLC GoogLeNet (Caffe InceptionV1), ImageNet-1k, 1000 classes")
+def build(weights: Path | None) -> LoadedModel:
+    """BVLC GoogLeNet with the arrays of ``weights`` (see the module docstring), or random
+    weights when it is None."""
     module = GoogLeNetBVLC(NUM_CLASSES)
-    load_weights(module, path)
+    if weights is not None:
+        weights = Path(weights).expanduser()
+        load_weights(module, weights)
     module.eval()
     layers = _layers(224)
-    labels, wnids = read_synsets(find_synsets(path))
+    labels, wnids = read_synsets(find_synsets(weights))
     return LoadedModel(
         name="googlenet-bvlc",
         module=module,
@@ -358,7 +341,7 @@ def build(weights: Path | None = None) -> LoadedModel:
         input_size=224,
         labels=labels,
         class_ids=wnids,
-        weights_id=sha256_id(path),
+        weights_id=weights_id(weights) if weights is not None else "random",
         aliases=_aliases(layers),
         description="BVLC GoogLeNet (Caffe InceptionV1), ImageNet-1k, 1000 classes",
         blocks=_blocks(),

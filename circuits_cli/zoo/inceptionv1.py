@@ -21,9 +21,6 @@ the download at a mirror.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import urllib.error
 from pathlib import Path
 
 import torch
@@ -35,6 +32,8 @@ from torch import nn
 from ..errors import CircuitsError
 from . import lucent_style
 from .base import LoadedModel
+from .registry import register_model
+from .weights import WeightsSpec, read_state_dict, weights_id
 
 WEIGHTS_URL = model_urls["inceptionv1"]
 WEIGHTS_FILE = "inception5h.pth"
@@ -101,51 +100,15 @@ def preprocess(x: torch.Tensor) -> torch.Tensor:
     return x * 255.0 - 117.0
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+WEIGHTS = WeightsSpec(
+    title="InceptionV1", file=WEIGHTS_FILE, url=WEIGHTS_URL, url_env=URL_ENV,
+    sha256_env=SHA256_ENV, preprocessing="RGB in [0, 1] -> x * 255 - 117 (Lucid)",
+    labels=None)
 
 
-def _download() -> Path:
-    """The cached weights file, downloaded (with progress) on first use and checked by sha256."""
-    url = os.environ.get(URL_ENV, WEIGHTS_URL)
-    dest = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
-    pin = dest.with_name(dest.name + ".sha256")
-    if not dest.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(url, str(dest), progress=True)
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            reason = getattr(err, "reason", err)
-            raise CircuitsError(
-                f"could not download the InceptionV1 weights from {url} ({reason}); offline, "
-                f"pass a local copy of {WEIGHTS_FILE} with --weights FILE") from None
-    digest = sha256_of(dest)
-    expected = os.environ.get(SHA256_ENV) or (pin.read_text().split()[0] if pin.is_file()
-                                              else None)
-    if expected is None:
-        pin.write_text(f"{digest}  {WEIGHTS_FILE}\n")
-    elif digest != expected.lower():
-        raise CircuitsError(
-            f"{dest} has sha256 {digest[:16]}..., expected {expected[:16]}...; the file is "
-            f"corrupt or not the InceptionV1 weights: delete it to download again, or pass "
-            f"--weights FILE")
-    return dest
-
-
-def load_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise CircuitsError(f"cannot read {str(path)!r} as a PyTorch state dict "
-                            f"({type(err).__name__}); --weights expects inception5h.pth") from None
-    if not isinstance(state, dict):
-        raise CircuitsError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict; "
-                            "--weights expects inception5h.pth")
-    return state
+def load_state(path: Path, expects: str = WEIGHTS_FILE) -> dict[str, torch.Tensor]:
+    """A state dict from ``path`` (see :func:`circuits_cli.zoo.weights.read_state_dict`)."""
+    return read_state_dict(path, expects)
 
 
 def _check_state(model: nn.Module, state: dict, path: Path) -> None:
@@ -175,17 +138,20 @@ def describe(module: InceptionV1):
     return lucent_style.describe(module, _layer_names(), BLOCKS, _BLOCK_INPUT, 224)
 
 
-def build(weights: Path | None = None) -> LoadedModel:
+@register_model("inceptionv1", weights=WEIGHTS,
+                description="Lucid InceptionV1 (inception5h) through lucent, LRN corrected")
+def build(weights: Path | None) -> LoadedModel:
+    """InceptionV1 with the weights of ``weights``, or random weights when it is None."""
     module = InceptionV1().eval()
-    path = Path(weights) if weights is not None else _download()
-    state = load_state(path)
-    _check_state(module, state, path)
-    module.load_state_dict(state, strict=False)  # the LRN modules have no parameters
+    if weights is not None:
+        state = load_state(weights)
+        _check_state(module, state, weights)
+        module.load_state_dict(state, strict=False)  # the LRN modules have no parameters
     layers, blocks = describe(module)
     return LoadedModel(
         name="inceptionv1", module=module, layers=layers, preprocess=preprocess,
         input_size=224, labels=[f"class {i}" for i in range(1008)],
-        weights_id="sha256:" + sha256_of(path)[:16],
+        weights_id=weights_id(weights) if weights is not None else "random",
         aliases={b[len("mixed"):]: b for b in BLOCKS}, blocks=blocks,
         description="Lucid InceptionV1 (inception5h) through lucent, LRN corrected",
     )

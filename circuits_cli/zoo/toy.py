@@ -9,18 +9,20 @@ it). ``--weights FILE`` loads another checkpoint written by ``circuits toy train
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..errors import CircuitsError
 from . import lucent_style
 from .base import LoadedModel
+from .registry import register_model
+from .weights import PACKAGE_DIR, WeightsSpec, weights_id
 
-SHIPPED = Path(__file__).resolve().parent / "data" / "toy.pt"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+SHIPPED = PACKAGE_DIR / "data" / "toy.pt"
+WEIGHTS = WeightsSpec(
+    title="toy model", file="toy.pt", search=("{package}/data",),
+    preprocessing="RGB in [0, 1], 64x64 (see circuits_cli.toy.model.preprocess)",
+    missing_hint="reinstall the package, or train them with 'circuits toy train --out DIR' and "
+                 "pass --weights DIR/toy.pt")
 
 
 def describe(module, input_size: int = 64):
@@ -31,29 +33,41 @@ def describe(module, input_size: int = 64):
                                  {BLOCKS[0]: "conv2d2", **POOL_BEFORE}, input_size)
 
 
-def build(weights: Path | None = None) -> LoadedModel:
-    from ..toy.model import BLOCKS, preprocess
+def _read(path: Path):
+    """(module, checkpoint) of a file written by ``circuits toy train``; a one-line error else."""
     from ..toy.train import build_module, load_checkpoint
 
-    path = Path(weights) if weights is not None else SHIPPED
-    if not path.is_file():
-        raise CircuitsError(f"the toy model's weights {str(path)!r} are missing; reinstall the "
-                            "package, or train them with 'circuits toy train --out toy.pt' and "
-                            "pass --weights toy.pt")
     try:
         ckpt = load_checkpoint(path)
-        module = build_module(ckpt)
+        return build_module(ckpt), ckpt
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise CircuitsError(f"cannot read {str(path)!r} as a toy-model checkpoint "
                             f"({type(err).__name__}); --weights for -m toy expects a "
                             "file written by 'circuits toy train'") from None
-    layers, blocks = describe(module, ckpt["recipe"]["size"])
-    acc = ckpt.get("metrics", {}).get("held_out_accuracy")
+
+
+@register_model("toy", weights=WEIGHTS,
+                description="toy InceptionV1 trained on the procedural toy world")
+def build(weights: Path | None) -> LoadedModel:
+    """The toy network of the checkpoint ``weights``, or of the default architecture with random
+    weights when it is None."""
+    from ..toy.model import BLOCKS, ToyInceptionV1, preprocess
+    from ..toy.train import Recipe
+    from ..toy.world import CLASSES
+
+    if weights is not None:
+        module, ckpt = _read(Path(weights))
+        size, classes = ckpt["recipe"]["size"], list(ckpt["classes"])
+        acc = ckpt.get("metrics", {}).get("held_out_accuracy")
+    else:
+        module, size, classes, acc = ToyInceptionV1().eval(), Recipe().size, list(CLASSES), None
+    layers, blocks = describe(module, size)
     return LoadedModel(
         name="toy", module=module, layers=layers, preprocess=preprocess,
-        input_size=ckpt["recipe"]["size"], labels=list(ckpt["classes"]),
-        class_ids=list(ckpt["classes"]), weights_id="sha256:" + _sha256(path)[:16],
+        input_size=size, labels=classes, class_ids=list(classes),
+        weights_id=weights_id(weights) if weights is not None else "random",
         aliases={b[len("mixed"):]: b for b in BLOCKS}, blocks=blocks,
-        description="toy InceptionV1 trained on the procedural toy world"
-                    + (f" (held-out accuracy {acc:.3f})" if acc is not None else ""),
+        description=("toy InceptionV1 with random weights" if weights is None
+                     else "toy InceptionV1 trained on the procedural toy world"
+                     + (f" (held-out accuracy {acc:.3f})" if acc is not None else "")),
     )

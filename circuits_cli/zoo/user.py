@@ -2,9 +2,10 @@
 
 ``factory()`` must return an ``nn.Module`` taking (N, 3, H, W) images. Optional attributes on the
 returned module customise it: ``input_size`` (int, default 224), ``preprocess`` (a function from
-[0, 1] RGB to the model's input; default ImageNet mean/std normalisation), ``labels`` (class names).
-``--weights FILE`` loads a state dict into it. Addressable layers: every module whose output is an
-image-shaped (N, C, H, W) tensor, in the order they run.
+[0, 1] RGB to the model's input; default ImageNet mean/std normalisation), ``labels`` (class
+names). ``--weights FILE`` loads a state dict into it; ``weights="random"`` keeps the factory's
+weights. Addressable layers: every module whose output is an image-shaped (N, C, H, W) tensor, in
+the order they run.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from torch import nn
 
 from ..errors import CircuitsError
 from .base import LoadedModel, discover_layers, imagenet_normalize
+from .weights import read_state_dict, weights_id
 
 
-def build(spec: str, weights: Path | None = None) -> LoadedModel:
+def build(spec: str, weights: Path | None = None, random: bool = False) -> LoadedModel:
+    """The user's model; ``random`` (no ``weights``) keeps what the factory initialised."""
     file, _, factory_name = spec.rpartition(":")
     path = Path(file).expanduser()
     if not path.is_file():
@@ -41,27 +44,31 @@ def build(spec: str, weights: Path | None = None) -> LoadedModel:
         found = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
         raise CircuitsError(f"{file!r} has no function {factory_name!r}; it defines: "
                             f"{', '.join(found[:8]) or 'nothing callable'}")
-    net = factory()
+    try:
+        net = factory()
+    except Exception as err:  # noqa: BLE001 - the user's code; report, don't crash
+        raise CircuitsError(f"{factory_name}() in {file!r} raised {type(err).__name__}: "
+                            f"{err}") from None
     if not isinstance(net, nn.Module):
         raise CircuitsError(f"{factory_name}() in {file!r} returned {type(net).__name__}, "
                             "not a torch.nn.Module")
-    weights_id = "random"
     if weights is not None:
-        from .inceptionv1 import load_state
-
         try:
-            net.load_state_dict(load_state(Path(weights)))
+            net.load_state_dict(read_state_dict(Path(weights),
+                                                f"a state dict of {factory_name}() from {file}"))
         except RuntimeError as err:
             raise CircuitsError(f"{str(weights)!r} does not fit {factory_name}(): "
                                 f"{str(err).splitlines()[0]}") from None
-        weights_id = "sha256:" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+        wid = weights_id(weights)
     else:
-        weights_id = f"{path.name}:{factory_name}"
+        wid = f"{path.name}:{factory_name}"
     net.eval()
     size = int(getattr(net, "input_size", 224))
     return LoadedModel(
         name=spec, module=net, layers=discover_layers(net, size, lambda _p, _m: True),
         preprocess=getattr(net, "preprocess", imagenet_normalize), input_size=size,
-        labels=list(getattr(net, "labels", [])), weights_id=weights_id,
-        description=f"user model {factory_name}() from {file}",
+        labels=list(getattr(net, "labels", [])), weights_id=wid,
+        description=f"user model {factory_name}() from {file}"
+                    + (f", weights from {Path(weights).name}" if weights is not None else
+                       ", weights as the factory sets them"),
     )
