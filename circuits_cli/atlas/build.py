@@ -306,8 +306,9 @@ class Progress:
     """Progress with an ETA: a tqdm bar on a terminal, else a plain line every ``every`` s."""
 
     def __init__(self, total: float, desc: str, enabled: bool = True, every: float = 10.0,
-                 stream=None):
+                 stream=None, after: Progress | None = None):
         self.total, self.desc, self.done = float(total), desc, 0.0
+        self.after = after  # work that must finish first (its ETA is the one that counts)
         self.stream = stream or sys.stderr
         self.start = self.last = self._prev = time.perf_counter()
         self.every = every
@@ -332,7 +333,7 @@ class Progress:
         now = time.perf_counter()
         # Work arrives in bursts (a finished batch reports all its units at once): print at the
         # first update of a burst, which sees the whole previous batch, or at the end.
-        burst_start = now - self._prev > 0.5
+        burst_start = now - self._prev > 0.5 and self.done > n  # (not the very first)
         self._prev = now
         if (now - self.last >= self.every and burst_start) or self.done >= self.total:
             self.last = now
@@ -343,6 +344,8 @@ class Progress:
         frac = self.done / self.total if self.total else 1.0
         eta = el * (1 - frac) / frac if frac > 0 else float("nan")
         eta_s = _hms(eta) if frac > 0 else "?"
+        if self.after is not None and self.after.done < self.after.total:
+            eta_s = f"when {self.after.desc.split(': ', 1)[-1]} is done"
         return (f"{self.desc}: {self.done:.0f}/{self.total:.0f} ({100 * frac:.0f}%), "
                 f"{_hms(el)} elapsed, ETA {eta_s}" + (f"  [{note}]" if note else ""))
 
@@ -494,7 +497,7 @@ def build_atlas(plan: AtlasPlan, *, progress: bool = True,
     total = sum(misses.values())
     bar = Progress(total, "atlas: rendering (image-steps)", enabled=progress and total > 0)
     pages_bar = Progress(len(todo), "atlas: unit pages", enabled=progress and bool(todo),
-                         every=15.0)
+                         every=15.0, after=bar)
     try:
         for layer, units in by_layer.items():
             prev = previous_layer(model, layer)
