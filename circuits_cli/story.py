@@ -24,7 +24,7 @@ from .zoo.base import LoadedModel
 #: The demo's settings (seconds each on 2 cores).
 SUPERPOSITION_STEPS = 1500
 SAE_SETTINGS = {"expansion": 4, "k": 8, "steps": 300}
-STEER_STRENGTHS = (-1.0, 0.0, 1.0, 2.0)
+STEER_STRENGTHS = (-0.5, 0.0, 0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -41,20 +41,26 @@ class Story:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def class_feature(model: LoadedModel, sae, acts, class_name: str) -> tuple[int, float]:
-    """(feature, d') of the SAE feature whose spatial max best separates the images of
-    ``class_name`` (labelled by file name) from the rest."""
+def class_feature(model: LoadedModel, sae, acts, class_name: str,
+                  candidates: int = 10) -> tuple[int, float]:
+    """(feature, d') of the SAE's feature for ``class_name``: among the ``candidates`` features
+    whose spatial max best separates the images of the class (labelled by file name) from the
+    rest (d'), the one whose decoder direction adds most to the class logit (its expanded
+    weight, summed over positions): selective for the class *and* writing towards it."""
+    from .evidence.find import class_weights
     from .evidence.steering import image_labels
     from .sae.features import feature_activations
 
-    labels = image_labels(model, acts.paths)
-    mine = labels == model.labels.index(class_name)
+    cls = model.labels.index(class_name)
+    mine = image_labels(model, acts.paths) == cls
     if not mine.any() or mine.all():
         raise ValueError(f"the images hold no contrast for class {class_name!r}")
     mx = feature_activations(sae, acts.maps).max.numpy().astype(np.float64)
     a, b = mx[mine], mx[~mine]
     d = (a.mean(0) - b.mean(0)) / np.sqrt(0.5 * (a.var(0) + b.var(0)) + 1e-9)
-    best = int(np.nanargmax(d))
+    weight = sae.W_dec.detach().double().cpu().numpy() @ class_weights(model, acts.layer, cls)
+    top = np.argsort(-np.nan_to_num(d, nan=-np.inf), kind="stable")[:candidates]
+    best = int(top[np.argmax(weight[top])])
     return best, float(d[best])
 
 
@@ -163,7 +169,10 @@ def sections(demo, story: Story) -> list:
             f"L0 {m.get('l0', float('nan')):.1f}, "
             f"dead latents {m.get('dead_fraction', float('nan')):.1%} (held-out scenes).")
         feat.paragraphs.append(
-            f"Its car feature is latent {story.car_feature.index}: "
+            "Its car feature: among the ten latents most selective for car scenes, the one "
+            "whose decoder direction adds most to the car logit through the weights.")
+        feat.paragraphs.append(
+            f"It is latent {story.car_feature.index}: "
             f"d′ {story.car_feature_dprime:.2f} "
             f"for car scenes against the rest (the car neuron: {story.car_neuron_dprime:.2f}); its "
             f"decoder writes {story.decoder_on_neuron:+.2f} into the car neuron. As a unit it is "

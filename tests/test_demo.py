@@ -39,9 +39,11 @@ def test_demo_on_toy_writes_every_output_and_finds_part_detectors(tmp_path, cach
     steer = json.loads((out / "steer" / "steer.json").read_text())
     assert steer["supported_classes"] == ["car"]
     level = {lv["strength"]: lv for lv in steer["levels"]}
-    assert level[2.0]["moved_into_supported"] > 0.2  # boosting the car feature makes cars
-    # suppressing it lowers P(car) on car scenes
-    assert level[-1.0]["supported_prob_on_supported"] < level[0.0]["supported_prob_on_supported"]
+    # boosting the car feature makes cars (measured 0.79 at strength 1 on the demo's SAE);
+    # suppressing it lowers P(car) on car scenes (measured 0.82 -> 0.15 at strength -1)
+    assert level[1.0]["moved_into_supported"] > 0.3
+    assert level[-0.5]["supported_prob_on_supported"] < \
+        level[0.0]["supported_prob_on_supported"] - 0.1
 
 
 def test_demo_traces_the_papers_car_detector_on_inceptionv1(tmp_path, cache):
