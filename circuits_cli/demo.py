@@ -20,10 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import CircuitsError
-from .units import Unit, parse_unit
-from .zoo.base import LoadedModel
+
+if TYPE_CHECKING:  # `circuits --help` reads this module's constants without importing torch
+    from .units import Unit
+    from .zoo.base import LoadedModel
 
 #: The papers' car detector ("Zoom In", Lucid InceptionV1 numbering).
 PAPER_CAR_UNITS = {"inceptionv1": "mixed4c:447"}
@@ -52,6 +55,8 @@ def car_unit(model: LoadedModel) -> Unit:
     """The car detector: the papers' unit for ``inceptionv1``; for ``toy`` the unit of
     :data:`TOY_CAR_LAYER` most selective for cars on generated scenes."""
     if model.name in PAPER_CAR_UNITS:
+        from .units import parse_unit
+
         return parse_unit(PAPER_CAR_UNITS[model.name], model)
     if model.name == "toy":
         from .toy.analysis import best_class_unit
@@ -161,6 +166,7 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
     from .reports.diagrams import draw_circuit
     from .reports.evidence import add_evidence
     from .trace import attach_renders, render_tree, trace
+    from .units import Unit, parse_unit
 
     started = time.perf_counter()
     out = Path(out)
