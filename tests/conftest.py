@@ -29,6 +29,28 @@ def isolated_cache(tmp_path_factory):
         os.environ["CIRCUITS_CACHE"] = before
 
 
+#: The planted network of the evidence, units, features and steering tests (a user model).
+PLANTED_EVIDENCE = f"{REPO / 'tests' / 'planted_evidence_model.py'}:build"
+
+
+@pytest.fixture(scope="session")
+def planted_evidence_model():
+    """tests/planted_evidence_model.py loaded as a user model (its answers are known)."""
+    from circuits_cli.zoo import load_model
+
+    return load_model(PLANTED_EVIDENCE)
+
+
+@pytest.fixture(scope="session")
+def planted_world(tmp_path_factory):
+    """(image folder, {file name: red square box}): the planted world's 40 scenes, 8 of them
+    with a red square (in ``red_square/``)."""
+    from planted_evidence_model import make_images
+
+    folder = tmp_path_factory.mktemp("planted_images")
+    return folder, make_images(folder)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not (SHARED / "models" / "bvlc_googlenet.npz").is_file():

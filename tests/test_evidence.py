@@ -24,18 +24,15 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def model():
+    """A model of this module's own: a test below checks what its memo holds."""
     from circuits_cli.zoo import load_model
 
     return load_model(SPEC)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """(image folder, {file name: red square box}), 40 scenes, 8 with a red square."""
-    from planted_evidence_model import make_images
-
-    folder = tmp_path_factory.mktemp("planted_images")
-    return folder, make_images(folder)
+def world(planted_world):
+    return planted_world
 
 
 @pytest.fixture()

@@ -17,19 +17,13 @@ SPEC = f"{HERE / 'planted_evidence_model.py'}:build"
 
 
 @pytest.fixture(scope="module")
-def planted():
-    from circuits_cli.zoo import load_model
-
-    return load_model(SPEC)
+def planted(planted_evidence_model):
+    return planted_evidence_model
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from planted_evidence_model import make_images
-
-    folder = tmp_path_factory.mktemp("planted_images")
-    make_images(folder)
-    return folder
+def world(planted_world):
+    return planted_world[0]
 
 
 def test_unit_to_logits_is_the_planted_readout(planted):

@@ -19,18 +19,13 @@ SPEC = f"{HERE / 'planted_evidence_model.py'}:build"
 
 
 @pytest.fixture(scope="module")
-def model():
-    from circuits_cli.zoo import load_model
-
-    return load_model(SPEC)
+def model(planted_evidence_model):
+    return planted_evidence_model
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from planted_evidence_model import make_images
-
-    folder = tmp_path_factory.mktemp("planted_images")
-    return folder, make_images(folder)
+def world(planted_world):
+    return planted_world
 
 
 @pytest.fixture(scope="module")
