@@ -48,16 +48,11 @@ def class_feature(model: LoadedModel, sae, acts, class_name: str,
     rest (d'), the one whose decoder direction adds most to the class logit (its expanded
     weight, summed over positions): selective for the class *and* writing towards it."""
     from .evidence.find import class_weights
-    from .evidence.steering import image_labels
     from .sae.features import feature_activations
 
     cls = model.labels.index(class_name)
-    mine = image_labels(model, acts.paths) == cls
-    if not mine.any() or mine.all():
-        raise ValueError(f"the images hold no contrast for class {class_name!r}")
-    mx = feature_activations(sae, acts.maps).max.numpy().astype(np.float64)
-    a, b = mx[mine], mx[~mine]
-    d = (a.mean(0) - b.mean(0)) / np.sqrt(0.5 * (a.var(0) + b.var(0)) + 1e-9)
+    d = class_dprime(model, acts.paths, feature_activations(sae, acts.maps).max.numpy(),
+                     class_name)
     weight = sae.W_dec.detach().double().cpu().numpy() @ class_weights(model, acts.layer, cls)
     top = np.argsort(-np.nan_to_num(d, nan=-np.inf), kind="stable")[:candidates]
     best = int(top[np.argmax(weight[top])])
@@ -93,7 +88,8 @@ def tell(model: LoadedModel, out: Path, car: Unit, scenes: Path,
     index, dprime = class_feature(model, trained.sae, acts, "car")
     story.car_feature = parse_unit(f"{car.layer}@{out / 'sae'}#{index}", model)
     story.car_feature_dprime = dprime
-    story.car_neuron_dprime = _neuron_dprime(model, acts, car, "car")
+    story.car_neuron_dprime = float(class_dprime(model, acts.paths,
+                                                 acts.stats["max"][:, [car.channel]], "car")[0])
     story.decoder_on_neuron = float(story.car_feature.decoder(acts.shape[0])[car.channel])
     story.files["sae_metrics"] = out / "sae" / "metrics.png"
 
@@ -114,13 +110,17 @@ def tell(model: LoadedModel, out: Path, car: Unit, scenes: Path,
     return story
 
 
-def _neuron_dprime(model: LoadedModel, acts, unit: Unit, class_name: str) -> float:
+def class_dprime(model: LoadedModel, paths, values, class_name: str) -> np.ndarray:
+    """d' of each column of ``values`` (N, K), a spatial max per image, between the images of
+    ``class_name`` (labelled by file name) and the rest."""
     from .evidence.steering import image_labels
 
-    mine = image_labels(model, acts.paths) == model.labels.index(class_name)
-    mx = np.asarray(acts.stats["max"][:, unit.channel], dtype=np.float64)
-    a, b = mx[mine], mx[~mine]
-    return float((a.mean() - b.mean()) / np.sqrt(0.5 * (a.var() + b.var()) + 1e-9))
+    mine = image_labels(model, paths) == model.labels.index(class_name)
+    if not mine.any() or mine.all():
+        raise ValueError(f"the images hold no contrast for class {class_name!r}")
+    values = np.asarray(values, dtype=np.float64)
+    a, b = values[mine], values[~mine]
+    return (a.mean(0) - b.mean(0)) / np.sqrt(0.5 * (a.var(0) + b.var(0)) + 1e-9)
 
 
 def sections(demo, story: Story) -> list:
