@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -222,25 +223,42 @@ def feature(layer: str, sae, index: int, name: str | None = None) -> Direction:
                      index=index, kind_name="feature")
 
 
-def feature_from_sae(model: LoadedModel, layer: str, path: str | Path, index: int) -> Direction:
-    """Feature ``index`` of the SAE folder ``path`` (``cfg.json`` + ``sae_weights.safetensors``,
-    ours or SAELens's), checked against the layer and model it was trained on."""
-    from .sae.model import load_sae
+def units_from_file(model: LoadedModel, layer: str, path: str | Path,
+                    rows: Sequence[int] | None = None) -> list[Direction]:
+    """The units of a file, read once: rows of a direction file (``.npy``, ``.txt``/``.csv``,
+    ``.json``) or features of an SAE folder (``cfg.json`` + ``sae_weights.safetensors``, ours or
+    SAELens's, checked against the layer and model it was trained on); ``rows`` picks some
+    (default: all)."""
+    from .sae.model import CFG_FILE, WEIGHTS_FILE, load_sae
 
     info = model.layer(layer)
-    sae = load_sae(path)
-    trained_on = sae.cfg.get("hook_name") or (sae.cfg.get("metadata") or {}).get("hook_name")
-    if trained_on and model.layers.get(trained_on) is not None and trained_on != info.name:
-        raise CircuitsError(f"the SAE in {str(path)!r} was trained on layer {trained_on!r}, not "
-                            f"{info.name!r}; write {trained_on}@{path}#{index}")
-    if sae.d_in != info.channels:
-        raise CircuitsError(f"the SAE in {str(path)!r} reads {sae.d_in} channels, but layer "
-                            f"{info.name!r} has {info.channels}")
-    trained_model = sae.cfg.get("model_name")
-    if trained_model and trained_model != model.name:
-        raise CircuitsError(f"the SAE in {str(path)!r} was trained on model {trained_model!r}, "
-                            f"not {model.name!r}")
-    return feature(info.name, sae, index, name=f"{info.name}@{path}#{index}")
+    p = Path(path).expanduser()
+    if p.is_dir() or p.name in (CFG_FILE, WEIGHTS_FILE):
+        sae = load_sae(path)
+        cfg = sae.cfg
+        trained_on = cfg.get("hook_name") or (cfg.get("metadata") or {}).get("hook_name")
+        if trained_on and model.layers.get(trained_on) is not None and trained_on != info.name:
+            row = rows[0] if rows else 0
+            raise CircuitsError(f"the SAE in {str(path)!r} was trained on layer {trained_on!r}, "
+                                f"not {info.name!r}; write {trained_on}@{path}#{row}")
+        if sae.d_in != info.channels:
+            raise CircuitsError(f"the SAE in {str(path)!r} reads {sae.d_in} channels, but layer "
+                                f"{info.name!r} has {info.channels}")
+        if cfg.get("model_name") and cfg["model_name"] != model.name:
+            raise CircuitsError(f"the SAE in {str(path)!r} was trained on model "
+                                f"{cfg['model_name']!r}, not {model.name!r}")
+        rows = range(sae.d_sae) if rows is None else rows
+        return [feature(info.name, sae, i, name=f"{info.name}@{path}#{i}") for i in rows]
+    arr = load_directions(path, info.channels, info.name)
+    rows = range(arr.shape[0]) if rows is None else rows
+    out = []
+    for row in rows:
+        if not 0 <= row < arr.shape[0]:
+            raise CircuitsError(f"direction {row} does not exist in {str(path)!r}; it holds "
+                                f"{arr.shape[0]} (0-{arr.shape[0] - 1})")
+        name = f"{info.name}@{path}" + (f"#{row}" if arr.shape[0] > 1 or row else "")
+        out.append(direction(info.name, arr[row], name=name, source=str(path), index=row))
+    return out
 
 
 def sae_features(model: LoadedModel, folder: str | Path) -> tuple[str, list[Unit]]:
@@ -248,29 +266,18 @@ def sae_features(model: LoadedModel, folder: str | Path) -> tuple[str, list[Unit
     :func:`circuits_cli.trace.trace`'s ``features``: a feature circuit."""
     from .sae.model import load_sae
 
-    sae = load_sae(folder)
-    layer = sae.cfg.get("hook_name") or (sae.cfg.get("metadata") or {}).get("hook_name")
+    cfg = load_sae(folder).cfg
+    layer = cfg.get("hook_name") or (cfg.get("metadata") or {}).get("hook_name")
     if not layer:
         raise CircuitsError(f"the SAE in {str(folder)!r} does not record its layer (hook_name)")
     name = model.layer(layer).name
-    return name, [feature(name, sae, i, name=f"{name}@{folder}#{i}") for i in range(sae.d_sae)]
+    return name, units_from_file(model, name, folder)
 
 
 def direction_from_file(model: LoadedModel, layer: str, path: str | Path,
                         row: int = 0) -> Direction:
     """Row ``row`` of a direction file, or feature ``row`` of an SAE folder."""
-    from .sae.model import CFG_FILE, WEIGHTS_FILE
-
-    p = Path(path).expanduser()
-    if p.is_dir() or p.name in (CFG_FILE, WEIGHTS_FILE):
-        return feature_from_sae(model, layer, path, row)
-    info = model.layer(layer)
-    arr = load_directions(path, info.channels, info.name)
-    if not 0 <= row < arr.shape[0]:
-        raise CircuitsError(f"direction {row} does not exist in {str(path)!r}; it holds "
-                            f"{arr.shape[0]} (0-{arr.shape[0] - 1})")
-    name = f"{info.name}@{path}" + (f"#{row}" if arr.shape[0] > 1 or row else "")
-    return direction(info.name, arr[row], name=name, source=str(path), index=row)
+    return units_from_file(model, layer, path, [row])[0]
 
 
 _NEURON = re.compile(r"^(?P<layer>[^:@\s]+):(?P<channel>-?\d+)$")

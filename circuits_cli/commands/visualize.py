@@ -155,28 +155,19 @@ def _visualize_file_units(model, spec, units_spec, objective, facets, negative, 
     folder, rendered by their own read-out."""
     from ..errors import CircuitsError
     from ..render.run import visualize_layer
-    from ..units import direction_from_file, parse_channels
+    from ..units import parse_channels, units_from_file
 
     layer, _, path = spec.partition("@")
     path = path.split("#", 1)[0]
     if objective == "direction":
         raise CircuitsError("LAYER@FILE already names directions; drop --objective direction")
-    first = direction_from_file(model, layer, path, 0)
-    if first.kind == "feature":
-        from ..sae.model import load_sae
-
-        n, what = load_sae(path).d_sae, f"the SAE in {path}"
-        if units_spec == "all":
-            raise CircuitsError(f"{what} has {n} features; choose some with --units, e.g. "
-                                "--units 0-15")
-    else:
-        from ..units import load_directions
-
-        info = model.layer(layer)
-        n, what = load_directions(path, info.channels, info.name).shape[0], path
-    rows = parse_channels(units_spec, n, what)
-    units = [direction_from_file(model, layer, path, r) for r in rows]
-    return visualize_layer(model, first.layer, units=units, objective=objective, facets=facets,
+    every = units_from_file(model, layer, path)
+    if every and every[0].kind == "feature" and units_spec == "all":
+        raise CircuitsError(f"the SAE in {path} has {len(every)} features; choose some with "
+                            "--units, e.g. --units 0-15")
+    rows = parse_channels(units_spec, len(every), path)
+    units = [every[r] for r in rows]
+    return visualize_layer(model, units[0].layer, units=units, objective=objective, facets=facets,
                            negative=negative, steps=steps, size=size, batch=batch, seed=seed,
                            param=param, precision=precision, shard=shard, out_dir=out_dir,
                            progress=not quiet, echo=click.echo)
