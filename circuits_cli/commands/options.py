@@ -185,25 +185,54 @@ def images_option(required: bool = True, help: str | None = None):
                                      "(CACHE/activations).")
 
 
-def render_options(func):
+def render_options_with(steps: int = 512, param: bool = True):
     """``--steps``, ``--size``, ``--seed``, ``--param``, ``--no-render``: the feature
-    visualizations."""
-    func = click.option("--param", type=click.Choice(["fourier", "maco"]), default="fourier",
-                        show_default=True,
-                        help="Feature visualization parameterization (as in 'circuits "
-                             "visualize --param'); renders are cached per parameterization.")(func)
-    func = click.option("--no-render", is_flag=True,
-                        help="Skip feature visualizations (units drawn as 'no render').")(func)
-    func = click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0,
-                        show_default=True, help="Seed of the feature visualizations.")(func)
-    func = click.option("--size", type=click.IntRange(16, 1024), default=128, show_default=True,
-                        help="Feature visualization size in pixels.")(func)
-    func = click.option("--steps", type=click.IntRange(1, 100000), default=512,
-                        show_default=True,
-                        help="Feature visualization steps; renders come from the cache of "
-                             "'circuits visualize' (same steps/size/seed), fewer steps for a "
-                             "quick look.")(func)
-    return func
+    visualizations, with ``steps`` as the default step count (``param=False`` leaves out
+    ``--param``)."""
+    def decorate(func):
+        if param:
+            func = click.option("--param", type=click.Choice(["fourier", "maco"]),
+                                default="fourier", show_default=True,
+                                help="Feature visualization parameterization (as in 'circuits "
+                                     "visualize --param'); renders are cached per "
+                                     "parameterization.")(func)
+        func = click.option("--no-render", is_flag=True,
+                            help="Skip feature visualizations (units drawn as 'no render')."
+                            )(func)
+        func = click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0,
+                            show_default=True, help="Seed of the feature visualizations.")(func)
+        func = click.option("--size", type=click.IntRange(16, 1024), default=128,
+                            show_default=True, help="Feature visualization size in pixels.")(func)
+        func = click.option("--steps", type=click.IntRange(1, 100000), default=steps,
+                            show_default=True,
+                            help="Feature visualization steps; renders come from the cache of "
+                                 "'circuits visualize' (same steps/size/seed), fewer steps for "
+                                 "a quick look.")(func)
+        return func
+
+    return decorate
+
+
+render_options = render_options_with()
+
+
+def parse_strengths(ctx, param, value):
+    """``S,S,...``: a comma-separated list of numbers (steering strengths); None stays None."""
+    if value is None:
+        return None
+    try:
+        out = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. "
+                                 "'-2,0,2,4'") from None
+    if not out:
+        raise click.BadParameter("give at least one strength, e.g. '-2,0,2,4'")
+    return out
+
+
+STEER_MODE_HELP = ("add: add STRENGTH x max-activation times the unit's decoder direction at "
+                   "every position; clamp: set the unit's activation to STRENGTH x "
+                   "max-activation everywhere.")
 
 
 def activation_cache(root: Path | None) -> Path:

@@ -9,7 +9,13 @@ import click
 
 from ..errors import CircuitsError
 from .common import model_options
-from .options import activation_cache, cache_option, images_option, warnings_to_stderr
+from .options import (
+    activation_cache,
+    cache_option,
+    images_option,
+    render_options_with,
+    warnings_to_stderr,
+)
 
 
 @click.group()
@@ -194,27 +200,41 @@ def info(path, as_json):
                    "most live features with W_dec[f, neuron] >= 0.3]")
 @click.option("--top-features", type=click.IntRange(min=1), default=6, show_default=True)
 @click.option("--top-images", type=click.IntRange(min=1), default=6, show_default=True)
+@render_options_with(steps=128)
+@click.option("--facets", type=click.IntRange(min=2), default=4, show_default=True,
+              help="Diversity facets of the neuron (pictures that each maximise it while "
+                   "differing from each other).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Folder for the PNG and JSON.  [default: SAE_DIR/features]")
+              default=None, help="Folder for the page, PNG and JSON.  [default: "
+                                 "SAE_DIR/features]")
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1),
               help="Images per forward pass when computing activations.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @cache_option
 @model_options
-def features(path, images, neuron, top_features, top_images, out_dir, batch, as_json,
-             cache_dir, load_model):
-    """The SAE features that write most into one neuron (largest W_dec[f, neuron]) and their
-    dataset examples: a polysemantic neuron as a sum of features. Writes
-    neuron-N.png / neuron-N.json. Use the model the SAE was trained on."""
+def features(path, images, neuron, top_features, top_images, steps, size, seed, param,
+             no_render, facets, out_dir, batch, as_json, cache_dir, load_model):
+    """A polysemantic neuron made visible: the SAE features that write most into one neuron
+    (largest W_dec[f, neuron]) beside the neuron itself.
+
+    Writes neuron-N.html (a page), neuron-N.png (the same as one figure), neuron-N.json and
+    neuron-N_files/: on top the neuron's diversity facets and its top dataset examples; then
+    per feature its decoder weight into the neuron, its share of what the SAE writes there,
+    its feature visualization (the objective is the feature's activation) and its dataset
+    examples as receptive-field crops. Renders are cached (CACHE/renders); --no-render skips
+    them. Use the model the SAE was trained on.
+
+    \b
+    Example:
+      circuits sae features outputs/sae/toy/mixed4b-topk-x8-k32 -m toy \\
+          --images outputs/demo/toy/scenes --neuron 99 --steps 64
+    """
     from ..evidence import image_set, layer_activations
-    from ..files import write_json
+    from ..files import claim_output
+    from ..reports.polysemantic import output_names, polysemantic_neuron
     from ..sae import load_sae
-    from ..sae.features import (
-        feature_activations,
-        neuron_features,
-        polysemantic_neurons,
-        save_neuron_features,
-    )
+    from ..sae.features import feature_activations, polysemantic_neurons
+    from .options import render_cache
 
     s = load_sae(path)
     imgs = image_set(list(images))
@@ -232,25 +252,26 @@ def features(path, images, neuron, top_features, top_images, out_dir, batch, as_
     if neuron is not None and neuron >= s.d_in:
         raise CircuitsError(f"--neuron {neuron} is out of range; {info.name} has {s.d_in} "
                             f"channels (0-{s.d_in - 1})")
-    from ..files import claim_output
-
+    out_dir = out_dir or (s.folder / "features")
     # writable, and a user's file there never replaced: before the activation pass
-    claim_output(out_dir or (s.folder / "features"), "sae features", cache=cache_dir or True)
+    claim_output(out_dir, "sae features", output_names(neuron) if neuron is not None else (),
+                 cache=cache_dir or True)
     with warnings_to_stderr():
         acts = layer_activations(model, info.name, imgs, cache_dir=activation_cache(cache_dir),
-                                 batch_size=batch, progress=True)
-    fa = feature_activations(s, acts.maps) if acts.maps is not None else None
-    if neuron is None and fa is not None:
+                                 batch_size=batch, progress=not as_json)
+    if acts.maps is None:
+        raise CircuitsError(f"the activation maps of {info.name!r} over {acts.n_images} images "
+                            "are too large to keep on disk; use fewer images")
+    fa = feature_activations(s, acts.maps)
+    if neuron is None:
         neuron = polysemantic_neurons(s, fa, top=1)[0]["neuron"]
-    result = neuron_features(s, acts, neuron, top_features=top_features,
-                             top_images=top_images, fa=fa)
-    out_dir = out_dir or (s.folder / "features")
-    pre = acts.preprocessing
-    files = save_neuron_features(result, out_dir / f"neuron-{neuron}",
-                                 size=pre.get("size", model.input_size),
-                                 resize=pre.get("resize", 256))
-    result["files"] = {k: str(v) for k, v in files.items()}
-    write_json(files["json"], result)
+        claim_output(out_dir, "sae features", output_names(neuron), cache=cache_dir or True)
+    with warnings_to_stderr():
+        result = polysemantic_neuron(
+            model, s, acts, neuron, out_dir, top_features=top_features, top_images=top_images,
+            render=not no_render, steps=steps, size=size, seed=seed, facets=facets,
+            param=param, render_cache=render_cache(cache_dir) if cache_dir else None,
+            cache_dir=activation_cache(cache_dir), progress=not as_json, fa=fa)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -261,4 +282,5 @@ def features(path, images, neuron, top_features, top_images, out_dir, batch, as_
         tops = ", ".join(Path(e["path"]).stem for e in f["top_images"][:3])
         click.echo(f"  feature {f['feature']:>5}  W_dec {f['weight']:.3f}  share "
                    f"{f['share']:.2f}  fires {100 * f['frequency']:.2f}%  top: {tops}")
-    click.echo(f"Figure: {files['png']}")
+    click.echo(f"Page: {result['files']['html']}")
+    click.echo(f"Figure: {result['files']['png']}")

@@ -8,32 +8,24 @@ from pathlib import Path
 import click
 
 from .common import model_options
-from .options import activation_cache, cache_option, images_option, warnings_to_stderr
+from .options import (
+    STEER_MODE_HELP,
+    activation_cache,
+    cache_option,
+    images_option,
+    parse_strengths,
+    warnings_to_stderr,
+)
 
 OUTPUTS = ("steer.json", "steer.png")
-
-
-def _strengths(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        out = [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. "
-                                 "'-2,0,2,4'") from None
-    if not out:
-        raise click.BadParameter("give at least one strength, e.g. '-2,0,2,4'")
-    return out
 
 
 @click.command()
 @click.argument("unit", metavar="UNIT")
 @images_option()
 @click.option("--mode", type=click.Choice(["add", "clamp"]), default="add", show_default=True,
-              help="add: add STRENGTH x max-activation times the unit's decoder direction at "
-                   "every position; clamp: set the unit's activation to STRENGTH x "
-                   "max-activation everywhere.")
-@click.option("--strengths", callback=_strengths, default=None, metavar="S,S,...",
+              help=STEER_MODE_HELP)
+@click.option("--strengths", callback=parse_strengths, default=None, metavar="S,S,...",
               help="The sweep, in multiples of the unit's largest activation on the images "
                    "[default: add -2,-1,0,1,2,4; clamp 0,0.5,1,2,4].")
 @click.option("--classes", "classes", default=None, metavar="NAME,...",

@@ -135,3 +135,43 @@ def save_neuron_features(result: dict, out_stem: str | Path, size: int = 224,
     js = write_json(out_stem.with_suffix(".json"), result)
     png = neuron_features_figure(result, loader, out_stem.with_suffix(".png"))
     return {"json": js, "png": png}
+
+
+def add_receptive_fields(result: dict, model, *, size: int | None = None,
+                         cache_dir: str | Path | None = None) -> dict:
+    """Give every example of a :func:`neuron_features` result its ``box``: the layer's
+    (effective) receptive field at the example's position, ``[x0, y0, x1, y1]`` in pixels of the
+    model's ``size`` x ``size`` input crop (the crop ``circuits examples`` shows)."""
+    from ..evidence.receptive_field import receptive_field
+
+    rf = receptive_field(model, result["layer"], size=size, cache_dir=cache_dir)
+    for ex in result["neuron_top_images"] + [e for f in result["features"]
+                                             for e in f["top_images"]]:
+        ex["box"] = [int(v) for v in rf.box(*ex["position"])]
+    result["input_size"] = int(rf.input_size)
+    return result
+
+
+def render_neuron_features(model, sae: SAE, result: dict, *, steps: int = 128, size: int = 128,
+                           seed: int = 0, facets: int = 4, param: str = "fourier",
+                           cache_dir: str | Path | None = None,
+                           progress: bool = False) -> dict:
+    """The feature visualizations of a :func:`neuron_features` result, through the render
+    cache: ``{"neuron": Render}`` with the neuron's ``facets`` diversity facets (the render of
+    ``visualize --objective diversity``; its image is the facets side by side) and
+    ``{feature index: Render}`` for each listed feature (objective: the feature's activation,
+    its encoder read-out with bias and ReLU, as for any dictionary-feature unit)."""
+    from ..render import render_units
+    from ..units import Unit, feature
+
+    layer = model.layer(result["layer"]).name
+    how = dict(steps=steps, size=size, seed=seed, param=param, progress=progress,
+               cache_dir=cache_dir)
+    out: dict = {"neuron": render_units(model, [Unit(layer, int(result["neuron"]))],
+                                        objective="diversity", facets=facets, **how)[0]}
+    units = [feature(layer, sae, f["feature"]) for f in result["features"]]
+    if units:
+        for f, r in zip(result["features"], render_units(model, units, objective="channel",
+                                                         **how), strict=True):
+            out[f["feature"]] = r
+    return out

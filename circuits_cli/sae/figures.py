@@ -78,40 +78,81 @@ def metrics_figure(sae, metrics: dict, history: list[dict], frequency: torch.Ten
     return save_figure(fig, path)
 
 
-def neuron_features_figure(result: dict, image_loader, path: str | Path) -> Path:
-    """Rows: the neuron's own top images, then each feature that writes to it most with its top
-    images (the position of the maximum marked)."""
+def neuron_features_figure(result: dict, image_loader, path: str | Path,
+                           renders: dict | None = None) -> Path:
+    """Rows: the neuron, then each feature that writes to it most (largest ``W_dec[f, n]``).
+    With ``renders`` (:func:`circuits_cli.sae.features.render_neuron_features`) a column of
+    feature visualizations: the neuron's diversity facets (2 x 2 for four), each feature's
+    render. Dataset examples: the receptive-field crop where the unit is strongest when the
+    examples carry a ``box``, else the whole image with that position marked."""
     rows = [("neuron", result["neuron_top_images"])] + [
         ("feature", f["top_images"]) for f in result["features"]]
-    n_cols = max(len(r[1]) for r in rows)
-    fig = Figure(figsize=(1.55 * n_cols + 2.6, 1.6 * len(rows) + 0.6))
-    grid = fig.add_gridspec(len(rows), n_cols + 1, width_ratios=[1.6] + [1] * n_cols)
+    n_ex = max(1, max(len(r[1]) for r in rows))
+    lead = [1.35] + ([1.2] if renders else [])
+    fig = Figure(figsize=(1.45 * (n_ex + sum(lead)), 1.75 * len(rows) + 0.7))
+    grid = fig.add_gridspec(len(rows), len(lead) + n_ex, width_ratios=lead + [1] * n_ex)
     for r, (kind, images) in enumerate(rows):
         ax = fig.add_subplot(grid[r, 0])
         ax.set_axis_off()
+        render = None
         if kind == "neuron":
-            text = f"neuron\n{result['layer']}:{result['neuron']}\n(its own top images)"
+            text = f"neuron {result['layer']}:{result['neuron']}\n(its own top images)"
+            if renders and renders.get("neuron") is not None:
+                render = renders["neuron"]
+                if render.facet_similarity is not None:
+                    text += f"\nfacet similarity {render.facet_similarity:.2f}"
         else:
             f = result["features"][r - 1]
             text = (f"feature {f['feature']}\nW_dec[f, n] = {f['weight']:.3f}\n"
-                    f"share of the neuron's write: {f['share']:.2f}\n"
+                    f"share of the write: {f['share']:.2f}\n"
                     f"fires on {100 * f['frequency']:.2f}%")
-        ax.text(0.0, 0.5, text, va="center", ha="left", fontsize=8.5)
+            render = (renders or {}).get(f["feature"])
+        ax.text(0.0, 0.5, text, va="center", ha="left", fontsize=8.5,
+                fontweight="bold" if kind == "neuron" else "normal")
+        if renders:
+            ax = fig.add_subplot(grid[r, 1])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if render is not None:
+                ax.imshow(_mosaic(render.image, len(render.facet_activations) or 1))
+                what = "facets" if kind == "neuron" else "render"
+                ax.set_title(f"{what}, act {render.activation:.3g}", fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "no render", ha="center", va="center", fontsize=7)
         for c, ex in enumerate(images):
-            ax = fig.add_subplot(grid[r, c + 1])
+            ax = fig.add_subplot(grid[r, len(lead) + c])
             img = image_loader(ex["path"])
-            ax.imshow(img)
-            h, w = result["grid"]
-            y, x = ex["position"]
-            sy, sx = img.shape[0] / h, img.shape[1] / w
-            ax.add_patch(_rect((x * sx, y * sy), sx, sy))
+            if ex.get("box"):
+                x0, y0, x1, y1 = ex["box"]
+                ax.imshow(img[y0:y1, x0:x1], interpolation="nearest")
+            else:
+                ax.imshow(img)
+                h, w = result["grid"]
+                y, x = ex["position"]
+                sy, sx = img.shape[0] / h, img.shape[1] / w
+                ax.add_patch(_rect((x * sx, y * sy), sx, sy))
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{Path(ex['path']).stem[:18]}\n{ex['activation']:.3g}", fontsize=7)
-    fig.suptitle(f"Features of the SAE that write most to {result['layer']}:{result['neuron']} "
-                 "and their dataset examples", fontsize=10)
+    crops = " (receptive-field crops)" if any(e.get("box") for _k, im in rows for e in im) else ""
+    fig.suptitle(f"{result['layer']}:{result['neuron']}: the SAE features that write most into "
+                 f"it, their feature visualizations and dataset examples{crops}", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _mosaic(image: np.ndarray, k: int) -> np.ndarray:
+    """``k`` facets side by side (H, k*W, 3) as a near-square grid (2 x 2 for four)."""
+    if k <= 2:
+        return image
+    h, w = image.shape[0], image.shape[1] // k
+    cols = int(np.ceil(np.sqrt(k)))
+    rows = int(np.ceil(k / cols))
+    out = np.ones((rows * h, cols * w, 3), dtype=image.dtype)
+    for i in range(k):
+        r, c = divmod(i, cols)
+        out[r * h:(r + 1) * h, c * w:(c + 1) * w] = image[:, i * w:(i + 1) * w]
+    return out
 
 
 def _rect(xy, w, h):
