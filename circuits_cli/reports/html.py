@@ -14,35 +14,18 @@ the ablation test against random units.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from pathlib import Path
 
 import numpy as np
+from markupsafe import Markup
 
 REPORT_FILE = "report.html"
+REPORT_TEMPLATE = "report.html"
+STEER_JSON, STEER_PNG = "steer.json", "steer.png"  # written by 'circuits trace --steer'
+OWN_FIGURES = (STEER_PNG,)  # figures with a section of their own, not the diagram's
 GENERATOR = "<meta name='generator' content='circuits report'>"
-
-CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;
-max-width:1180px;
-color:#1a1a1a;line-height:1.45;padding:0 16px}
-h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #ddd;
-padding-bottom:.2em} h3{margin:1.2em 0 .3em} .muted{color:#666} code{background:#f3f3f3;
-padding:1px 4px;border-radius:3px} table{border-collapse:collapse;margin:.6em 0}
-td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:middle;font-size:.92em}
-th{background:#f6f6f6} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.fig img{max-width:100%;border:1px solid #eee} .fig figcaption{font-size:.85em;color:#666}
-.node{display:flex;gap:18px;align-items:flex-start;border:1px solid #e4e4e4;border-radius:6px;
-padding:12px;margin:12px 0} .node .vis{flex:0 0 170px;text-align:center}
-.node .vis img{width:160px;height:160px;image-rendering:auto;border:1px solid #ddd}
-.node .ex{flex:1 1 auto;min-width:0} .node .ex img{max-width:100%}
-.kernel{image-rendering:pixelated;width:64px;height:64px;border:1px solid #ccc}
-.ok{color:#0a7a2f;font-weight:600} .bad{color:#b00020;font-weight:600}
-.legend span{display:inline-block;width:14px;height:14px;vertical-align:middle;margin:0 4px}
-"""
-
 
 def _uri_png_bytes(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
@@ -103,7 +86,7 @@ def _fmt(v, digits=4) -> str:
         return "–"
     if isinstance(v, float):
         return f"{v:.{digits}g}"
-    return html.escape(str(v))
+    return str(v)
 
 
 def _uri_jpeg(path: Path, max_width: int = 1100, quality: int = 85) -> str | None:
@@ -129,127 +112,133 @@ def _figures(directory: Path) -> list[Path]:
 
 
 def build_report(directory: str | Path) -> str:
-    """The HTML text of the report for a trace output folder."""
+    """The HTML text of the report for a trace output folder (``templates/report.html``)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
     directory = Path(directory)
+    env = Environment(loader=PackageLoader("circuits_cli.reports", "templates"),
+                      autoescape=select_autoescape(["html"]), trim_blocks=True,
+                      lstrip_blocks=True)
+    return env.get_template(REPORT_TEMPLATE).render(**report_context(directory),
+                                                    generator=Markup(GENERATOR))
+
+
+def report_context(directory: Path) -> dict:
+    """What the report shows, as plain values (numbers formatted, pictures as data URIs); the
+    template (``templates/report.html``) only lays it out."""
     c = json.loads((directory / "circuit.json").read_text(encoding="utf-8"))
     evpath = directory / "evidence.json"
     ev = json.loads(evpath.read_text(encoding="utf-8")) if evpath.exists() else None
+    stpath = directory / STEER_JSON
+    st = json.loads(stpath.read_text(encoding="utf-8")) if stpath.exists() else None
     nodes = c.get("nodes", [])
     edges = c.get("edges", [])
     by_id = {n["id"]: n for n in nodes}
-    esc = html.escape
-    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'>{GENERATOR}<title>Circuit of "
-           f"{esc(c['target'])}</title><style>{CSS}</style></head><body>"]
-    out.append(f"<h1>Circuit of <code>{esc(c['target'])}</code></h1>")
-    hops = "; ".join(f"{esc(h['source'])} &rarr; {esc(h['target'])} ({esc(h['method'])})"
-                     for h in c.get("hops", []))
-    out.append(f"<p class='muted'>Model <b>{esc(c['model'])}</b> (weights "
-               f"<code>{esc(str(c['weights_id']))[:16]}</code>); {len(nodes)} units, "
-               f"{len(edges)} connections; depth {c.get('depth')}, top {c.get('top_k')} inputs "
-               f"per unit. Hops: {hops or '–'}.</p>")
-    if c.get("note"):
-        out.append(f"<p class='muted'>{esc(c['note'])}</p>")
-    if ev:
-        out.append(f"<p class='muted'>Dataset examples and ablation over {ev['n_images']} images "
-                   f"from <code>{esc(ev['images'])}</code>"
-                   + (f" ({ev['n_skipped']} unreadable or non-image files skipped)"
-                      if ev.get("n_skipped") else "") + ".</p>")
-    else:
-        out.append("<p class='muted'>No dataset examples or ablation yet: run "
-                   "<code>circuits trace ... --images DIR</code> to add them.</p>")
-
-    figs = _figures(directory)
-    if figs:
-        out.append("<h2>Circuit diagram</h2>")
-        for p in figs:
-            uri = _uri_file(p)
-            if uri:
-                out.append(f"<figure class='fig'><img src='{uri}' alt='{esc(p.name)}'>"
-                           f"<figcaption>{esc(p.name)}</figcaption></figure>")
-
-    if ev and ev.get("ablation"):
-        out.append("<h2>Ablation: does the circuit do what the weights say?</h2>")
-        s = ev.get("ablation_settings") or {}
-        how = "their mean over the images" if s.get("mode") == "mean" else "zero"
-        n_avail = ev.get("n_images")
-        top = s.get("top_images")
-        if top and (n_avail is None or top < n_avail):
-            which = f"the top {top} images where it is most active"
-        else:
-            which = f"all {n_avail} images" if n_avail is not None else "all images"
-        out.append(f"<p>Each group of traced inputs is set to {how} and "
-                   f"the target's {esc(str(s.get('reduce')))} activation is measured over "
-                   f"{which}, against the same number of random units of the "
-                   "same layer (many draws). Excitatory inputs should make it drop (a positive "
-                   "drop), inhibitory ones rise (a negative drop).</p>")
-        out.append("<table><tr><th>target</th><th>inputs</th><th>expected</th>"
-                   "<th>baseline</th><th>ablated</th><th>drop</th><th>random draws' drop</th>"
-                   "<th>z</th><th>p (one-sided, as predicted)</th><th>verdict</th></tr>")
-        for a in ev["ablation"]:
-            rel = a["relative_drop"]
-            change = f"{rel * 100:+.1f}%" if rel is not None else "–"  # as the terminal says
-            rnd = a["random"]
-            rmean = rnd["mean_relative_drop"]
-            rstd = (rnd["std_drop"] / a["baseline"] * 100) if a["baseline"] and rnd[
-                "std_drop"] is not None else None
-            rtxt = (f"{rmean * 100:+.1f}% &plusmn; {rstd:.1f}% ({rnd['draws']})"
-                    if rmean is not None and rstd is not None else "–")
-            verdict = ("<span class='ok'>agrees</span>" if a["agrees"]
-                       else "<span class='bad'>not shown</span>")
-            out.append(f"<tr><td><code>{esc(a['target'])}</code></td><td>{a['group']}: "
-                       f"{', '.join(esc(u.split(':')[1]) for u in a['inputs'])}</td>"
-                       f"<td>{a['expected']}</td><td class='num'>{_fmt(a['baseline'])}</td>"
-                       f"<td class='num'>{_fmt(a['ablated'])}</td><td class='num'>{change}</td>"
-                       f"<td class='num'>{rtxt}</td><td class='num'>{_fmt(a['z_score'], 3)}</td>"
-                       f"<td class='num'>{_fmt(a.get('p_expected', a['p_value']), 2)}</td>"
-                       f"<td>{verdict}</td></tr>")
-        out.append("</table>")
-        for a in ev["ablation"]:
-            out.append(f"<figure class='fig'><img src='{_uri_png_bytes(ablation_png(a))}' "
-                       f"alt='ablation histogram'><figcaption>{esc(a['target'])}, "
-                       f"{a['group']} inputs: drop of the traced inputs (red) against random "
-                       "draws.</figcaption></figure>")
-
-    out.append("<h2>Units</h2>")
-    depths = sorted({n.get("depth", 0) for n in nodes})
-    for d in depths:
+    figures = [{"uri": uri, "name": p.name} for p in _figures(directory)
+               if p.name not in OWN_FIGURES and (uri := _uri_file(p))]
+    units = []
+    for d in sorted({n.get("depth", 0) for n in nodes}):
         layer_nodes = [n for n in nodes if n.get("depth", 0) == d]
-        layer = layer_nodes[0]["layer"] if layer_nodes else ""
-        out.append(f"<h3>{'Target' if d == 0 else f'Hop {d}'}: <code>{esc(layer)}</code></h3>")
-        for n in layer_nodes:
-            out.append(_node_html(n, edges, by_id, ev, directory))
+        units.append({"title": "Target" if d == 0 else f"Hop {d}",
+                      "layer": layer_nodes[0]["layer"] if layer_nodes else "",
+                      "nodes": [_node(n, edges, ev, directory) for n in layer_nodes]})
+    connections = []
+    for e in sorted(edges, key=lambda e: (by_id.get(e["target"], {}).get("depth", 0),
+                                          e["target"], e["rank"])):
+        tgt = by_id.get(e["target"], {})
+        k = np.asarray(e["kernel"], dtype=np.float64)
+        scale = tgt.get("max_weight") or float(np.abs(k).max() or 1.0)
+        connections.append({"source": e["source"], "target": e["target"], "rank": e["rank"],
+                            "detects": by_id.get(e["source"], {}).get("label") or "",
+                            "sign": "excites" if e["sign"] > 0 else "inhibits",
+                            "strength": _fmt(e["strength"]),
+                            "relative": _fmt(e["relative"], 3), "vertical": _vertical(k),
+                            "kernel": _uri_png_bytes(kernel_png(k, scale))})
+    return {"c": c, "weights_id": str(c["weights_id"])[:16], "n_nodes": len(nodes),
+            "n_edges": len(edges), "ev": ev, "figures": figures,
+            "ablation": _ablation(ev) if ev and ev.get("ablation") else None,
+            "units": units, "connections": connections,
+            "labelled": any(n.get("label") for n in nodes),
+            "steering": _steering(st, directory) if st else None}
 
-    if edges:
-        out.append("<h2>Connections (expanded weights)</h2>")
-        out.append("<p class='legend'>Kernel colours: <span style='background:#e52626'></span>"
-                   "excitation <span style='background:#2626e5'></span>inhibition "
-                   "<span style='background:#fff;border:1px solid #ccc'></span>zero; "
-                   "normalised by the target's largest weight. Strength = L2 norm of the "
-                   "kernel.</p>")
-        labelled = any(n.get("label") for n in nodes)
-        out.append("<table><tr><th>source</th>" + ("<th>detects</th>" if labelled else "")
-                   + "<th>target</th><th>rank</th><th>sign</th>"
-                   "<th>strength</th><th>relative</th><th>mean weight above / below the centre"
-                   "</th><th>kernel</th></tr>")
-        for e in sorted(edges, key=lambda e: (by_id.get(e["target"], {}).get("depth", 0),
-                                              e["target"], e["rank"])):
-            tgt = by_id.get(e["target"], {})
-            k = np.asarray(e["kernel"], dtype=np.float64)
-            scale = tgt.get("max_weight") or float(np.abs(k).max() or 1.0)
-            uri = _uri_png_bytes(kernel_png(k, scale))
-            detects = (f"<td>{esc(by_id.get(e['source'], {}).get('label') or '')}</td>"
-                       if labelled else "")
-            out.append(f"<tr><td><code>{esc(e['source'])}</code></td>{detects}<td><code>"
-                       f"{esc(e['target'])}</code></td><td class='num'>{e['rank']}</td><td>"
-                       f"{'excites' if e['sign'] > 0 else 'inhibits'}</td><td class='num'>"
-                       f"{_fmt(e['strength'])}</td><td class='num'>{_fmt(e['relative'], 3)}"
-                       f"</td><td class='num'>{_vertical(k)}</td>"
-                       f"<td><img class='kernel' src='{uri}' alt='kernel'></td></tr>")
-        out.append("</table>")
-    out.append("<p class='muted'>Written by <code>circuits</code>. Expanded weights are evidence, "
-               "not proof (the linear approximation ignores ReLUs and max-pools); dataset "
-               "examples and ablation test them on real images.</p></body></html>")
-    return "\n".join(out)
+
+def _ablation(ev: dict) -> dict:
+    s = ev.get("ablation_settings") or {}
+    n_avail = ev.get("n_images")
+    top = s.get("top_images")
+    if top and (n_avail is None or top < n_avail):
+        which = f"the top {top} images where it is most active"
+    else:
+        which = f"all {n_avail} images" if n_avail is not None else "all images"
+    rows = []
+    for a in ev["ablation"]:
+        rel = a["relative_drop"]
+        rnd = a["random"]
+        rmean = rnd["mean_relative_drop"]
+        rstd = (rnd["std_drop"] / a["baseline"] * 100) if a["baseline"] and rnd[
+            "std_drop"] is not None else None
+        rows.append({"target": a["target"], "group": a["group"], "expected": a["expected"],
+                     "inputs": ", ".join(u.split(":")[1] for u in a["inputs"]),
+                     "baseline": _fmt(a["baseline"]), "ablated": _fmt(a["ablated"]),
+                     "change": f"{rel * 100:+.1f}%" if rel is not None else "–",
+                     "random": (f"{rmean * 100:+.1f}%", f"{rstd:.1f}%", rnd["draws"])
+                     if rmean is not None and rstd is not None else None,
+                     "z": _fmt(a["z_score"], 3),
+                     "p": _fmt(a.get("p_expected", a["p_value"]), 2), "agrees": a["agrees"],
+                     "histogram": _uri_png_bytes(ablation_png(a))})
+    return {"how": "their mean over the images" if s.get("mode") == "mean" else "zero",
+            "reduce": str(s.get("reduce")), "which": which, "rows": rows}
+
+
+def _node(n: dict, edges: list[dict], ev: dict | None, directory: Path) -> dict:
+    uri = None
+    if n.get("render"):
+        p = Path(n["render"])
+        uri = _uri_file(p if p.is_absolute() else directory / p)
+    ins = sorted((e for e in edges if e["target"] == n["id"]), key=lambda e: e["rank"])
+    outs = [e for e in edges if e["source"] == n["id"]]
+    exinfo = (ev or {}).get("examples", {}).get(n["id"])
+    examples = None
+    if exinfo:
+        s = exinfo.get("summary", {})
+        examples = {"sheet": _uri_jpeg(directory / exinfo["sheet"]),
+                    "summary": {"max_mean": _fmt(s.get("max_mean")),
+                                "max_max": _fmt(s.get("max_max")),
+                                "active": _fmt(100 * s.get("fraction_active", 0), 3)}
+                    if s else None}
+    return {"id": n["id"], "render": uri, "branch": n.get("branch"), "label": n.get("label"),
+            "ins": [(e["sign"] > 0, e["source"].split(":")[-1]) for e in ins],
+            "outs": [(e["sign"] > 0, e["target"]) for e in outs], "examples": examples}
+
+
+def _steering(st: dict, directory: Path) -> dict:
+    """The steering section from ``steer.json`` (the JSON of a
+    :class:`~circuits_cli.evidence.steering.SteeringResult`) and ``steer.png`` (its
+    dose-response figure)."""
+    levels = [{"strength": f"{lv['strength']:g}",
+               **{k: _fmt(lv[k], 3) for k in ("supported_prob_all", "moved_into_supported",
+                                               "supported_prob_on_supported",
+                                               "top1_on_unrelated", "kl_on_unrelated")},
+               "changed_top1": lv["changed_top1"],
+               "changed_to": ", ".join(f"{k} ({v})" for k, v in lv["changed_to"].items()),
+               "class_shift": ", ".join(f"{d['class']} {d['shift']:+.3f}"
+                                        for d in lv.get("class_shift", [])[:3])}
+              for lv in st["levels"]]
+    samples = [{"file": Path(s["path"]).name, "true": s.get("true"),
+                "strength": f"{s['strength']:g}",
+                "before": [(t["class"], f"{t['prob']:.3f}", t["supported"])
+                           for t in s["before"]],
+                "after": [(t["class"], f"{t['prob']:.3f}", t["supported"])
+                          for t in s["after"]]}
+               for s in st.get("samples", [])]
+    clean = st.get("clean") or {}
+    return {"unit": st["unit"], "mode": st["mode"], "reference": _fmt(st["reference"]),
+            "n_images": st["n_images"], "supported": st["supported_classes"],
+            "levels": levels, "samples": samples,
+            "clean_top1_on_unrelated": _fmt(clean.get("top1_on_unrelated"), 3),
+            "clean_supported_prob": _fmt(clean.get("supported_prob_all"), 3),
+            "n_supported": clean.get("n_supported"), "n_unrelated": clean.get("n_unrelated"),
+            "figure": _uri_file(directory / STEER_PNG)}
 
 
 def _vertical(kernel: np.ndarray) -> str:
@@ -260,53 +249,6 @@ def _vertical(kernel: np.ndarray) -> str:
         return "–"
     top, bottom = float(kernel[: h // 2].mean()), float(kernel[(h + 1) // 2:].mean())
     return f"{top:+.3g} / {bottom:+.3g}"
-
-
-def _node_html(n: dict, edges: list[dict], by_id: dict, ev: dict | None, directory: Path) -> str:
-    esc = html.escape
-    parts = ["<div class='node'><div class='vis'>"]
-    render = n.get("render")
-    uri = None
-    if render:
-        p = Path(render)
-        uri = _uri_file(p if p.is_absolute() else directory / p)
-    if uri:
-        parts.append(f"<img src='{uri}' alt='feature visualization of {esc(n['id'])}'>"
-                     "<div class='muted' style='font-size:.8em'>feature visualization</div>")
-    else:
-        parts.append("<div class='muted' style='font-size:.85em;padding-top:60px'>no feature "
-                     "visualization</div>")
-    parts.append(f"<div><b><code>{esc(n['id'])}</code></b></div>")
-    if n.get("branch"):
-        parts.append(f"<div class='muted'>{esc(n['branch'])} branch</div>")
-    if n.get("label"):
-        parts.append(f"<div><i>{esc(n['label'])}</i></div>")
-    ins = sorted((e for e in edges if e["target"] == n["id"]), key=lambda e: e["rank"])
-    outs = [e for e in edges if e["source"] == n["id"]]
-    if ins:
-        parts.append("<div style='font-size:.85em;text-align:left;margin-top:6px'>inputs: "
-                     + ", ".join(f"{'+' if e['sign'] > 0 else '&minus;'}"
-                                 f"{esc(e['source'].split(':')[-1])}" for e in ins) + "</div>")
-    if outs:
-        parts.append("<div style='font-size:.85em;text-align:left'>feeds: "
-                     + ", ".join(f"{'+' if e['sign'] > 0 else '&minus;'}"
-                                 f"{esc(e['target'])}" for e in outs) + "</div>")
-    parts.append("</div><div class='ex'>")
-    exinfo = (ev or {}).get("examples", {}).get(n["id"])
-    if exinfo:
-        suri = _uri_jpeg(directory / exinfo["sheet"])
-        if suri:
-            parts.append(f"<img src='{suri}' alt='dataset examples of {esc(n['id'])}'>")
-        s = exinfo.get("summary", {})
-        if s:
-            parts.append(f"<div class='muted' style='font-size:.85em'>spatial max over the "
-                         f"images: mean {_fmt(s.get('max_mean'))}, largest "
-                         f"{_fmt(s.get('max_max'))}; active (max &gt; 0) in "
-                         f"{_fmt(100 * s.get('fraction_active', 0), 3)}% of images.</div>")
-    else:
-        parts.append("<div class='muted'>no dataset examples</div>")
-    parts.append("</div></div>")
-    return "".join(parts)
 
 
 def check_report_path(path: str | Path) -> None:
