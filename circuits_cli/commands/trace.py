@@ -11,10 +11,12 @@ from .common import model_options
 from .options import (
     LAYER,
     METHOD_HELP,
+    STEER_MODE_HELP,
     UNIT,
     cache_option,
     json_option,
     out_option,
+    parse_strengths,
     quiet_option,
     render_options,
     warnings_to_stderr,
@@ -47,9 +49,17 @@ from .options import (
 @click.option("--sae", "saes", multiple=True, type=click.Path(path_type=Path), metavar="FOLDER",
               help="An SAE folder (from 'circuits sae train'; repeatable): hops into its layer "
                    "rank its dictionary features instead of neurons (a feature circuit).")
+@click.option("--steer", "steer_strengths", callback=parse_strengths, default=None,
+              metavar="S,S,...",
+              help="With --images: steer UNIT at these strengths (multiples of its largest "
+                   "activation on the images, as 'circuits steer --strengths') and add a "
+                   "Steering section to report.html (steer.json, steer.png).")
+@click.option("--steer-mode", type=click.Choice(["add", "clamp"]), default="add",
+              show_default=True, help="With --steer: " + STEER_MODE_HELP)
 @cache_option
 def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, param, no_render,
-          out_dir, as_json, quiet, image_dirs, draws, saes, cache_dir):
+          out_dir, as_json, quiet, image_dirs, draws, saes, steer_strengths, steer_mode,
+          cache_dir):
     """Trace the circuit of UNIT (LAYER:CHANNEL) back through the weights.
 
     From UNIT, find its TOP-K strongest inputs in the previous layer by expanded weights (L2
@@ -64,13 +74,18 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
       circuits trace 4c:447 --depth 1 --top-k 6 --steps 128 -m googlenet-bvlc
       circuits trace mixed4c:447 --from mixed4a --method linear
       circuits trace mixed4b@SAE_4B#12 --sae SAE_4A -m toy     # a feature circuit
+      circuits trace mixed4b:99 -m toy --images SCENES --steer=-1,0,2   # and steer it
     """
+    from ..errors import CircuitsError
     from ..files import claim_output, output_dir
     from ..trace import attach_renders, render_tree
     from ..trace import trace as trace_circuit
     from ..units import parse_unit
     from .options import activation_cache, render_cache
 
+    if steer_strengths is not None and not image_dirs:
+        raise CircuitsError("--steer needs --images DIR: the images the steered predictions "
+                            "are measured on")
     image_set = None
     if image_dirs:
         from ..evidence import image_set as find_image_set
@@ -81,7 +96,12 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
     if source is not None:
         model.layer(source)
     out = Path(out_dir) if out_dir is not None else output_dir("trace", model.name, target.slug)
-    claim_output(out, "trace", ("circuit.json", "circuit.png", "evidence.json", "report.html"),
+    names = ("circuit.json", "circuit.png", "evidence.json", "report.html")
+    if steer_strengths is not None:
+        from ..reports.html import STEER_JSON, STEER_PNG
+
+        names += (STEER_JSON, STEER_PNG)
+    claim_output(out, "trace", names,
                  cache=cache_dir if cache_dir is not None else (not no_render or bool(image_dirs)))
 
     from ..units import sae_features
@@ -107,23 +127,58 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
     out.mkdir(parents=True, exist_ok=True)
     circuit.save(out / "circuit.json")
     draw_circuit(circuit, out / "circuit.png", images)
+    steering = None
+    if steer_strengths is not None:
+        steering = trace_steering(out, model, target, image_set, strengths=steer_strengths,
+                                  mode=steer_mode, quiet=quiet or as_json,
+                                  cache_dir=activation_cache(cache_dir) if cache_dir else None)
     trace_evidence(out, model, image_set, draws=draws, quiet=quiet or as_json,
-                   cache_dir=activation_cache(cache_dir) if cache_dir else None)
+                   cache_dir=activation_cache(cache_dir) if cache_dir else None,
+                   steered=steering is not None)
     if as_json:
-        click.echo(json.dumps(circuit.to_json(), indent=2))
+        data = circuit.to_json()
+        if steering is not None:
+            data["steering"] = steering.to_json()
+        click.echo(json.dumps(data, indent=2))
         return
     click.echo(render_tree(circuit))
-    click.echo(f"Wrote {out / 'circuit.json'} and {out / 'circuit.png'}")
+    click.echo(f"Wrote {out / 'circuit.json'} and {out / 'circuit.png'}"
+               + (f"; steering: {out / 'steer.json'}, {out / 'steer.png'}" if steering else ""))
+
+
+def trace_steering(out: Path, model, target, images, *, strengths, mode: str, quiet: bool,
+                   cache_dir: Path | None = None):
+    """For ``circuits trace --steer``: steer the target over the images into the output folder
+    (steer.json, steer.png) and print the per-strength table; returns the SteeringResult."""
+    from ..reports.evidence import add_steering
+
+    if not quiet:
+        click.echo(f"Steering {target} ({mode}, strengths {', '.join(f'{s:g}' for s in strengths)})"
+                   f" over {len(images.paths)} image file(s)...", err=True)
+    with warnings_to_stderr():
+        result = add_steering(out, model, target, images, mode=mode, strengths=strengths,
+                              cache_dir=cache_dir, progress=not quiet)
+    if not quiet:
+        for lv in result.to_json()["levels"]:
+            def f(v):
+                return "-" if v is None else f"{v:.3f}"
+            click.echo(f"  strength {lv['strength']:g}: moved into "
+                       f"{'/'.join(result.labels[i] for i in result.supported)} "
+                       f"{f(lv['moved_into_supported'])}, top-1 on unrelated "
+                       f"{f(lv['top1_on_unrelated'])}, KL {f(lv['kl_on_unrelated'])}, "
+                       f"{lv['changed_top1']} top-1 changed", err=True)
+    return result
 
 
 def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = False,
-                   cache_dir: Path | None = None) -> None:
+                   cache_dir: Path | None = None, steered: bool = False) -> None:
     """For ``circuits trace``: add dataset examples and the ablation of the target's traced inputs
-    to the output folder when ``images`` (an ImageSet) is given, and write ``report.html``."""
+    to the output folder when ``images`` (an ImageSet) is given, and write ``report.html`` (with
+    the steering section when ``steered``)."""
     if images is None:
         from ..reports.html import write_report
 
-        path = write_report(out)
+        path = write_report(out, steering=steered)
         if not quiet:
             click.echo(f"Report: {path} (add --images DIR for dataset examples and ablation)",
                        err=True)
@@ -135,7 +190,7 @@ def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = F
                    err=True)
     with warnings_to_stderr():
         ev = add_evidence(out, model, images, draws=draws, progress=not quiet,
-                          cache_dir=cache_dir)
+                          cache_dir=cache_dir, steering=steered)
     if quiet:
         return
     for a in ev.ablations:

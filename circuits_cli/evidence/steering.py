@@ -155,6 +155,26 @@ class SteeringResult:
         order = np.argsort(-np.abs(shift), kind="stable")[:top]
         return [(self.labels[i], float(shift[i])) for i in order]
 
+    def sample_rows(self, n: int = 4) -> np.ndarray:
+        """The images shown before and after: the first ``n`` not of a supported class (the
+        ones boosting should move), else the first ``n``."""
+        others = self._rows("others")
+        return others[:n] if len(others) >= n else np.arange(min(n, len(self.paths)))
+
+    def samples(self, n: int = 4, top: int = 5) -> list[dict]:
+        """For :meth:`sample_rows`: the ``top`` classes clean and at the strongest strength."""
+        strongest = max(self.levels, key=lambda lv: lv.strength)
+
+        def ranked(p: np.ndarray) -> list[dict]:
+            return [{"class": self.labels[i], "prob": float(p[i]),
+                     "supported": int(i) in self.supported}
+                    for i in np.argsort(-p, kind="stable")[:top]]
+
+        return [{"path": str(self.paths[row]),
+                 "true": self.labels[self.true[row]] if self.true[row] >= 0 else None,
+                 "strength": strongest.strength, "before": ranked(self.clean[row]),
+                 "after": ranked(strongest.probs[row])} for row in self.sample_rows(n)]
+
     def to_json(self) -> dict:
         return {"format": "circuits-steer/1", "unit": self.unit, "mode": self.mode,
                 "reference": self.reference, "n_images": len(self.paths),
@@ -164,7 +184,8 @@ class SteeringResult:
                 "levels": [{**self.measures(lv),
                             "class_shift": [{"class": c, "shift": round(s, 6)}
                                             for c, s in self.class_shift(lv)]}
-                           for lv in self.levels]}
+                           for lv in self.levels],
+                "samples": self.samples()}
 
 
 def _share(mask: np.ndarray) -> float | None:
@@ -264,10 +285,7 @@ def dose_response_figure(result: SteeringResult, samples: int = 4):
     ax.grid(alpha=0.3)
 
     strongest = max(result.levels, key=lambda lv: lv.strength)
-    others = result._rows("others")
-    pick = others[:samples] if len(others) >= samples else np.arange(min(samples,
-                                                                          len(result.paths)))
-    for col, row in enumerate(pick, start=1):
+    for col, row in enumerate(result.sample_rows(samples), start=1):
         for r, (probs, title) in enumerate(((result.clean[row], "clean"),
                                             (strongest.probs[row],
                                              f"strength {strongest.strength:g}"))):

@@ -18,7 +18,8 @@ from ..evidence import (
 )
 
 
-def write_evidence(directory: str | Path, evidence: Evidence, html: bool = True) -> Evidence:
+def write_evidence(directory: str | Path, evidence: Evidence, html: bool = True,
+                   steering: bool | None = None) -> Evidence:
     """Write ``examples/<unit>.png`` and ``.json`` per node, ``evidence.json`` and (``html``)
     ``report.html`` into a circuit folder; returns ``evidence`` with the paths filled in."""
     from ..files import write_text
@@ -34,16 +35,17 @@ def write_evidence(directory: str | Path, evidence: Evidence, html: bool = True)
     if html:
         from .html import write_report
 
-        evidence.html = write_report(directory)
+        evidence.html = write_report(directory, steering=steering)
     return evidence
 
 
 def add_evidence(circuit_dir: str | Path, model, images: str | Path | Sequence[str | Path]
                  | ImageSet, *, html: bool = True, cache_dir: str | Path | None = None,
-                 **options) -> Evidence:
+                 steering: bool | None = None, **options) -> Evidence:
     """Gather the evidence of the circuit in a ``circuits trace`` folder
     (:func:`circuits_cli.evidence.gather_evidence`, same ``options``) and write it there.
-    Everything is checked before anything is written."""
+    Everything is checked before anything is written; ``steering`` as
+    :func:`.html.build_report`."""
     from ..errors import CircuitsError
     from ..trace import Circuit
 
@@ -60,4 +62,26 @@ def add_evidence(circuit_dir: str | Path, model, images: str | Path | Sequence[s
                             f"{model.name!r} (weights {model.weights_id}); load the same model")
     check_evidence_outputs(directory, circuit, model, cache_dir=cache_dir, html=html)
     evidence = gather_evidence(model, circuit, imgs, cache_dir=cache_dir, **options)
-    return write_evidence(directory, evidence, html=html)
+    return write_evidence(directory, evidence, html=html, steering=steering)
+
+
+def add_steering(circuit_dir: str | Path, model, unit, images, *, mode: str = "add",
+                 strengths: Sequence[float] | None = None,
+                 cache_dir: str | Path | None = None, batch_size: int = 16,
+                 progress: bool = False):
+    """Steer ``unit`` (a circuit's target) over ``images``
+    (:func:`circuits_cli.evidence.steering.steer`, the same arguments) and write its result
+    into the circuit folder: ``steer.json`` (its JSON, the before/after samples included) and
+    ``steer.png`` (the dose-response figure), which :func:`.html.write_report` shows as the
+    report's steering section. Returns the :class:`SteeringResult`."""
+    from ..evidence.steering import dose_response_figure, steer
+    from ..files import save_figure, write_json
+    from .html import STEER_JSON, STEER_PNG
+
+    directory = Path(circuit_dir)
+    result = steer(model, unit, images, mode=mode, strengths=strengths, cache_dir=cache_dir,
+                   batch_size=batch_size, progress=progress)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / STEER_JSON, result.to_json())
+    save_figure(dose_response_figure(result), directory / STEER_PNG)
+    return result

@@ -24,6 +24,8 @@ from markupsafe import Markup
 REPORT_FILE = "report.html"
 REPORT_TEMPLATE = "report.html"
 STEER_JSON, STEER_PNG = "steer.json", "steer.png"  # written by 'circuits trace --steer'
+STEER_COLUMNS = ("supported_prob_all", "moved_into_supported", "supported_prob_on_supported",
+                 "top1_on_unrelated", "kl_on_unrelated")  # the steering table's, in order
 OWN_FIGURES = (STEER_PNG,)  # figures with a section of their own, not the diagram's
 GENERATOR = "<meta name='generator' content='circuits report'>"
 
@@ -111,19 +113,21 @@ def _figures(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.png") if not p.name.startswith("."))
 
 
-def build_report(directory: str | Path) -> str:
-    """The HTML text of the report for a trace output folder (``templates/report.html``)."""
+def build_report(directory: str | Path, steering: bool | None = None) -> str:
+    """The HTML text of the report for a trace output folder (``templates/report.html``).
+    ``steering``: show ``steer.json`` (True), not (False), or when it steered the circuit's
+    target (None)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     directory = Path(directory)
     env = Environment(loader=PackageLoader("circuits_cli.reports", "templates"),
                       autoescape=select_autoescape(["html"]), trim_blocks=True,
                       lstrip_blocks=True)
-    return env.get_template(REPORT_TEMPLATE).render(**report_context(directory),
+    return env.get_template(REPORT_TEMPLATE).render(**report_context(directory, steering),
                                                     generator=Markup(GENERATOR))
 
 
-def report_context(directory: Path) -> dict:
+def report_context(directory: Path, steering: bool | None = None) -> dict:
     """What the report shows, as plain values (numbers formatted, pictures as data URIs); the
     template (``templates/report.html``) only lays it out."""
     c = json.loads((directory / "circuit.json").read_text(encoding="utf-8"))
@@ -131,6 +135,8 @@ def report_context(directory: Path) -> dict:
     ev = json.loads(evpath.read_text(encoding="utf-8")) if evpath.exists() else None
     stpath = directory / STEER_JSON
     st = json.loads(stpath.read_text(encoding="utf-8")) if stpath.exists() else None
+    if steering is False or (steering is None and st and st.get("unit") != c["target"]):
+        st = None
     nodes = c.get("nodes", [])
     edges = c.get("edges", [])
     by_id = {n["id"]: n for n in nodes}
@@ -216,9 +222,8 @@ def _steering(st: dict, directory: Path) -> dict:
     :class:`~circuits_cli.evidence.steering.SteeringResult`) and ``steer.png`` (its
     dose-response figure)."""
     levels = [{"strength": f"{lv['strength']:g}",
-               **{k: _fmt(lv[k], 3) for k in ("supported_prob_all", "moved_into_supported",
-                                               "supported_prob_on_supported",
-                                               "top1_on_unrelated", "kl_on_unrelated")},
+               **{k: "–" if lv[k] is None else f"{lv[k]:.3f}"
+                  for k in STEER_COLUMNS},
                "changed_top1": lv["changed_top1"],
                "changed_to": ", ".join(f"{k} ({v})" for k, v in lv["changed_to"].items()),
                "class_shift": ", ".join(f"{d['class']} {d['shift']:+.3f}"
@@ -235,8 +240,8 @@ def _steering(st: dict, directory: Path) -> dict:
     return {"unit": st["unit"], "mode": st["mode"], "reference": _fmt(st["reference"]),
             "n_images": st["n_images"], "supported": st["supported_classes"],
             "levels": levels, "samples": samples,
-            "clean_top1_on_unrelated": _fmt(clean.get("top1_on_unrelated"), 3),
-            "clean_supported_prob": _fmt(clean.get("supported_prob_all"), 3),
+            "clean": {k: "–" if clean.get(k) is None else f"{clean[k]:.3f}"
+                      for k in STEER_COLUMNS},
             "n_supported": clean.get("n_supported"), "n_unrelated": clean.get("n_unrelated"),
             "figure": _uri_file(directory / STEER_PNG)}
 
@@ -268,8 +273,10 @@ def check_report_path(path: str | Path) -> None:
                                 "another --out or move the file")
 
 
-def write_report(directory: str | Path, path: str | Path | None = None) -> Path:
-    """Write the report of a trace output folder (default ``DIR/report.html``); returns it."""
+def write_report(directory: str | Path, path: str | Path | None = None,
+                 steering: bool | None = None) -> Path:
+    """Write the report of a trace output folder (default ``DIR/report.html``); returns it.
+    ``steering``: as :func:`build_report`."""
     from ..files import write_text
 
     directory = Path(directory)
@@ -280,4 +287,4 @@ def write_report(directory: str | Path, path: str | Path | None = None) -> Path:
                             "'circuits trace'")
     path = Path(path) if path else directory / REPORT_FILE
     check_report_path(path)
-    return write_text(path, build_report(directory))
+    return write_text(path, build_report(directory, steering))
