@@ -132,7 +132,7 @@ def commands(images: Path) -> dict[str, list]:
                       "-q", "--out", "OUT"],
         "weights": ["weights", "mixed4b:1", "--top-k", "2", *FAST, *TOY, "-q", "--out", "OUT"],
         "trace": ["trace", "mixed4b:1", "--depth", "1", "--top-k", "2", *FAST, *TOY,
-                  "--images", images, "--draws", "3", "-q", "--out", "OUT"],
+                  "--images", images, "--draws", "3", "--steer", "0,1", "-q", "--out", "OUT"],
         "examples": ["examples", "mixed4a:0", "--images", images, "--top-k", "3", *TOY, "-q",
                      "--out", "OUT"],
         "ablate": ["ablate", "mixed4b:1", "--inputs", "mixed4a:0,1", "--images", images,
