@@ -53,9 +53,14 @@ def test_the_steering_section_equals_steer_called_directly(steered):
     assert json.dumps(data["steering"], sort_keys=True) == json.dumps(expected, sort_keys=True)
     saved = json.loads((out / "steer.json").read_text())
     assert json.dumps(saved, sort_keys=True) == json.dumps(expected, sort_keys=True)
-    # ground truth: the planted red copy supports 'red square' and boosting moves scenes there
+    # ground truth: the 'red square' logit is 5 x mean(relu3:1), so the red copy supports it
+    # first and boosting moves images there (the planted net has 3 classes, all 'supported' by
+    # default, so the class shifts are what tell)
     assert expected["supported_classes"][0] == "red square"
-    assert expected["levels"][2]["moved_into_supported"] > 0.5
+    boost = expected["levels"][2]
+    assert list(boost["changed_to"]) == ["red square"] and boost["changed_top1"] >= 20
+    assert boost["class_shift"][0]["class"] == "red square"
+    assert boost["class_shift"][0]["shift"] > 0.3
     assert expected["levels"][1]["changed_top1"] == 0  # strength 0 adds nothing
     # the report's table: one row per strength (after the clean row), its cells the numbers
     html = (out / "report.html").read_text()
