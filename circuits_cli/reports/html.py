@@ -2,13 +2,17 @@
 
 :func:`write_report` reads a ``circuits trace`` output folder (``circuit.json``, the PNG figures
 beside it, and, when :func:`circuits_cli.reports.evidence.add_evidence` has run,
-``evidence.json`` with dataset examples and ablation) and writes ``report.html`` into it. Every
-picture is embedded as a base64 data URI, so the page can be mailed or archived on its own.
+``evidence.json`` with dataset examples and ablation; when
+:func:`circuits_cli.reports.evidence.add_steering` has run, ``steer.json`` and ``steer.png``) and
+writes ``report.html`` into it. Every picture is embedded as a base64 data URI, so the page can be
+mailed or archived on its own. :func:`report_context` computes what the page shows; the Jinja2
+template ``templates/report.html`` lays it out.
 
-Sections: the circuit diagram (the folder's PNG figures); the units layer by layer, each with its
-feature visualization, dataset examples and statistics; the connections with their expanded-weight
-kernels (red excitation, blue inhibition, white zero, normalised by the target's largest weight);
-the ablation test against random units.
+Sections: the circuit diagram (the folder's PNG figures); the ablation test against random units;
+steering the target (dose-response table and figure, top-5 before and after); the units layer by
+layer, each with its feature visualization, dataset examples and statistics; the connections with
+their expanded-weight kernels (red excitation, blue inhibition, white zero, normalised by the
+target's largest weight).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 - :mod:`.train`: the training loop, streamed from the activation store and resumable;
 - :mod:`.evaluate`: explained variance, L0, dead/dense latents, and downstream fidelity (the
   model's accuracy and KL when the layer is replaced by the reconstruction);
-- :mod:`.features`: the features that write to a neuron, with their dataset examples.
+- :mod:`.features`: the features that write to a neuron, with their dataset examples and
+  feature visualizations (the page: :mod:`circuits_cli.reports.polysemantic`).
 """
 
 from .model import SAE, Feature, find_sae_folder, load_sae
