@@ -134,9 +134,12 @@ def neuron_features_figure(result: dict, image_loader, path: str | Path,
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{Path(ex['path']).stem[:18]}\n{ex['activation']:.3g}", fontsize=7)
-    crops = " (receptive-field crops)" if any(e.get("box") for _k, im in rows for e in im) else ""
-    fig.suptitle(f"{result['layer']}:{result['neuron']}: the SAE features that write most into "
-                 f"it, their feature visualizations and dataset examples{crops}", fontsize=10)
+    crops = any(e.get("box") for _k, im in rows for e in im)
+    what = ("feature visualizations, " if renders else "") + (
+        "dataset examples: receptive-field crops where each is strongest" if crops
+        else "dataset examples (the strongest position boxed)")
+    fig.suptitle(f"{result['layer']}:{result['neuron']} and the SAE features that write most "
+                 f"into it\n{what}", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
