@@ -115,12 +115,22 @@ def test_steering_a_feature_and_the_cli(model, world, saes, tmp_path):
     root, _, _ = saes
     env = {"CIRCUITS_CACHE": str(tmp_path / "cache")}
     unit = f"relu3@{root / 'relu3'}#1"  # the red copy, as a feature
+    # the supported class is given: steer's default (the top 3 by weights) would be all three
+    # of the planted network's classes, and "moved into supported" could not fail
     r = run("steer", unit, "--images", world, "-m", SPEC, "--strengths", "0,2", "--json",
-            "--out", tmp_path / "s", env=env)
+            "--classes", "red square", "--out", tmp_path / "s", env=env)
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert data["supported_classes"][0] == "red square"
-    assert data["levels"][1]["moved_into_supported"] > 0.5
+    assert data["supported_classes"] == ["red square"]
+    still, boost = data["levels"]
+    print({k: (still[k], boost[k]) for k in ("moved_into_supported", "changed_top1")},
+          boost["class_shift"][:2])
+    # strength 0 adds nothing; strength 2 moves most of the 32 scenes without a red square to
+    # the red-square class, and that class's probability is the one that moves most, upwards
+    assert still["moved_into_supported"] == 0.0 and still["changed_top1"] == 0
+    assert boost["moved_into_supported"] > 0.5
+    assert boost["class_shift"][0]["class"] == "red square"
+    assert boost["class_shift"][0]["shift"] > 0.3
     r = run("examples", f"relu2@{root / 'relu2'}#2", "--images", world, "-m", SPEC, "--json",
             "--top", "3", "--out", tmp_path / "e", env=env)
     assert r.exit_code == 0, r.output
