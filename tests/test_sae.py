@@ -295,24 +295,37 @@ def test_cli_unknown_layer_and_non_conv_layer(toy_scenes, tmp_path):
 
 # ------------------------------------------------------------------ googlenet-bvlc inception_4c
 
+INCEPTION_4C_CFG = TrainConfig(expansion=4, k=32, steps=120)
+
+
+@pytest.fixture(scope="module")
+def inception_4c_sae(bvlc_model, sample_images_dir, tmp_path_factory):
+    """(trained LayerSAE, its 150 photos, activation cache): a short TopK SAE (x4 = 2048
+    latents, k=32, 120 steps of 1024 positions) on inception_4c over every third of the sample
+    photos (150, 14x14 positions each), 30 of them held out. Trained once for the tests below
+    (about 35 s at one thread)."""
+    from circuits_cli.evidence import image_set
+    from circuits_cli.sae.layer import train_layer_sae
+
+    root = tmp_path_factory.mktemp("inception_4c_sae")
+    paths = image_set(sample_images_dir).paths[::500 // 150][:150]
+    cache = root / "cache"
+    res = train_layer_sae(bvlc_model, "inception_4c", paths, root / "sae", INCEPTION_4C_CFG,
+                          holdout=0.2, cache_dir=cache, batch_size=25, log=None)
+    return res, paths, cache
+
 
 @pytest.mark.slow
 def test_inception_4c_sae_reconstructs_and_keeps_the_models_decisions(bvlc_model,
-                                                                       sample_images_dir,
+                                                                       inception_4c_sae,
                                                                        tmp_path):
-    """A short TopK SAE (x4 = 2048 latents, k=32, 120 steps of 1024 positions) on inception_4c
-    over 150 of the sample photos (14x14 positions each), metrics on 30 held-out photos.
-    Thresholds are the measured values with margin; the numbers of the full run (500 photos,
-    x8) are in the README."""
-    from circuits_cli.evidence import image_set, layer_activations
+    """The SAE of ``inception_4c_sae``: metrics on its 30 held-out photos. Thresholds are the
+    measured values with margin; the numbers of the full run (500 photos, x8) are in the
+    README."""
+    from circuits_cli.evidence import layer_activations
     from circuits_cli.sae.features import neuron_features, save_neuron_features
-    from circuits_cli.sae.layer import train_layer_sae
 
-    paths = image_set(sample_images_dir).paths[::500 // 150][:150]
-    cache = tmp_path / "cache"
-    res = train_layer_sae(bvlc_model, "inception_4c", paths, tmp_path / "sae",
-                          TrainConfig(expansion=4, k=32, steps=120), holdout=0.2,
-                          cache_dir=cache, batch_size=25, log=None)
+    res, paths, cache = inception_4c_sae
     m, ds = res.metrics, res.metrics["downstream"]
     print({k: m[k] for k in ("explained_variance", "l0", "dead_fraction", "dense_fraction")}, ds)
     # measured: explained variance 0.553 (held out), L0 32, dead 0%, dense 0.2%; top-1 on the
@@ -335,6 +348,129 @@ def test_inception_4c_sae_reconstructs_and_keeps_the_models_decisions(bvlc_model
     files = save_neuron_features(result, tmp_path / "neuron10")
     assert files["png"].stat().st_size > 10_000
     assert json.loads(files["json"].read_text())["neuron"] == 10
+
+
+#: ImageNet's wheeled motor vehicles for roads (cars, vans, trucks, buses), by wnid, from
+#: ../shared/models/imagenet_synsets.txt. Left out: two-wheelers (moped, motor scooter), tracked
+#: vehicles (tank, half track, snowmobile), rail (streetcar, passenger/freight car), farm and
+#: yard machines (tractor, harvester, forklift) and parts (grille, car wheel, car mirror).
+VEHICLES = {
+    "n02701002": "ambulance", "n02814533": "beach wagon", "n02930766": "cab",
+    "n03100240": "convertible", "n03594945": "jeep", "n03670208": "limousine",
+    "n03770679": "minivan", "n03777568": "Model T", "n04037443": "racer",
+    "n04285008": "sports car", "n03444034": "go-kart", "n03445924": "golfcart",
+    "n03977966": "police van", "n03796401": "moving van", "n03345487": "fire engine",
+    "n03417042": "garbage truck", "n03930630": "pickup", "n04461696": "tow truck",
+    "n04467665": "trailer truck", "n04065272": "recreational vehicle", "n04252225": "snowplow",
+    "n04146614": "school bus", "n04487081": "trolleybus", "n03769881": "minibus",
+}
+
+
+def vehicle_feature(model, sae_folder, acts, vehicle_classes) -> tuple[int, np.ndarray]:
+    """(index, scores) of the SAE's vehicle feature, by :func:`~circuits_cli.evidence.find.
+    find_units`'s ranking for a set of classes: score = (mean over the vehicle classes of the
+    feature's expanded weight to the class logit, summed over positions) x (its spatial-mean
+    activation on the vehicle photos of ``acts`` - its mean over all of them). No steering."""
+    from circuits_cli.evidence.activations import units_spatial_means
+    from circuits_cli.evidence.find import class_weights
+    from circuits_cli.evidence.steering import image_labels
+    from circuits_cli.units import sae_features
+
+    layer, features = sae_features(model, sae_folder)
+    channel_w = np.mean([class_weights(model, layer, c) for c in vehicle_classes], axis=0)
+    w = np.array([float(f.decoder(len(channel_w)).double().numpy() @ channel_w)
+                  for f in features])
+    means = units_spatial_means(acts, features)
+    mine = np.isin(image_labels(model, acts.paths), vehicle_classes)
+    score = w * (means[mine].mean(0) - means.mean(0))
+    return int(np.argmax(score)), score
+
+
+@pytest.mark.slow
+def test_steering_the_inception_4c_vehicle_feature_raises_vehicle_predictions(
+        bvlc_model, inception_4c_sae, sample_images_dir):
+    """Steering a vehicle feature of the inception_4c SAE moves the vehicle classes' share of
+    the top-5 predictions, on photos that neither the SAE nor the feature's choice saw.
+
+    The 11 sample photos of VEHICLES classes, sorted by file name, alternate: six choose the
+    feature (with the SAE's 150 photos, 3 of them vehicles), five are held out to suppress it.
+    Feature: :func:`vehicle_feature` (find_units's ranking, weights x activation contrast).
+    Steering (``add``): strength x ref of its decoder direction at every one of the 14x14
+    positions, ref = its largest activation on the six choosing vehicle photos; over the five
+    held-out vehicle photos and every sixth of the other non-vehicle photos (57).
+
+    Measured (1 thread, feature 1723, ref 137.7): top-5 vehicle share on the 57 non-vehicle
+    photos 0.011 clean -> 0.049 at strength 2 -> 0.435 at 4 (top-1 moved into a vehicle class:
+    0.368); on the 5 held-out vehicle photos vehicle probability 0.992 -> 0.791 at -2; top-1
+    accuracy on the non-vehicle photos 0.737 clean, 0.544 at 2, 0.140 at 4 (the side effect).
+    """
+    from circuits_cli.evidence import image_set, layer_activations
+    from circuits_cli.evidence.steering import image_labels, steer
+    from circuits_cli.units import parse_unit
+
+    res, sae_paths, cache = inception_4c_sae
+    model = bvlc_model
+    vehicles = [model.class_ids.index(w) for w in VEHICLES]
+    assert [model.labels[i] for i in vehicles] == list(VEHICLES.values())
+    paths = image_set(sample_images_dir).paths
+    is_vehicle = np.isin(image_labels(model, paths), vehicles)
+    vehicle_rows = np.flatnonzero(is_vehicle)
+    assert len(vehicle_rows) == 11
+    choose = [paths[i] for i in vehicle_rows[::2]]
+    held_out = [paths[i] for i in vehicle_rows[1::2]]
+    seen = {str(p) for p in sae_paths}
+    selection = list(sae_paths) + [p for p in choose if str(p) not in seen]
+    seen |= {str(p) for p in selection}
+    assert not seen & {str(p) for p in held_out}
+
+    acts = layer_activations(model, "inception_4c", selection, cache_dir=cache)
+    index, score = vehicle_feature(model, res.folder, acts, vehicles)
+    feature = parse_unit(f"inception_4c@{res.folder}#{index}", model)
+    mine = np.isin(image_labels(model, acts.paths), vehicles)
+    assert mine.sum() == 6
+    reads = unit_max_over_images(model, feature, acts)
+    ref = float(reads[mine].max())
+    print(f"feature {index} score {score[index]:.3g} (next {np.sort(score)[-2]:.3g}), ref "
+          f"{ref:.4g}; max activation on vehicle photos {reads[mine].mean():.3g} vs others "
+          f"{reads[~mine].mean():.3g}")
+
+    others = [p for i, p in enumerate(paths) if not is_vehicle[i] and str(p) not in seen]
+    images = held_out + others[::6]
+    strengths = (-4.0, -2.0, 0.0, 2.0, 4.0)
+    r = steer(model, feature, images, mode="add", strengths=strengths, supported=vehicles,
+              reference=ref, cache_dir=cache, batch_size=31)
+    clean = r.measures(r.levels[strengths.index(0.0)])
+    at = {lv.strength: r.measures(lv) for lv in r.levels}
+    keys = ("top5_share_others", "moved_into_supported", "top5_share_on_supported",
+            "supported_prob_on_supported", "top1_on_supported", "top1_on_unrelated",
+            "kl_on_unrelated")
+    for s, m in at.items():
+        print(s, {k: round(m[k], 3) for k in keys}, r.class_shift(r.levels[strengths.index(s)],
+                                                                  3))
+    assert clean["n_supported"] == 5 and clean["n_unrelated"] == len(others[::6]) == 57
+    assert at[0.0]["changed_top1"] == 0  # strength 0 writes nothing
+    # boosting: the vehicle share of the non-vehicle photos' top-5 rises with the strength
+    assert clean["top5_share_others"] <= 0.05
+    assert at[2.0]["top5_share_others"] >= clean["top5_share_others"]
+    assert at[4.0]["top5_share_others"] >= clean["top5_share_others"] + 0.25
+    assert at[4.0]["moved_into_supported"] >= 0.2
+    vehicle_gain = r.levels[strengths.index(4.0)].probs[:, vehicles].sum(1) - \
+        r.clean[:, vehicles].sum(1)
+    assert np.mean(vehicle_gain[5:] > 0) >= 0.8  # on most photos, not a few
+    # suppressing: the held-out vehicle photos lose vehicle probability
+    assert clean["supported_prob_on_supported"] >= 0.9
+    assert at[-2.0]["supported_prob_on_supported"] <= clean["supported_prob_on_supported"] - 0.1
+    assert at[-4.0]["top5_share_on_supported"] < clean["top5_share_on_supported"]
+    # the side effect: the model's top-1 on the non-vehicle photos, clean near its known 0.74
+    assert 0.6 <= clean["top1_on_unrelated"]
+    assert at[2.0]["top1_on_unrelated"] >= 0.4
+
+
+def unit_max_over_images(model, unit, acts) -> np.ndarray:
+    """(N,) the unit's largest read-out over positions, per image of ``acts``."""
+    from circuits_cli.evidence.activations import unit_activations
+
+    return np.asarray(unit_activations(model, unit, acts).column("max"), dtype=np.float64)
 
 
 def test_cli_resumes_an_interrupted_training(toy, toy_scenes, tmp_path):

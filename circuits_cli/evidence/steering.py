@@ -11,7 +11,9 @@ feature), both through :mod:`circuits_cli.hooks`:
   strengths suppress it).
 
 ``reference`` is the unit's largest activation over the image set (its best dataset example),
-so strengths are in units of "as much as the unit ever fires".
+so strengths are in units of "as much as the unit ever fires"; give ``reference=`` to fix it
+(e.g. its largest activation on the images it detects, when steering images where it is
+silent, or to compare sweeps over different image sets).
 
 What the sweep reports, per strength (a dose-response curve):
 
@@ -21,6 +23,9 @@ What the sweep reports, per strength (a dose-response curve):
   pushes most through the network (its linear expanded weight to each class logit, summed over
   positions); boosting: the share of images *not* of those classes whose top-1 moves into them;
   suppressing: the mean probability of the supported classes on images *of* those classes;
+  and, less all-or-nothing than top-1 when the supported classes are a family (all vehicles),
+  the **top-5 share**: the share of the top-5 predictions that are supported classes, on the
+  images not of them (boosting raises it) and on the images of them (suppressing lowers it);
 - the **side effects**: on images of *unrelated* classes (labelled, not supported), the top-1
   accuracy and the mean KL divergence of the class probabilities from the clean model's.
 
@@ -135,6 +140,7 @@ class SteeringResult:
         kl = (clean * (np.log(np.clip(clean, 1e-12, None))
                        - np.log(np.clip(p, 1e-12, None)))).sum(1)
         sup_prob = p[:, self.supported].sum(1)
+        top5 = self.top5_share(level)
         out = {
             "strength": level.strength,
             "changed_top1": int(len(changed)),
@@ -143,11 +149,21 @@ class SteeringResult:
             "moved_into_supported": _share(np.isin(level.top1[others], self.supported)),
             "supported_prob_on_supported": _mean(sup_prob[sup_rows]),
             "top1_on_supported": _share(level.top1[sup_rows] == self.true[sup_rows]),
+            "top5_share_others": _mean(top5[others]),
+            "top5_share_on_supported": _mean(top5[sup_rows]),
             "top1_on_unrelated": _share(level.top1[unrel] == self.true[unrel]),
             "kl_on_unrelated": _mean(kl[unrel]),
             "n_supported": int(len(sup_rows)), "n_unrelated": int(len(unrel)),
         }
         return out
+
+    def top5_share(self, level: DoseLevel, classes: Sequence[int] | None = None,
+                   k: int = 5) -> np.ndarray:
+        """(N,) per image, the share of its top-``k`` predictions at ``level`` that are in
+        ``classes`` (default: the supported classes)."""
+        classes = self.supported if classes is None else [int(c) for c in classes]
+        top = np.argsort(-level.probs, axis=1, kind="stable")[:, :k]
+        return np.isin(top, classes).mean(1)
 
     def class_shift(self, level: DoseLevel, top: int = 5) -> list[tuple[str, float]]:
         """The classes whose mean probability moved most (signed), largest |shift| first."""
@@ -199,9 +215,12 @@ def _mean(x: np.ndarray) -> float | None:
 def steer(model: LoadedModel, unit: Unit, images: str | Path | Sequence[str | Path] | ImageSet,
           *, mode: str = "add", strengths: Sequence[float] | None = None,
           supported: Sequence[int] | None = None, n_supported: int = 3,
-          cache_dir: str | Path | None = None, batch_size: int = 16,
+          reference: float | None = None, cache_dir: str | Path | None = None, batch_size: int = 16,
           progress: bool = False) -> SteeringResult:
-    """Sweep the strength of ``unit`` written into its layer and measure the predictions."""
+    """Sweep the strength of ``unit`` written into its layer and measure the predictions.
+
+    ``reference``: the activation that strength 1 stands for (default: the unit's largest
+    activation over ``images``)."""
     from ..images import iter_batches
 
     if mode not in MODES:
@@ -212,7 +231,12 @@ def steer(model: LoadedModel, unit: Unit, images: str | Path | Sequence[str | Pa
     info = model.layer(unit.layer)
     acts = layer_activations(model, info.name, images, cache_dir=cache_dir,
                              batch_size=batch_size, progress=progress)
-    reference = float(unit_activations(model, unit, acts, batch_size).column("max").max())
+    if reference is not None:
+        if not (math.isfinite(reference) and reference > 0):
+            raise CircuitsError(f"the reference activation must be positive, got {reference}")
+        reference = float(reference)
+    else:
+        reference = float(unit_activations(model, unit, acts, batch_size).column("max").max())
     if not reference > 0:
         raise CircuitsError(f"{unit} never activates on these {acts.n_images} images (largest "
                             f"activation {reference:.3g}); steer a unit that fires on them")
