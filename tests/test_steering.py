@@ -64,6 +64,46 @@ def test_boosting_and_suppressing_the_red_copy(planted, world, tmp_path):
     assert (off.levels[0].probs[red, 0] < res.clean[red, 0] - 1e-3).all()
 
 
+def test_top5_share_counts_the_supported_classes_among_the_top_5():
+    """Per image, the share of its 5 most probable classes that are supported, on a result
+    built by hand; measures() averages it over the images not of the supported classes and
+    over those of them."""
+    from circuits_cli.evidence.steering import DoseLevel, SteeringResult
+
+    probs = np.array([[0.30, 0.20, 0.15, 0.12, 0.10, 0.08, 0.05],   # top-5: classes 0-4
+                      [0.05, 0.08, 0.10, 0.12, 0.15, 0.20, 0.30]])  # top-5: classes 2-6
+    res = SteeringResult(unit="u", mode="add", reference=1.0,
+                         labels=[f"c{i}" for i in range(7)], paths=[Path("a"), Path("b")],
+                         true=np.array([0, 3]), supported=[0, 1, 6], clean=probs,
+                         levels=[DoseLevel(1.0, probs)])
+    lv = res.levels[0]
+    np.testing.assert_array_equal(res.top5_share(lv), [0.4, 0.2])   # {0, 1}; {6}
+    np.testing.assert_array_equal(res.top5_share(lv, classes=[5]), [0.0, 0.2])
+    np.testing.assert_array_equal(res.top5_share(lv, k=1), [1.0, 1.0])
+    m = res.measures(lv)
+    assert m["top5_share_on_supported"] == 0.4 and m["top5_share_others"] == 0.2
+
+
+def test_a_fixed_reference_sets_what_strength_1_means(planted, world, tmp_path):
+    """reference=R with strength s writes s x R: the same forward pass as the default reference
+    (the unit's largest activation) at the strength that gives the same product."""
+    from circuits_cli.errors import CircuitsError
+    from circuits_cli.evidence.steering import steer
+
+    unit, cache = Unit("relu3", 1), tmp_path / "c"
+    default = steer(planted, unit, world, strengths=[2.0], cache_dir=cache)
+    fixed = steer(planted, unit, world, strengths=[1.0], reference=2.0 * default.reference,
+                  cache_dir=cache)
+    assert fixed.reference == 2.0 * default.reference
+    np.testing.assert_array_equal(fixed.levels[0].probs, default.levels[0].probs)
+    half = steer(planted, unit, world, strengths=[2.0], reference=0.5 * default.reference,
+                 cache_dir=cache)
+    assert not np.allclose(half.levels[0].probs, default.levels[0].probs)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(CircuitsError, match="reference"):
+            steer(planted, unit, world, strengths=[1.0], reference=bad, cache_dir=cache)
+
+
 @pytest.fixture(scope="module")
 def toy():
     from circuits_cli.zoo import load_model

@@ -228,14 +228,15 @@ def steer(model: LoadedModel, unit: Unit, images: str | Path | Sequence[str | Pa
     strengths = list(DEFAULT_STRENGTHS[mode] if strengths is None else strengths)
     if not strengths or not all(math.isfinite(s) for s in strengths):
         raise CircuitsError("give one or more finite strengths, e.g. --strengths -2,0,2,4")
+    if reference is not None:
+        if not (math.isfinite(reference) and reference > 0):
+            raise CircuitsError(f"the reference activation must be positive and finite, got "
+                                f"{reference}")
+        reference = float(reference)
     info = model.layer(unit.layer)
     acts = layer_activations(model, info.name, images, cache_dir=cache_dir,
                              batch_size=batch_size, progress=progress)
-    if reference is not None:
-        if not (math.isfinite(reference) and reference > 0):
-            raise CircuitsError(f"the reference activation must be positive, got {reference}")
-        reference = float(reference)
-    else:
+    if reference is None:
         reference = float(unit_activations(model, unit, acts, batch_size).column("max").max())
     if not reference > 0:
         raise CircuitsError(f"{unit} never activates on these {acts.n_images} images (largest "
