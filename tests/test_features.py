@@ -131,6 +131,7 @@ def test_steering_a_feature_and_the_cli(model, world, saes, tmp_path):
     assert boost["moved_into_supported"] > 0.5
     assert boost["class_shift"][0]["class"] == "red square"
     assert boost["class_shift"][0]["shift"] > 0.3
+    assert boost["top5_share_others"] is None  # 3 classes: the top-5 is every class
     r = run("examples", f"relu2@{root / 'relu2'}#2", "--images", world, "-m", SPEC, "--json",
             "--top", "3", "--out", tmp_path / "e", env=env)
     assert r.exit_code == 0, r.output

@@ -87,14 +87,15 @@ def steer(unit, images, mode, strengths, classes, n_supported, out_dir, as_json,
     click.echo(f"Steering {result.unit} ({mode}, strengths x {result.reference:.4g}, its largest "
                f"activation) on {len(result.paths)} images; supported classes: "
                f"{', '.join(data['supported_classes'])}")
-    click.echo("  strength  P(supported)  moved-in  P(sup | sup imgs)  top-1 unrelated  "
-               "KL unrelated  changed top-1")
+    click.echo("  strength  P(supported)  moved-in  top-5 sup  P(sup | sup imgs)  "
+               "top-5 | sup imgs  top-1 unrelated  KL unrelated  changed top-1")
     for lv in data["levels"]:
         def f(v, fmt="{:.3f}"):
             return "   -" if v is None else fmt.format(v)
         click.echo(f"  {lv['strength']:>8g}  {f(lv['supported_prob_all']):>12}  "
-                   f"{f(lv['moved_into_supported']):>8}  "
+                   f"{f(lv['moved_into_supported']):>8}  {f(lv['top5_share_others']):>9}  "
                    f"{f(lv['supported_prob_on_supported']):>17}  "
+                   f"{f(lv['top5_share_on_supported']):>16}  "
                    f"{f(lv['top1_on_unrelated']):>15}  {f(lv['kl_on_unrelated']):>12}  "
                    f"{lv['changed_top1']:>5} -> {', '.join(lv['changed_to']) or '-'}")
     click.echo(f"Wrote {out / 'steer.json'} and {out / 'steer.png'}")

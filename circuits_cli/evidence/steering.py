@@ -26,6 +26,7 @@ What the sweep reports, per strength (a dose-response curve):
   and, less all-or-nothing than top-1 when the supported classes are a family (all vehicles),
   the **top-5 share**: the share of the top-5 predictions that are supported classes, on the
   images not of them (boosting raises it) and on the images of them (suppressing lowers it);
+  None for a model of 5 classes or fewer, whose top-5 is every class;
 - the **side effects**: on images of *unrelated* classes (labelled, not supported), the top-1
   accuracy and the mean KL divergence of the class probabilities from the clean model's.
 
@@ -36,6 +37,7 @@ or a parent folder named after the class.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -122,6 +124,7 @@ class SteeringResult:
     supported: list[int]
     clean: np.ndarray  # (N, K) probabilities without steering
     levels: list[DoseLevel] = field(default_factory=list)
+    reference_from: str = "the unit's max activation"  # or "the given reference"
 
     # --- derived measures ---------------------------------------------------------------------
     def _rows(self, which: str) -> np.ndarray:
@@ -140,7 +143,8 @@ class SteeringResult:
         kl = (clean * (np.log(np.clip(clean, 1e-12, None))
                        - np.log(np.clip(p, 1e-12, None)))).sum(1)
         sup_prob = p[:, self.supported].sum(1)
-        top5 = self.top5_share(level)
+        # with 5 classes or fewer the top-5 is every class: no information, reported as None
+        top5 = self.top5_share(level) if p.shape[1] > 5 else np.full(len(p), np.nan)
         out = {
             "strength": level.strength,
             "changed_top1": int(len(changed)),
@@ -149,8 +153,8 @@ class SteeringResult:
             "moved_into_supported": _share(np.isin(level.top1[others], self.supported)),
             "supported_prob_on_supported": _mean(sup_prob[sup_rows]),
             "top1_on_supported": _share(level.top1[sup_rows] == self.true[sup_rows]),
-            "top5_share_others": _mean(top5[others]),
-            "top5_share_on_supported": _mean(top5[sup_rows]),
+            "top5_share_others": _mean(top5[others], none_if_nan=True),
+            "top5_share_on_supported": _mean(top5[sup_rows], none_if_nan=True),
             "top1_on_unrelated": _share(level.top1[unrel] == self.true[unrel]),
             "kl_on_unrelated": _mean(kl[unrel]),
             "n_supported": int(len(sup_rows)), "n_unrelated": int(len(unrel)),
@@ -193,7 +197,8 @@ class SteeringResult:
 
     def to_json(self) -> dict:
         return {"format": "circuits-steer/1", "unit": self.unit, "mode": self.mode,
-                "reference": self.reference, "n_images": len(self.paths),
+                "reference": self.reference, "reference_from": self.reference_from,
+                "n_images": len(self.paths),
                 "supported_classes": [self.labels[i] for i in self.supported],
                 "clean": self.measures(DoseLevel(0.0 if self.mode == "add" else math.nan,
                                                  self.clean)),
@@ -208,8 +213,10 @@ def _share(mask: np.ndarray) -> float | None:
     return float(mask.mean()) if mask.size else None
 
 
-def _mean(x: np.ndarray) -> float | None:
-    return float(x.mean()) if x.size else None
+def _mean(x: np.ndarray, none_if_nan: bool = False) -> float | None:
+    if not x.size or (none_if_nan and np.isnan(x).any()):
+        return None
+    return float(x.mean())
 
 
 def steer(model: LoadedModel, unit: Unit, images: str | Path | Sequence[str | Path] | ImageSet,
@@ -236,6 +243,7 @@ def steer(model: LoadedModel, unit: Unit, images: str | Path | Sequence[str | Pa
     info = model.layer(unit.layer)
     acts = layer_activations(model, info.name, images, cache_dir=cache_dir,
                              batch_size=batch_size, progress=progress)
+    reference_from = "the given reference" if reference is not None else "the unit's max activation"
     if reference is None:
         reference = float(unit_activations(model, unit, acts, batch_size).column("max").max())
     if not reference > 0:
@@ -266,6 +274,7 @@ def steer(model: LoadedModel, unit: Unit, images: str | Path | Sequence[str | Pa
     return SteeringResult(unit=str(unit), mode=mode, reference=reference, labels=labels,
                           paths=paths, true=image_labels(model, paths),
                           supported=[int(i) for i in supported], clean=clean_p,
+                          reference_from=reference_from,
                           levels=[DoseLevel(float(s), np.concatenate(probs[s]))
                                   for s in strengths])
 
@@ -282,27 +291,34 @@ def dose_response_figure(result: SteeringResult, samples: int = 4):
     xs = [lv.strength for lv in result.levels]
     ms = [result.measures(lv) for lv in result.levels]
     fig = Figure(figsize=(13, 4.8), layout="constrained")
-    gs = fig.add_gridspec(2, 1 + samples, width_ratios=[2.2] + [1] * samples)
+    gs = fig.add_gridspec(2, 1 + samples, width_ratios=[2.8] + [1] * samples)
     ax = fig.add_subplot(gs[:, 0])
-    sup_names = ", ".join(result.labels[i] for i in result.supported)
+    names = [result.labels[i] for i in result.supported]
+    sup_names = ", ".join(names) if len(names) <= 4 else \
+        f"{', '.join(names[:3])} and {len(names) - 3} more"
 
     def curve(key, label, style):
+        if all(m[key] is None for m in ms):
+            return  # not measurable here (no such images, or too few classes for a top-5)
         ys = [m[key] if m[key] is not None else np.nan for m in ms]
         ax.plot(xs, ys, style, label=label, lw=2, ms=5)
 
-    curve("supported_prob_all", "P(supported classes), all images", "o-")
-    curve("supported_prob_on_supported", "P(supported), images of supported classes", "D-")
-    curve("moved_into_supported", "share moved into supported (others)", "s-")
-    curve("top1_on_unrelated", "top-1 accuracy, unrelated classes", "^-")
+    curve("supported_prob_all", "P(supported), all images", "o-")
+    curve("supported_prob_on_supported", "P(supported), their images", "D-")
+    curve("moved_into_supported", "moved into supported, others", "s-")
+    curve("top5_share_others", "top-5 share supported, others", "v:")
+    curve("top5_share_on_supported", "top-5 share supported, theirs", "P:")
+    curve("top1_on_unrelated", "top-1 accuracy, unrelated", "^-")
     ax2 = ax.twinx()
     ax2.plot(xs, [m["kl_on_unrelated"] if m["kl_on_unrelated"] is not None else np.nan
                   for m in ms], "k--", lw=1.5, label="KL, unrelated (right axis)")
     ax2.set_ylabel("KL(clean || steered), nats")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel(f"strength ({result.mode}, x {result.reference:.3g} = the unit's max "
-                  "activation)")
+    ax.set_xlabel(f"strength ({result.mode}, x {result.reference:.3g} = "
+                  f"{result.reference_from})")
     ax.set_ylabel("share / probability")
-    ax.set_title(f"Steering {result.unit}\nsupported: {sup_names}", fontsize=10)
+    ax.set_title(textwrap.fill(f"Steering {result.unit}", 56, break_long_words=True)
+                 + f"\nsupported: {sup_names}", fontsize=10)
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="upper center",
