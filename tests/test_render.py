@@ -172,9 +172,9 @@ def test_fused_lrn_equals_torch_and_is_more_accurate_in_bfloat16():
     """The compiled LRN (what renders use on CPU) against torch's formula: equal in float32;
     in bfloat16, closer to float64 than the eager formulation (its intermediates stay float32).
     Measured on a 192-channel map: 0.22% against 0.78% of the largest output."""
-    from circuits_cli.render import engine
-
     import shutil
+
+    from circuits_cli.render import engine
 
     if not (shutil.which("c++") or shutil.which("g++")):
         pytest.skip("no C++ compiler here: torch.compile cannot build the fused LRN")
@@ -185,7 +185,8 @@ def test_fused_lrn_equals_torch_and_is_more_accurate_in_bfloat16():
     x.requires_grad_()
     ref = torch.nn.functional.local_response_norm(x, size, alpha, beta, k)
     ours = local_response_norm(x, size, alpha, beta, k)
-    assert not engine._FUSED.failed and (size, alpha, beta, k) in engine._FUSED.fns  # the compiled path ran
+    assert not engine._FUSED.failed  # the compiled path ran:
+    assert (size, alpha, beta, k) in engine._FUSED.fns
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(ref)
     torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0],
