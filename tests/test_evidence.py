@@ -277,6 +277,10 @@ def test_cli_examples_ablate_find(world, tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["relative_drop"] > 0.5 and data["z_score"] > 3
+    r = run("ablate", "relu3:0", "--inputs", "relu2:0,1,2", "-m", SPEC, "--images", str(folder),
+             "--draws", "20", env={**env, "CIRCUITS_PROGRESS_SECONDS": "0"})
+    # in a log: plain progress lines on stderr, not a tqdm bar's carriage returns
+    assert re.search(r"^ablation: \d+/\d+ img", r.stderr, re.M) and "\r" not in r.stderr, r.stderr
 
     r = run("find", "--class", "red square", "--layer", "relu2", "-m", SPEC, "--images",
              str(folder), "--top", "3", env=env)

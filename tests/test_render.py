@@ -168,6 +168,50 @@ def test_fast_lrn_equals_torch(size, alpha, beta, k):
                                torch.autograd.grad(ref, x, g)[0])
 
 
+def test_fused_lrn_equals_torch_and_is_more_accurate_in_bfloat16():
+    """The compiled LRN (what renders use on CPU) against torch's formula: equal in float32;
+    in bfloat16, closer to float64 than the eager formulation (its intermediates stay float32).
+    Measured on a 192-channel map: 0.22% against 0.78% of the largest output."""
+    import shutil
+
+    from circuits_cli.render import engine
+
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler here: torch.compile cannot build the fused LRN")
+    if not engine._FUSED.enabled(torch.zeros(1, 1, 1, 1)):
+        pytest.skip("fused LRN turned off (CIRCUITS_COMPILE=0)")
+    size, alpha, beta, k = 5, 1e-4, 0.75, 1.0
+    x = (torch.randn(2, 24, 9, 9) * 30).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    ref = torch.nn.functional.local_response_norm(x, size, alpha, beta, k)
+    ours = local_response_norm(x, size, alpha, beta, k)
+    assert not engine._FUSED.failed  # the compiled path ran:
+    assert (size, alpha, beta, k) in engine._FUSED.fns
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0],
+                               torch.autograd.grad(ref, x, g)[0], rtol=1e-5, atol=1e-5)
+
+    xb = x.detach().bfloat16().requires_grad_()
+    x64 = xb.detach().double().requires_grad_()
+    y64 = torch.nn.functional.local_response_norm(x64, size, alpha, beta, k)
+    g64 = torch.autograd.grad(y64, x64, g.double())[0]
+
+    def errors():
+        y = local_response_norm(xb, size, alpha, beta, k)
+        gy = torch.autograd.grad(y, xb, g.bfloat16())[0]
+        y, gy = y.detach(), gy.detach()
+        return (float((y.double() - y64).abs().max() / y64.abs().max()),
+                float((gy.double() - g64).abs().max() / g64.abs().max()))
+
+    fused = errors()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CIRCUITS_COMPILE", "0")
+        eager = errors()
+    assert fused[0] <= eager[0] and fused[1] <= eager[1] * 1.05, (fused, eager)
+    assert max(fused) < 0.01
+
+
 def test_transforms_match_lucents():
     from lucent.optvis import transform as lucent_tf
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,18 @@ def test_writes_unit_pngs_contact_sheet_and_manifest(tmp_path):
     with Image.open(out / "sheet.png") as sheet:
         assert sheet.width >= 4 * 32 and sheet.height > 32
     assert not [p for p in out.rglob(".*")]  # no temporary files left behind
+
+
+def test_plain_progress_lines_in_a_log(tmp_path, monkeypatch):
+    """Off a terminal (CliRunner's stderr is not one) rendering reports plain lines with the
+    steps done and the time left, not a tqdm bar's carriage returns."""
+    monkeypatch.setenv("CIRCUITS_PROGRESS_SECONDS", "0")
+    res = run("relu", "--units", "0-1", "--out", tmp_path / "out",
+              *[a for a in QUICK if a != "-q"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("rendering 2 units of relu: ")]
+    assert lines and re.match(r"rendering 2 units of relu: \d+/6 step \(\d+%\), \d+ s", lines[0])
+    assert "\r" not in res.stderr
 
 
 def test_rerun_skips_finished_units_and_extends_the_sheet(tmp_path, count_optimisations):

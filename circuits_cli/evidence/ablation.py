@@ -353,11 +353,10 @@ def _run_variants(model: LoadedModel, in_layer: str, t_layer: str, target: Unit,
         return variants.apply(o, v0, v0 + 1)
 
     bar = None
-    if progress:
-        from tqdm import tqdm
+    if progress:  # a bar on a terminal, plain lines with the time left in a log
+        from ..progress import Progress
 
-        bar = tqdm(total=len(paths), desc="ablation", unit="img", leave=False,
-                   disable=None)  # disable=None: only on a terminal
+        bar = Progress(len(paths), "ablation", unit="img")
     try:
         with hooks(model, [(in_layer, replace)], stop_at=t_layer) as acts:
             col = 0

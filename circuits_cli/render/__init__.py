@@ -406,11 +406,12 @@ def _describe_todo(todo: list[Unit]) -> str:
 
 
 def _progress(enabled: bool, total: int, desc: str):
+    """A bar on a terminal, plain lines with the time left in a log (see ..progress)."""
     if not enabled or total == 0:
         return None
-    from tqdm.auto import tqdm
+    from ..progress import Progress
 
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, smoothing=0.05)
+    return Progress(total, desc, unit="step")
 
 
 @contextlib.contextmanager

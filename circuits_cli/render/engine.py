@@ -57,21 +57,102 @@ def _pow_neg(d: torch.Tensor, beta: float) -> torch.Tensor:
     return d.pow(-beta)
 
 
+def _window_sum_f(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """:func:`_window_sum` without in-place operations, for ``torch.compile`` to fuse."""
+    c = t.shape[1]
+    padded = F.pad(t, (0, 0, 0, 0, lo, hi))
+    out = padded[:, 0:c]
+    for s in range(1, lo + hi + 1):
+        out = out + padded[:, s:s + c]
+    return out
+
+
+def _pow_neg_f(d: torch.Tensor, beta: float) -> torch.Tensor:
+    if beta == 0.5:
+        return d.rsqrt()
+    if beta == 0.75:
+        return d.rsqrt() * d.sqrt().rsqrt()
+    return d.pow(-beta)
+
+
+def _lrn_forward_f(x, size: int, alpha: float, beta: float, k: float):
+    """``(y, d, r)`` of :class:`_LocalResponseNorm`'s forward, as one expression."""
+    d = _window_sum_f(x * x, size // 2, (size - 1) // 2) * (alpha / size) + k
+    r = _pow_neg_f(d, beta)
+    return x * r, d, r
+
+
+def _lrn_backward_f(grad, x, d, r, size: int, alpha: float, beta: float):
+    back = _window_sum_f(grad * x * r / d, (size - 1) // 2, size // 2)
+    return grad * r - back * x * (2 * alpha * beta / size)
+
+
+class _Fused:
+    """The LRN's forward and backward compiled by ``torch.compile`` into one loop each (a
+    dozen passes over a 192 x 56 x 56 map become one: about 2x faster forward and backward on
+    CPU, and more accurate in bfloat16, since the intermediates stay float32). Compiled on first
+    use for each LRN setting (about 10 s, then cached by torch on disk), the constants bound
+    (passed as arguments they made the kernels slower than eager). Off with
+    ``CIRCUITS_COMPILE=0``; where compiling fails (no C++ compiler, an unsupported platform)
+    the eager formulation is used and nothing else changes."""
+
+    def __init__(self):
+        self.failed = False
+        self.fns: dict[tuple, tuple] = {}
+
+    def enabled(self, x: torch.Tensor) -> bool:
+        import os
+
+        return (not self.failed and x.dim() == 4 and x.device.type == "cpu"
+                and x.dtype in (torch.float32, torch.bfloat16)
+                and os.environ.get("CIRCUITS_COMPILE", "1") != "0")
+
+    def __call__(self, which: int, params: tuple, *tensors):
+        size, alpha, beta, k = params
+        fns = self.fns.get(params)
+        if fns is None:
+            fns = self.fns[params] = (
+                torch.compile(functools.partial(_lrn_forward_f, size=size, alpha=alpha,
+                                                beta=beta, k=k), fullgraph=True),
+                torch.compile(functools.partial(_lrn_backward_f, size=size, alpha=alpha,
+                                                beta=beta), fullgraph=True))
+        try:
+            with torch.autocast(tensors[0].device.type, enabled=False):
+                return fns[which](*tensors)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, once
+            import warnings
+
+            self.failed = True
+            warnings.warn(f"torch.compile of the fast LRN failed ({type(exc).__name__}); "
+                          "using the eager version", RuntimeWarning, stacklevel=2)
+            return None
+
+
+_FUSED = _Fused()
+
+
 class _LocalResponseNorm(torch.autograd.Function):
     """LRN with a hand-written backward: about a third of the memory passes autograd makes
     through torch's formulation (LRN on a 192 x 56 x 56 map was a quarter of a GoogLeNet
-    rendering step). With ``W`` the channel window, ``d = k + alpha/n * W(x^2)``:
-    ``y = x d^-beta`` and ``dL/dx = g d^-beta - 2 alpha beta / n * x * W^T(g y / d)``."""
+    rendering step), fused by :class:`_Fused` where it can be. With ``W`` the channel window,
+    ``d = k + alpha/n * W(x^2)``: ``y = x d^-beta`` and
+    ``dL/dx = g d^-beta - 2 alpha beta / n * x * W^T(g y / d)``."""
 
     @staticmethod
     def forward(ctx, x, size, alpha, beta, k):
+        ctx.params = (size, alpha, beta, size // 2, (size - 1) // 2)
+        ctx.k = k
+        fused = _FUSED(0, (size, alpha, beta, k), x) if _FUSED.enabled(x) else None
+        if fused is not None:
+            y, d, r = fused
+            ctx.save_for_backward(x, d, r)
+            return y
         # in the input's own dtype: under bfloat16 autocast that is bfloat16 (0.35% relative
         # error against float64, where rounding the input alone costs 0.14%)
         lo, hi = size // 2, (size - 1) // 2
         d = _window_sum(x * x, lo, hi).mul_(alpha / size).add_(k)
         r = _pow_neg(d, beta)
         ctx.save_for_backward(x, d, r)
-        ctx.params = (size, alpha, beta, lo, hi)
         return x * r
 
     @staticmethod
@@ -80,17 +161,27 @@ class _LocalResponseNorm(torch.autograd.Function):
         x, d, r = ctx.saved_tensors
         size, alpha, beta, lo, hi = ctx.params
         grad = grad.to(x.dtype)
+        if _FUSED.enabled(x):
+            fused = _FUSED(1, (size, alpha, beta, ctx.k),
+                           grad.contiguous(memory_format=_format_of(x)), x, d, r)
+            if fused is not None:
+                return fused, None, None, None, None
         t = (grad * x).mul_(r).div_(d)
         back = _window_sum(t, hi, lo).mul_(x).mul_(2 * alpha * beta / size)
         return (grad * r).sub_(back), None, None, None, None
+
+
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    return (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+            and not x.is_contiguous() else torch.contiguous_format)
 
 
 def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float,
                         k: float) -> torch.Tensor:
     """:func:`torch.nn.functional.local_response_norm` for (N, C, H, W), the same formula
     ``x / (k + alpha/size * sum of x^2 over the size channels around)^beta`` computed with
-    in-place window sums and an analytic backward instead of a 3-D average pool (several times
-    faster forward and backward on CPU)."""
+    window sums and an analytic backward instead of a 3-D average pool (several times faster
+    forward and backward on CPU)."""
     return _LocalResponseNorm.apply(x, size, alpha, beta, k)
 
 
