@@ -203,6 +203,7 @@ def test_fused_lrn_equals_torch_and_is_more_accurate_in_bfloat16(fresh_fused, mo
     x64 = xb.detach().double().requires_grad_()
     y64 = torch.nn.functional.local_response_norm(x64, size, alpha, beta, k)
     g64 = torch.autograd.grad(y64, x64, g.double())[0]
+    y64 = y64.detach()
 
     def errors():
         y = local_response_norm(xb, size, alpha, beta, k)
