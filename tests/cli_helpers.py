@@ -3,9 +3,15 @@ a bad input is one ``Error: ...`` line on stderr, exit status 2, no traceback.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from click.testing import CliRunner
 
 from circuits_cli.cli import cli
+
+#: The planted network of the evidence, units, features and steering tests, as a user model's
+#: ``--model`` value (``FILE:FUNCTION``).
+PLANTED_EVIDENCE = f"{Path(__file__).resolve().parent / 'planted_evidence_model.py'}:build"
 
 
 def run(*args, env=None):

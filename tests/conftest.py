@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import PLANTED_EVIDENCE
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CIRCUITS_SHARED", REPO.parent / "shared"))
@@ -28,9 +29,6 @@ def isolated_cache(tmp_path_factory):
     else:
         os.environ["CIRCUITS_CACHE"] = before
 
-
-#: The planted network of the evidence, units, features and steering tests (a user model).
-PLANTED_EVIDENCE = f"{REPO / 'tests' / 'planted_evidence_model.py'}:build"
 
 
 @pytest.fixture(scope="session")

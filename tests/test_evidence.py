@@ -7,18 +7,16 @@ import json
 import os
 import re
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from cli_helpers import run
+from cli_helpers import PLANTED_EVIDENCE, run
 
 from circuits_cli.errors import CircuitsError
 from circuits_cli.units import Unit
 
-HERE = Path(__file__).resolve().parent
-SPEC = f"{HERE / 'planted_evidence_model.py'}:build"
+SPEC = PLANTED_EVIDENCE
 SIZE = 64
 
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import assert_clean_error, run
+from cli_helpers import PLANTED_EVIDENCE, assert_clean_error, run
 
 from circuits_cli.units import Unit, direction
 
-HERE = Path(__file__).resolve().parent
-SPEC = f"{HERE / 'planted_evidence_model.py'}:build"
+SPEC = PLANTED_EVIDENCE
 
 
 @pytest.fixture(scope="module")

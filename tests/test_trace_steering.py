@@ -10,10 +10,9 @@ import re
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_clean_error, run
+from cli_helpers import PLANTED_EVIDENCE, assert_clean_error, run
 
-HERE = Path(__file__).resolve().parent
-SPEC = f"{HERE / 'planted_evidence_model.py'}:build"
+SPEC = PLANTED_EVIDENCE
 STRENGTHS = [-1.0, 0.0, 2.0]
 
 
