@@ -50,6 +50,24 @@ def planted_world(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def toy():
+    """The shipped toy model, loaded once for the session."""
+    from circuits_cli.zoo import load_model
+
+    return load_model("toy")
+
+
+@pytest.fixture(scope="session")
+def toy_scenes_140(tmp_path_factory):
+    """A folder of 140 toy scenes (seed 5, 20 of each class), read by several test modules."""
+    from circuits_cli.toy.world import save_scenes
+
+    folder = tmp_path_factory.mktemp("toy_scenes_140")
+    save_scenes(folder, 140, seed=5)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not (SHARED / "models" / "bvlc_googlenet.npz").is_file():
         pytest.skip(f"{SHARED} with models/bvlc_googlenet.npz is absent (it sits beside the "

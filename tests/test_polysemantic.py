@@ -24,22 +24,6 @@ STEPS, SIZE = 24, 64  # tiny renders: the test checks the plumbing, not the pict
 
 
 @pytest.fixture(scope="module")
-def toy():
-    from circuits_cli.zoo import load_model
-
-    return load_model("toy")
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    from circuits_cli.toy.world import save_scenes
-
-    folder = tmp_path_factory.mktemp("poly_scenes")
-    save_scenes(folder, 140, seed=5)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def planted(toy, tmp_path_factory):
     """(SAE folder, car channel, tree channel, the planted decoder weights into the car)."""
     from circuits_cli.sae.model import SAE
@@ -70,7 +54,7 @@ def _img_sources(html: Path) -> list[str]:
     return re.findall(r"<img[^>]*\ssrc=\"([^\"]+)\"", html.read_text())
 
 
-def test_the_planted_features_behind_the_car_neuron(toy, scenes, planted, tmp_path):
+def test_the_planted_features_behind_the_car_neuron(toy, toy_scenes_140, planted, tmp_path):
     """Library path: the two planted features writing into the car neuron come first, by their
     planted decoder weights; each has a render and dataset examples with crops; feature 0 (the
     car axis, no bias) has exactly the neuron's own top images; feature 1's are tree scenes."""
@@ -82,7 +66,7 @@ def test_the_planted_features_behind_the_car_neuron(toy, scenes, planted, tmp_pa
     folder, car, _tree, planted_w = planted
     sae = load_sae(folder)
     cache = tmp_path / "cache"
-    acts = layer_activations(toy, "mixed4b", scenes, cache_dir=cache / "activations")
+    acts = layer_activations(toy, "mixed4b", toy_scenes_140, cache_dir=cache / "activations")
     out = tmp_path / "out"
     claim_output(out, "sae features")
     try:
@@ -127,11 +111,11 @@ def test_the_planted_features_behind_the_car_neuron(toy, scenes, planted, tmp_pa
     assert json.loads(Path(res["files"]["json"]).read_text())["features"][1]["feature"] == 1
 
 
-def test_cli_page_cache_no_render_and_user_files(toy, scenes, planted, tmp_path):
+def test_cli_page_cache_no_render_and_user_files(toy, toy_scenes_140, planted, tmp_path):
     folder, car, _tree, _w = planted
     env = {"CIRCUITS_CACHE": str(tmp_path / "cache")}
-    args = ["sae", "features", folder, "-m", "toy", "--images", scenes, "--neuron", str(car),
-            "--top-images", "3", "--steps", str(STEPS), "--size", str(SIZE), "--json"]
+    args = ["sae", "features", folder, "-m", "toy", "--images", toy_scenes_140, "--neuron",
+            str(car), "--top-images", "3", "--steps", str(STEPS), "--size", str(SIZE), "--json"]
     out = tmp_path / "out"
     r = run(*args, "--out", out, env=env)
     assert r.exit_code == 0, r.output
@@ -159,11 +143,11 @@ def test_cli_page_cache_no_render_and_user_files(toy, scenes, planted, tmp_path)
     (mine / f"neuron-{car}.html").write_text("my notes")
     assert_clean_error(run(*args, "--out", mine, env=env), "not written by circuits")
     assert (mine / f"neuron-{car}.html").read_text() == "my notes"
-    assert_clean_error(run("sae", "features", folder, "-m", "toy", "--images", scenes,
+    assert_clean_error(run("sae", "features", folder, "-m", "toy", "--images", toy_scenes_140,
                            "--neuron", "9999", env=env), "out of range")
 
 
-def test_the_page_in_a_browser(toy, scenes, planted, tmp_path):
+def test_the_page_in_a_browser(toy, toy_scenes_140, planted, tmp_path):
     """Every picture of the page loads in chromium (naturalWidth > 0)."""
     import os
     import shutil
@@ -177,8 +161,8 @@ def test_the_page_in_a_browser(toy, scenes, planted, tmp_path):
         pytest.skip("no chromium browser installed (apt-get install chromium; .ci/run does)")
     folder, car, _tree, _w = planted
     out = tmp_path / "out"
-    r = run("sae", "features", folder, "-m", "toy", "--images", scenes, "--neuron", str(car),
-            "--top-images", "3", "--steps", str(STEPS), "--size", str(SIZE), "--out", out,
+    r = run("sae", "features", folder, "-m", "toy", "--images", toy_scenes_140, "--neuron",
+            str(car), "--top-images", "3", "--steps", str(STEPS), "--size", str(SIZE), "--out", out,
             env={"CIRCUITS_CACHE": str(tmp_path / "cache")})
     assert r.exit_code == 0, r.output
     with sync_api.sync_playwright() as p:

@@ -175,13 +175,6 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def toy():
-    from circuits_cli.zoo import load_model
-
-    return load_model("toy")
-
-
-@pytest.fixture(scope="module")
 def toy_scenes(tmp_path_factory):
     from circuits_cli.toy.world import save_scenes
 

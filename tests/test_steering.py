@@ -103,31 +103,15 @@ def test_a_fixed_reference_sets_what_strength_1_means(planted, world, tmp_path):
             steer(planted, unit, world, strengths=[1.0], reference=bad, cache_dir=cache)
 
 
-@pytest.fixture(scope="module")
-def toy():
-    from circuits_cli.zoo import load_model
-
-    return load_model("toy")
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    from circuits_cli.toy.world import save_scenes
-
-    folder = tmp_path_factory.mktemp("scenes")
-    save_scenes(folder, 140, seed=5)
-    return folder
-
-
 @pytest.mark.slow
-def test_steering_the_toy_car_unit_both_ways(toy, scenes, tmp_path):
+def test_steering_the_toy_car_unit_both_ways(toy, toy_scenes_140, tmp_path):
     """Boosting the car unit turns non-car scenes into cars; suppressing it lowers the car
     classes on their own scenes while unrelated classes keep their accuracy."""
     from circuits_cli.evidence.steering import steer
     from circuits_cli.toy.analysis import best_class_unit
 
     car = best_class_unit(toy, "mixed4b", "car").unit
-    res = steer(toy, car, scenes, mode="add", strengths=[-1.0, 0.0, 2.0],
+    res = steer(toy, car, toy_scenes_140, mode="add", strengths=[-1.0, 0.0, 2.0],
                 cache_dir=tmp_path / "c")
     assert toy.labels[res.supported[0]] == "car"
     down, clean, up = (res.measures(lv) for lv in res.levels)
