@@ -39,27 +39,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _window_sum(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """``out[:, c] = sum of t[:, j] for j in c-lo .. c+hi`` (zero outside), by in-place adds."""
-    c = t.shape[1]
-    out = t.clone()
-    for s in range(1, min(lo, c - 1) + 1):
-        out[:, s:] += t[:, :c - s]
-    for s in range(1, min(hi, c - 1) + 1):
-        out[:, :c - s] += t[:, s:]
-    return out
-
-
-def _pow_neg(d: torch.Tensor, beta: float) -> torch.Tensor:
-    """``d ** -beta``, with the common exponents through (cheaper) square roots."""
-    if beta == 0.5:
-        return d.rsqrt()
-    if beta == 0.75:
-        return d.rsqrt().mul_(d.sqrt().rsqrt_())
-    return d.pow(-beta)
-
-
-def _window_sum_f(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """:func:`_window_sum` without in-place operations, for ``torch.compile`` to fuse."""
+    """``out[:, c] = sum of t[:, j] for j in c-lo .. c+hi`` (zero outside). Written without
+    in-place operations so that ``torch.compile`` fuses it; in eager mode this is also faster
+    than in-place adds on channel slices (53 against 68 ms for the LRN's forward and backward
+    on a bfloat16 8 x 192 x 56 x 56 map)."""
     c = t.shape[1]
     padded = F.pad(t, (0, 0, 0, 0, lo, hi))
     out = padded[:, 0:c]
@@ -68,7 +51,8 @@ def _window_sum_f(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     return out
 
 
-def _pow_neg_f(d: torch.Tensor, beta: float) -> torch.Tensor:
+def _pow_neg(d: torch.Tensor, beta: float) -> torch.Tensor:
+    """``d ** -beta``, with the common exponents through (cheaper) square roots."""
     if beta == 0.5:
         return d.rsqrt()
     if beta == 0.75:
@@ -76,15 +60,16 @@ def _pow_neg_f(d: torch.Tensor, beta: float) -> torch.Tensor:
     return d.pow(-beta)
 
 
-def _lrn_forward_f(x, size: int, alpha: float, beta: float, k: float):
-    """``(y, d, r)`` of :class:`_LocalResponseNorm`'s forward, as one expression."""
-    d = _window_sum_f(x * x, size // 2, (size - 1) // 2) * (alpha / size) + k
-    r = _pow_neg_f(d, beta)
+def _lrn_values(x, size: int, alpha: float, beta: float, k: float):
+    """``(y, d, r)`` of :class:`_LocalResponseNorm`'s forward: ``d`` the denominator's base,
+    ``r = d^-beta``, ``y = x r``."""
+    d = _window_sum(x * x, size // 2, (size - 1) // 2) * (alpha / size) + k
+    r = _pow_neg(d, beta)
     return x * r, d, r
 
 
-def _lrn_backward_f(grad, x, d, r, size: int, alpha: float, beta: float):
-    back = _window_sum_f(grad * x * r / d, (size - 1) // 2, size // 2)
+def _lrn_input_grad(grad, x, d, r, size: int, alpha: float, beta: float):
+    back = _window_sum(grad * x * r / d, (size - 1) // 2, size // 2)
     return grad * r - back * x * (2 * alpha * beta / size)
 
 
@@ -99,8 +84,9 @@ def _bound_copy(f: Callable, *constants) -> Callable:
 
 class _Fused:
     """The LRN's forward and backward compiled by ``torch.compile`` into one loop each (a
-    dozen passes over a 192 x 56 x 56 map become one: about 2x faster forward and backward on
-    CPU, and more accurate in bfloat16, since the intermediates stay float32). Compiled on first
+    dozen passes over a 192 x 56 x 56 map become one: 1.6x faster forward and backward than
+    eager on CPU for the 64-channel LRN under autocast, and more accurate in bfloat16, since the
+    intermediates stay float32). Compiled on first
     use for each LRN setting and dtype (about 10 s, then cached by torch on disk), with the
     constants bound (passed as arguments they made the kernels slower than eager) and a code
     object of its own, so that the variants of one setting (a new batch size recompiles once,
@@ -125,9 +111,8 @@ class _Fused:
         fns = self.fns.get(key)
         if fns is None:
             fns = self.fns[key] = (
-                torch.compile(_bound_copy(_lrn_forward_f, size, alpha, beta, k),
-                              fullgraph=True),
-                torch.compile(_bound_copy(_lrn_backward_f, size, alpha, beta), fullgraph=True))
+                torch.compile(_bound_copy(_lrn_values, size, alpha, beta, k), fullgraph=True),
+                torch.compile(_bound_copy(_lrn_input_grad, size, alpha, beta), fullgraph=True))
         # one memory layout (the one rendering uses) and no autograd flags, so that neither
         # multiplies the compiled variants
         tensors = [t.detach().contiguous(memory_format=torch.channels_last) for t in tensors]
@@ -155,34 +140,24 @@ class _LocalResponseNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, size, alpha, beta, k):
-        ctx.params = (size, alpha, beta, size // 2, (size - 1) // 2)
-        ctx.k = k
-        fused = _FUSED(0, (size, alpha, beta, k), x) if _FUSED.enabled(x) else None
-        if fused is not None:
-            y, d, r = fused
-            ctx.save_for_backward(x, d, r)
-            return y
-        # in the input's own dtype: under bfloat16 autocast that is bfloat16 (0.35% relative
-        # error against float64, where rounding the input alone costs 0.14%)
-        lo, hi = size // 2, (size - 1) // 2
-        d = _window_sum(x * x, lo, hi).mul_(alpha / size).add_(k)
-        r = _pow_neg(d, beta)
+        ctx.params = (size, alpha, beta, k)
+        fused = _FUSED(0, ctx.params, x) if _FUSED.enabled(x) else None
+        # eager: in the input's own dtype; under bfloat16 autocast that is bfloat16 (0.35%
+        # relative error against float64, where rounding the input alone costs 0.14%)
+        y, d, r = fused if fused is not None else _lrn_values(x, size, alpha, beta, k)
         ctx.save_for_backward(x, d, r)
-        return x * r
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, d, r = ctx.saved_tensors
-        size, alpha, beta, lo, hi = ctx.params
+        size, alpha, beta, _k = ctx.params
         grad = grad.to(x.dtype)
-        if _FUSED.enabled(x):
-            fused = _FUSED(1, (size, alpha, beta, ctx.k), grad, x, d, r)
-            if fused is not None:
-                return fused.contiguous(memory_format=_format_of(x)), None, None, None, None
-        t = (grad * x).mul_(r).div_(d)
-        back = _window_sum(t, hi, lo).mul_(x).mul_(2 * alpha * beta / size)
-        return (grad * r).sub_(back), None, None, None, None
+        fused = _FUSED(1, ctx.params, grad, x, d, r) if _FUSED.enabled(x) else None
+        if fused is not None:
+            return fused.contiguous(memory_format=_format_of(x)), None, None, None, None
+        return _lrn_input_grad(grad, x, d, r, size, alpha, beta), None, None, None, None
 
 
 def _format_of(x: torch.Tensor) -> torch.memory_format:
