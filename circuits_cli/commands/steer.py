@@ -57,9 +57,9 @@ def steer(unit, images, mode, strengths, classes, n_supported, out_dir, as_json,
     from ..errors import CircuitsError
     from ..evidence import image_set
     from ..evidence.find import lookup_class
-    from ..evidence.steering import dose_response_figure
     from ..evidence.steering import steer as run_steer
-    from ..files import claim_output, output_dir, save_figure, write_json
+    from ..files import claim_output, output_dir
+    from ..reports.evidence import write_steering
     from ..units import parse_unit
 
     imgs = image_set(list(images))
@@ -77,25 +77,10 @@ def steer(unit, images, mode, strengths, classes, n_supported, out_dir, as_json,
                            supported=supported, n_supported=n_supported,
                            cache_dir=activation_cache(cache_dir),
                            batch_size=batch, progress=not as_json)
-    data = result.to_json()
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "steer.json", data)
-    save_figure(dose_response_figure(result), out / "steer.png")
+    data = write_steering(out, result)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    click.echo(f"Steering {result.unit} ({mode}, strengths x {result.reference:.4g}, its largest "
-               f"activation) on {len(result.paths)} images; supported classes: "
-               f"{', '.join(data['supported_classes'])}")
-    click.echo("  strength  P(supported)  moved-in  top-5 sup  P(sup | sup imgs)  "
-               "top-5 | sup imgs  top-1 unrelated  KL unrelated  changed top-1")
-    for lv in data["levels"]:
-        def f(v, fmt="{:.3f}"):
-            return "   -" if v is None else fmt.format(v)
-        click.echo(f"  {lv['strength']:>8g}  {f(lv['supported_prob_all']):>12}  "
-                   f"{f(lv['moved_into_supported']):>8}  {f(lv['top5_share_others']):>9}  "
-                   f"{f(lv['supported_prob_on_supported']):>17}  "
-                   f"{f(lv['top5_share_on_supported']):>16}  "
-                   f"{f(lv['top1_on_unrelated']):>15}  {f(lv['kl_on_unrelated']):>12}  "
-                   f"{lv['changed_top1']:>5} -> {', '.join(lv['changed_to']) or '-'}")
+    for line in result.table():
+        click.echo(line)
     click.echo(f"Wrote {out / 'steer.json'} and {out / 'steer.png'}")

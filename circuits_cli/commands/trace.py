@@ -159,14 +159,8 @@ def trace_steering(out: Path, model, target, images, *, strengths, mode: str, qu
         result = add_steering(out, model, target, images, mode=mode, strengths=strengths,
                               cache_dir=cache_dir, progress=not quiet)
     if not quiet:
-        for lv in result.to_json()["levels"]:
-            def f(v):
-                return "-" if v is None else f"{v:.3f}"
-            click.echo(f"  strength {lv['strength']:g}: moved into "
-                       f"{'/'.join(result.labels[i] for i in result.supported)} "
-                       f"{f(lv['moved_into_supported'])}, top-1 on unrelated "
-                       f"{f(lv['top1_on_unrelated'])}, KL {f(lv['kl_on_unrelated'])}, "
-                       f"{lv['changed_top1']} top-1 changed", err=True)
+        for line in result.table():
+            click.echo(line, err=True)
     return result
 
 

@@ -74,14 +74,25 @@ def add_steering(circuit_dir: str | Path, model, unit, images, *, mode: str = "a
     into the circuit folder: ``steer.json`` (its JSON, the before/after samples included) and
     ``steer.png`` (the dose-response figure), which :func:`.html.write_report` shows as the
     report's steering section. Returns the :class:`SteeringResult`."""
-    from ..evidence.steering import dose_response_figure, steer
+    from ..evidence.steering import steer
+
+    result = steer(model, unit, images, mode=mode, strengths=strengths, cache_dir=cache_dir,
+                   batch_size=batch_size, progress=progress)
+    write_steering(circuit_dir, result)
+    return result
+
+
+def write_steering(directory: str | Path, result) -> dict:
+    """Write a :class:`~circuits_cli.evidence.steering.SteeringResult` into ``directory``:
+    ``steer.json`` (its JSON, the before/after samples included) and ``steer.png`` (the
+    dose-response figure). Returns the JSON written."""
+    from ..evidence.steering import dose_response_figure
     from ..files import save_figure, write_json
     from .html import STEER_JSON, STEER_PNG
 
-    directory = Path(circuit_dir)
-    result = steer(model, unit, images, mode=mode, strengths=strengths, cache_dir=cache_dir,
-                   batch_size=batch_size, progress=progress)
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / STEER_JSON, result.to_json())
+    data = result.to_json()
+    write_json(directory / STEER_JSON, data)
     save_figure(dose_response_figure(result), directory / STEER_PNG)
-    return result
+    return data
