@@ -644,6 +644,8 @@ OTHER_BAD = [
     ("weights", ["--from", "nope"], "nope"),
     ("trace", ["--from", "mixed4c"], "mixed4c"),
     ("trace", ["--images", "missing-folder"], "does not exist"),
+    ("trace", ["--steer=1,nan", "--images", "junk"], "finite"),
+    ("trace", ["--steer", "0,1"], "--steer needs --images"),
     ("examples", ["--box", "round"], "--box"),
     ("examples", ["--images", "empty"], "no images"),
     ("examples", ["--images", "junk"], "none of the 2 image file(s)"),

@@ -15,6 +15,7 @@ Every option can also come from the environment: ``CIRCUITS_<COMMAND>_<OPTION>``
 from __future__ import annotations
 
 import functools
+import math
 import re
 import warnings
 from contextlib import contextmanager
@@ -227,6 +228,8 @@ def parse_strengths(ctx, param, value):
                                  "'-2,0,2,4'") from None
     if not out:
         raise click.BadParameter("give at least one strength, e.g. '-2,0,2,4'")
+    if not all(math.isfinite(v) for v in out):  # as steer() requires, but before any work
+        raise click.BadParameter(f"{value!r}: strengths must be finite numbers, e.g. '-2,0,2,4'")
     return out
 
 
