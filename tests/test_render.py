@@ -449,6 +449,56 @@ def test_a_render_starting_from_a_photo_starts_exactly_at_the_photo(planted):
         assert np.abs(out.images[0] - photo).max() <= 1 / 255 + 1e-6, param
 
 
+def test_the_picture_is_the_moving_average_of_the_iterates(planted, monkeypatch):
+    """Recipe.ema: the returned picture is made from the exponential moving average of the
+    parameters the optimizer visited (with its warm-up), recomputed here from a record of every
+    iterate; ema=0 returns the last iterate."""
+    import torch
+
+    from circuits_cli.render import objectives as obj
+    from circuits_cli.render.engine import optimize
+    from circuits_cli.render.recipe import Recipe
+
+    iterates = []
+    build = Recipe.build_optimizer
+
+    def recording(self, parameters):
+        parameters = list(parameters)
+        optimizer = build(self, parameters)
+        step = optimizer.step
+
+        def step_and_record(*a, **k):
+            out = step(*a, **k)
+            iterates.append([p.detach().clone() for p in parameters])
+            return out
+        optimizer.step = step_and_record
+        return optimizer
+
+    monkeypatch.setattr(Recipe, "build_optimizer", recording)
+    objective, seeds = obj.channel("relu", [0, 3]), [5, 6]
+    for ema in (0.0, 0.5):
+        recipe = Recipe(steps=7, size=32, precision="fp32", ema=ema)
+        iterates.clear()
+        out = optimize(planted, objective, seeds, recipe)
+        image_f = recipe.build_param(seeds, planted.device)
+        average = [p.detach().clone() for p in image_f.parameters()]
+        for step, params in enumerate(iterates, start=1):
+            decay = min(ema, (1 + step) / (10 + step))
+            average = [a * decay + (1 - decay) * p for a, p in zip(average, params, strict=True)]
+        pictures = {}
+        for name, params in (("average", average), ("last", iterates[-1])):
+            with torch.no_grad():
+                for p, value in zip(image_f.parameters(), params, strict=True):
+                    p.copy_(value)
+                pictures[name] = (torch.round(image_f() * 255) / 255).permute(0, 2, 3, 1).numpy()
+        assert len(iterates) == 7
+        expected = pictures["average" if ema else "last"]
+        np.testing.assert_allclose(out.images, expected, atol=1.5 / 255)
+        assert np.abs(out.images - expected).mean() < 1e-3
+        if ema:  # the check could tell the average from the last iterate
+            assert np.abs(out.images - pictures["last"]).max() > 5 / 255
+
+
 # --- the production API: render(), parsed objectives, the recipe as data -------------------
 
 def test_parsed_objectives_equal_hand_composed_ones_exactly(planted):
@@ -499,6 +549,7 @@ def test_recipe_description_round_trips_and_every_field_changes_the_cache_key():
         "size": base.replace(size=96), "seed": base.replace(seed=1),
         "precision": base.replace(precision="bf16"), "lr": base.replace(lr=0.04),
         "betas": base.replace(betas=(0.9, 0.999)), "optimizer": base.replace(optimizer="nadam"),
+        "ema": base.replace(ema=0.0),
         "version": base.replace(version=base.version + 1),
         "transform dropped": base.replace(transforms=base.transforms[:-1]),
         "transform parameter": base.replace(transforms=(step("pad", width=11, value=0.5),)
@@ -510,7 +561,7 @@ def test_recipe_description_round_trips_and_every_field_changes_the_cache_key():
         keys.add(render_key(**recipe.describe()))
     assert len(keys) == len(changed) + 1
     assert {f.name for f in __import__("dataclasses").fields(Recipe)} <= {
-        "param", "transforms", "optimizer", "lr", "betas", "steps", "size", "seed",
+        "param", "transforms", "optimizer", "lr", "betas", "ema", "steps", "size", "seed",
         "precision", "version"}, "a new recipe field needs a case above"
 
 

@@ -16,6 +16,7 @@ Adam step on the image parameters.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import time
 import types
@@ -314,6 +315,8 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int],
     elif lr_decay != "none":
         raise ValueError(f"unknown lr_decay {lr_decay!r}")
     transform = compose(recipe.build_transforms())
+    # the picture: the last iterate, or the average of the iterates (Recipe.ema)
+    shown = copy.deepcopy(image_f) if recipe.ema else image_f
     rng = np.random.RandomState(recipe.seed % 2**32)
     history: list[torch.Tensor] = []
     accumulated = None
@@ -349,16 +352,22 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int],
                 optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if shown is not image_f:
+                with record_function("render.ema"), torch.no_grad():
+                    # the usual warm-up, so that the first iterates do not weigh for long
+                    decay = min(recipe.ema, (1 + step) / (10 + step))
+                    torch._foreach_lerp_(list(shown.parameters()), list(image_f.parameters()),
+                                         1 - decay)
             history.append(value.detach())  # no host sync per step (GPU)
             spent += time.perf_counter() - t0
             if on_step is not None:
                 on_step(step)
             if on_eval is not None and eval_every and (step % eval_every == 0 or step == steps):
                 with torch.no_grad():
-                    on_eval(step, measure(model, image_f(), measure_with))
+                    on_eval(step, measure(model, shown(), measure_with))
         t0 = time.perf_counter()
         with torch.no_grad():
-            final = torch.round(image_f() * 255.0) / 255.0  # what the 8-bit PNG will hold
+            final = torch.round(shown() * 255.0) / 255.0  # what the 8-bit PNG will hold
         activations = measure(model, final, measure_with).numpy()
         spent += time.perf_counter() - t0
     images = final.permute(0, 2, 3, 1).float().cpu().numpy()
