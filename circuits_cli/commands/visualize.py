@@ -78,8 +78,9 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
 
     Activation maximization as in Lucid: a decorrelated Fourier image, random jitter, scale and
     rotation, Adam at 0.1; the picture is the moving average of the iterates. Many units are
-    optimised together in one batch and the forward pass stops at LAYER. Writes one PNG per unit (units/), a labelled contact sheet (sheet*.png) and
-    a manifest (manifest*.json: model, weights, settings, each unit's final activation and time).
+    optimised together in one batch and the forward pass stops at LAYER. Writes one PNG per unit
+    (units/), a labelled contact sheet (sheet*.png) and a manifest (manifest*.json: model,
+    weights, settings, each unit's final activation and time).
 
     Finished units are kept as they complete: a re-run with the same settings skips them (resume
     after Ctrl-C or a crash), and renders are also cached across commands ($CIRCUITS_CACHE/renders).
