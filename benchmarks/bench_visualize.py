@@ -412,6 +412,10 @@ def step_flops(model, batch: int, lucent_like: bool) -> float:
     params = list(model.module.parameters())
     for p in params:
         p.requires_grad_(lucent_like)
+    # the eager LRN: FlopCounterMode counts its operators, and compiling under the counter
+    # fails (which would turn the compiled LRN off for the rest of the process)
+    compile_setting = os.environ.get("CIRCUITS_COMPILE")
+    os.environ["CIRCUITS_COMPILE"] = "0"
     try:
         with FlopCounterMode(display=False) as step:
             optimize(model, objective, list(range(batch)), steps=1, size=128, precision="fp32",
@@ -421,6 +425,10 @@ def step_flops(model, batch: int, lucent_like: bool) -> float:
     finally:
         for p in params:
             p.requires_grad_(False)
+        if compile_setting is None:
+            del os.environ["CIRCUITS_COMPILE"]
+        else:
+            os.environ["CIRCUITS_COMPILE"] = compile_setting
     return float(step.get_total_flops() - final.get_total_flops())
 
 
