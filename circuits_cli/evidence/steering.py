@@ -208,21 +208,18 @@ class SteeringResult:
                            for lv in self.levels],
                 "samples": self.samples()}
 
-
     def table(self) -> list[str]:
         """The per-strength measures as lines of text (what ``circuits steer`` and
         ``circuits trace --steer`` print): a title, a header and one row per strength."""
-        data = self.to_json()
-
         def f(v, fmt="{:.3f}"):
             return "   -" if v is None else fmt.format(v)
 
         lines = [f"Steering {self.unit} ({self.mode}, strengths x {self.reference:.4g}, its "
                  f"largest activation) on {len(self.paths)} images; supported classes: "
-                 f"{', '.join(data['supported_classes'])}",
+                 f"{', '.join(self.labels[i] for i in self.supported)}",
                  "  strength  P(supported)  moved-in  top-5 sup  P(sup | sup imgs)  "
                  "top-5 | sup imgs  top-1 unrelated  KL unrelated  changed top-1"]
-        for lv in data["levels"]:
+        for lv in map(self.measures, self.levels):
             lines.append(f"  {lv['strength']:>8g}  {f(lv['supported_prob_all']):>12}  "
                          f"{f(lv['moved_into_supported']):>8}  "
                          f"{f(lv['top5_share_others']):>9}  "

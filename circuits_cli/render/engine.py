@@ -317,6 +317,7 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int],
     transform = compose(recipe.build_transforms())
     # the picture: the last iterate, or the average of the iterates (Recipe.ema)
     shown = copy.deepcopy(image_f) if recipe.ema else image_f
+    averaged, iterate = list(shown.parameters()), list(image_f.parameters())
     rng = np.random.RandomState(recipe.seed % 2**32)
     history: list[torch.Tensor] = []
     accumulated = None
@@ -356,8 +357,7 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int],
                 with record_function("render.ema"), torch.no_grad():
                     # the usual warm-up, so that the first iterates do not weigh for long
                     decay = min(recipe.ema, (1 + step) / (10 + step))
-                    torch._foreach_lerp_(list(shown.parameters()), list(image_f.parameters()),
-                                         1 - decay)
+                    torch._foreach_lerp_(averaged, iterate, 1 - decay)
             history.append(value.detach())  # no host sync per step (GPU)
             spent += time.perf_counter() - t0
             if on_step is not None:
