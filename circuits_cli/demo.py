@@ -109,8 +109,10 @@ def _toy_label(model: LoadedModel, circuit) -> list[str]:
     they are most selective for (d' on part-only images); returns the findings, one line per
     traced input of the target: its part, and where in the car unit's receptive field it
     excites and inhibits (mean expanded weight of the rows above and below the centre)."""
+    from .connections import expanded_weights
     from .toy.analysis import (
         CAR_LAYOUT,
+        at_initialisation,
         class_selectivity,
         describe_layout,
         part_selectivity,
@@ -130,7 +132,13 @@ def _toy_label(model: LoadedModel, circuit) -> list[str]:
         node.label = (f"{best.what} (d′ {best.dprime:.1f})" if best.dprime >= TOY_LABEL_DPRIME
                       else f"no clear part (d′ < {TOY_LABEL_DPRIME:g})")
     lines = []
-    for edge in circuit.inputs(circuit.target):
+    target = circuit.node(circuit.target)
+    start = at_initialisation(model)
+    edges = circuit.inputs(circuit.target)
+    initial = (expanded_weights(start, circuit.node(edges[0].source).layer, target.layer,
+                                [target.channel])[0].cpu() if start is not None and edges
+               else None)
+    for edge in edges:
         node = circuit.node(edge.source)
         table = tables[node.layer]
         col = table.dprime[:, node.channel]
@@ -145,6 +153,12 @@ def _toy_label(model: LoadedModel, circuit) -> list[str]:
             on, off = (top, bottom) if where == "top" else (bottom, top)
             line += (f", as a car has its {best.what} at the {where}" if on > 0 > off
                      else f", not as a car has its {best.what} (at the {where})")
+        if initial is not None:  # was the layout learned, or there from the random start?
+            t0, b0 = vertical_profile(initial[node.channel])
+            same = (top > 0) == (t0 > 0) and (bottom > 0) == (b0 > 0)
+            line += (f"; before training {t0:+.3g} and {b0:+.3g} "
+                     + ("(the same signs: training did not set them)" if same
+                        else "(training changed the signs)"))
         lines.append(line)
     return lines
 

@@ -156,6 +156,10 @@ class CircuitInput:
     dprime: float           # its selectivity (d') for that part
     top: float              # mean kernel weight in the rows above the centre
     bottom: float           # mean kernel weight in the rows below the centre
+    #: the same two means in the network at its initialisation (:func:`at_initialisation`),
+    #: before any training; None when it cannot be rebuilt
+    init_top: float | None = None
+    init_bottom: float | None = None
 
     @property
     def vertical(self) -> float:
@@ -169,6 +173,15 @@ class CircuitInput:
         return describe_layout(self.top, self.bottom)
 
     @property
+    def inherited(self) -> bool | None:
+        """True when both halves of the kernel have the signs they had at initialisation, so
+        training did not set the layout; None when the initialisation is unknown."""
+        if self.init_top is None or self.init_bottom is None:
+            return None
+        return (_sign(self.top) == _sign(self.init_top)
+                and _sign(self.bottom) == _sign(self.init_bottom))
+
+    @property
     def as_on_a_car(self) -> bool | None:
         """Whether the kernel puts its part where a car has it (:func:`car_layout_agrees`)."""
         return car_layout_agrees(self.part, self.top, self.bottom)
@@ -177,6 +190,28 @@ class CircuitInput:
 #: Where a car has each of its parts in its receptive field, as "Zoom In" shows for 4c:447:
 #: windows excite the top and inhibit the bottom, wheels excite the bottom and inhibit the top.
 CAR_LAYOUT = {"windows": "top", "wheels": "bottom"}
+
+
+def _sign(v: float) -> int:
+    return (v > 0) - (v < 0)
+
+
+def at_initialisation(model: LoadedModel) -> LoadedModel | None:
+    """``model`` with the weights it started training from (rebuilt from the recipe its
+    checkpoint records: same seed, same initialisation), or None when there is no recipe.
+
+    A trained kernel is its initial random values plus what training changed. Where training
+    changed little, a layout (windows exciting the top, say) may be the random start, not
+    something the network learned; comparing with this model tells which."""
+    from dataclasses import replace
+
+    from .train import initial_module, recipe_from
+
+    if model.recipe is None:
+        return None
+    module = initial_module(recipe_from(model.recipe)).eval().to(model.device)
+    return replace(model, module=module, weights_id=f"{model.weights_id}@init",
+                   description=f"{model.description}, at initialisation")
 
 
 def describe_layout(top: float, bottom: float) -> str:
@@ -207,22 +242,26 @@ def vertical_profile(kernel: torch.Tensor) -> tuple[float, float]:
 
 
 def trace_parts(model: LoadedModel, unit: Unit, source: str, top_k: int = 10,
-                parts: SelectivityTable | None = None, method: str = "auto"
-                ) -> list[CircuitInput]:
+                parts: SelectivityTable | None = None, method: str = "auto",
+                at_init: LoadedModel | None = None) -> list[CircuitInput]:
     """The ``top_k`` strongest inputs of ``unit`` in layer ``source`` (expanded weights, as
     ``circuits trace`` ranks them), each labelled with the part it detects best and the vertical
     profile of its kernel. ``parts`` is :func:`part_selectivity` of ``source`` (computed if None).
+    ``at_init`` (:func:`at_initialisation`) adds each kernel's profile before training.
     """
     from ..connections import expanded_weights, rank_inputs
 
     source = model.layer(source).name
     parts = parts if parts is not None else part_selectivity(model, source)
     kernels = expanded_weights(model, source, unit.layer, [unit.channel], method=method)[0]
+    initial = (expanded_weights(at_init, source, unit.layer, [unit.channel], method=method)[0]
+               .cpu() if at_init is not None else None)
     out = []
     for rank, conn in enumerate(rank_inputs(kernels.cpu(), top_k)):
         col = parts.dprime[:, conn.channel]
         best = int(col.argmax())
         top, bottom = vertical_profile(torch.as_tensor(conn.kernel))
+        init = vertical_profile(initial[conn.channel]) if initial is not None else (None, None)
         out.append(CircuitInput(rank, conn.channel, conn.strength, conn.sign, parts.names[best],
-                                float(col[best]), top, bottom))
+                                float(col[best]), top, bottom, *init))
     return out

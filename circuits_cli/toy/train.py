@@ -51,6 +51,24 @@ class Recipe:
     arch: dict = field(default_factory=lambda: dict(DEFAULT_ARCH))
 
 
+def recipe_from(record: dict) -> Recipe:
+    """The :class:`Recipe` a checkpoint records (fields this version does not know are left
+    out; the architecture's lists become tuples again)."""
+    known = {f for f in Recipe.__dataclass_fields__}
+    kw = {k: v for k, v in record.items() if k in known}
+    if "arch" in kw:
+        kw["arch"] = {k: tuple(v) if isinstance(v, list) else v for k, v in kw["arch"].items()}
+    return Recipe(**kw)
+
+
+def initial_module(recipe: Recipe) -> ToyInceptionV1:
+    """The network as :func:`train` starts it: the recipe's seed, then the initialisation of
+    :class:`ToyInceptionV1`. Training starts from exactly these weights, so a trained kernel
+    can be compared with what it was before any training."""
+    torch.manual_seed(recipe.seed)
+    return ToyInceptionV1(recipe.arch)
+
+
 def _load() -> list[float] | None:
     """The machine's 1, 5 and 15-minute load averages (None where the OS does not say)."""
     try:
@@ -107,7 +125,6 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
     try:
         t0, cpu0 = time.perf_counter(), time.process_time()
         load0 = _load()
-        torch.manual_seed(recipe.seed)
         gen = torch.Generator().manual_seed(recipe.seed)
         log(f"rendering {recipe.n_train} training scenes (seed {recipe.seed}) and "
             f"{recipe.n_held_out} held-out scenes (seed {recipe.held_out_seed})")
@@ -122,7 +139,7 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
         held_images, held_labels = to_tensor(held_images), torch.from_numpy(held_labels)
         t_data = time.perf_counter() - t0
 
-        module = ToyInceptionV1(recipe.arch).to(memory_format=torch.channels_last)
+        module = initial_module(recipe).to(memory_format=torch.channels_last)
         module.train()
         opt = torch.optim.AdamW(module.parameters(), lr=recipe.lr,
                                 weight_decay=recipe.weight_decay)

@@ -84,6 +84,9 @@ class LoadedModel:
     aliases: dict[str, str] = field(default_factory=dict)
     description: str = ""
     blocks: dict[str, InceptionBlock] = field(default_factory=dict)  # keyed by output layer
+    #: How the weights were made, where the checkpoint records it (the toy model's training
+    #: recipe, from which its initialisation can be rebuilt); None elsewhere.
+    recipe: dict | None = None
     #: Results that library code derives from this network and reuses (e.g. the module call
     #: order and receptive-field geometry of :mod:`circuits_cli.connections`), keyed
     #: ``"module.what"``. They belong to the model and go with it: no module-level caches. A

@@ -59,14 +59,16 @@ def build(weights: Path | None) -> LoadedModel:
         module, ckpt = _read(Path(weights))
         size, classes = ckpt["recipe"]["size"], list(ckpt["classes"])
         acc = ckpt.get("metrics", {}).get("held_out_accuracy")
+        recipe = ckpt.get("recipe")
     else:
         module, size, classes, acc = ToyInceptionV1().eval(), Recipe().size, list(CLASSES), None
+        recipe = None
     layers, blocks = describe(module, size)
     return LoadedModel(
         name="toy", module=module, layers=layers, preprocess=preprocess,
         input_size=size, labels=classes, class_ids=list(classes),
         weights_id=weights_id(weights) if weights is not None else "random",
-        aliases={b[len("mixed"):]: b for b in BLOCKS}, blocks=blocks,
+        aliases={b[len("mixed"):]: b for b in BLOCKS}, blocks=blocks, recipe=recipe,
         description=("toy InceptionV1 with random weights" if weights is None
                      else "toy InceptionV1 trained on the procedural toy world"
                      + (f" (held-out accuracy {acc:.3f})" if acc is not None else "")),
