@@ -346,3 +346,20 @@ def test_the_window_layout_was_there_before_training(toy, car_unit, parts_4a):
         for k, v in toy.module.state_dict().items()
         if k.startswith(("mixed4a", "mixed4b", "mixed4c")) and k.endswith("conv.weight")]
     assert min(cos) > 0.7 and float(torch.stack(cos).median()) > 0.8, cos
+
+
+def test_part_and_car_detectors_are_learned(toy, parts_4a, car_unit):
+    """The control for every selectivity claim above: the same network at its initialisation
+    (rebuilt from the recipe) has no part or car detectors of that strength.
+
+    Measured, best d' trained vs at initialisation: mixed4a wheels 3.18 vs 1.23, windows 2.52
+    vs 0.68; mixed4b car 4.90 vs 0.79."""
+    from circuits_cli.toy.analysis import at_initialisation, class_selectivity, part_selectivity
+
+    start = at_initialisation(toy)
+    before = part_selectivity(start, "mixed4a")
+    for part in ("wheels", "windows"):
+        trained, initial = parts_4a.top(part, 1)[0].dprime, before.top(part, 1)[0].dprime
+        assert initial < 1.6 and trained > initial + 1.4, (part, trained, initial)
+    initial_car = class_selectivity(start, "mixed4b").top("car", 1)[0].dprime
+    assert initial_car < 1.5 and car_unit.dprime > initial_car + 3.0, (car_unit, initial_car)
