@@ -302,7 +302,9 @@ def test_trace_from_car_unit_recovers_wheel_and_window_detectors(toy, car_unit, 
     Measured top 10 of mixed4b:99 from mixed4a: five units most selective for wheels (d' 1.77,
     2.63, 2.32, 2.29, 1.87) and one for windows (mixed4a:37, d' 1.45), all excitatory; the window
     unit's kernel averages +0.034 above the centre and -0.016 below. Not held: the wheel units
-    do not excite the bottom more than the top (two of five do, by at most 0.013)."""
+    do not excite the bottom more than the top (two of five do, by at most 0.013). And the
+    window unit's signs are those it had before training
+    (test_the_window_layout_was_there_before_training)."""
     from circuits_cli.toy.analysis import trace_parts
 
     inputs = trace_parts(toy, car_unit.unit, "mixed4a", top_k=10, parts=parts_4a)
