@@ -116,6 +116,7 @@ def _toy_label(model: LoadedModel, circuit) -> list[str]:
         class_selectivity,
         describe_layout,
         part_selectivity,
+        same_signs,
         vertical_profile,
     )
 
@@ -155,9 +156,9 @@ def _toy_label(model: LoadedModel, circuit) -> list[str]:
                      else f", not as a car has its {best.what} (at the {where})")
         if initial is not None:  # was the layout learned, or there from the random start?
             t0, b0 = vertical_profile(initial[node.channel])
-            same = (top > 0) == (t0 > 0) and (bottom > 0) == (b0 > 0)
             line += (f"; before training {t0:+.3g} and {b0:+.3g} "
-                     + ("(the same signs: training did not set them)" if same
+                     + ("(the same signs: training did not set them)"
+                        if same_signs((top, bottom), (t0, b0))
                         else "(training changed the signs)"))
         lines.append(line)
     return lines

@@ -234,6 +234,11 @@ def test_training_starts_from_the_rebuilt_initialisation(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.module.state_dict().values(),
                                                  model.module.state_dict().values(), strict=True))
     assert at_initialisation(replace(model, recipe=None)) is None  # no recipe, no start
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    at_initialisation(model)
+    assert torch.equal(torch.rand(3), expected)  # the caller's random state is left alone
 
 
 # ------------------------------------------------------------- part detectors, car circuit

@@ -178,8 +178,7 @@ class CircuitInput:
         training did not set the layout; None when the initialisation is unknown."""
         if self.init_top is None or self.init_bottom is None:
             return None
-        return (_sign(self.top) == _sign(self.init_top)
-                and _sign(self.bottom) == _sign(self.init_bottom))
+        return same_signs((self.top, self.bottom), (self.init_top, self.init_bottom))
 
     @property
     def as_on_a_car(self) -> bool | None:
@@ -192,8 +191,12 @@ class CircuitInput:
 CAR_LAYOUT = {"windows": "top", "wheels": "bottom"}
 
 
-def _sign(v: float) -> int:
-    return (v > 0) - (v < 0)
+def same_signs(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two (top, bottom) profiles have the same signs in both halves."""
+    def sign(v: float) -> int:
+        return (v > 0) - (v < 0)
+
+    return all(sign(x) == sign(y) for x, y in zip(a, b, strict=True))
 
 
 def at_initialisation(model: LoadedModel) -> LoadedModel | None:
@@ -209,7 +212,8 @@ def at_initialisation(model: LoadedModel) -> LoadedModel | None:
 
     if model.recipe is None:
         return None
-    module = initial_module(recipe_from(model.recipe)).eval().to(model.device)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+        module = initial_module(recipe_from(model.recipe)).eval().to(model.device)
     return replace(model, module=module, weights_id=f"{model.weights_id}@init",
                    description=f"{model.description}, at initialisation")
 
