@@ -348,10 +348,10 @@ def test_the_window_layout_was_there_before_training(toy, car_unit, parts_4a):
     wheels = [i for i in inputs if i.part == "wheels" and i.dprime >= 1.5]
     assert sum(not i.inherited for i in wheels) >= 2, wheels  # measured 3 of 5
     assert all(i.top > 0 and i.bottom > 0 for i in wheels if not i.inherited), wheels
-    cos = [torch.nn.functional.cosine_similarity(
-        start.module.state_dict()[k].flatten(), v.flatten(), dim=0)
-        for k, v in toy.module.state_dict().items()
-        if k.startswith(("mixed4a", "mixed4b", "mixed4c")) and k.endswith("conv.weight")]
+    initial = start.module.state_dict()
+    cos = [torch.nn.functional.cosine_similarity(initial[k].flatten(), v.flatten(), dim=0)
+           for k, v in toy.module.state_dict().items()
+           if k.startswith(("mixed4a", "mixed4b", "mixed4c")) and k.endswith("conv.weight")]
     assert min(cos) > 0.7 and float(torch.stack(cos).median()) > 0.8, cos
 
 

@@ -51,13 +51,18 @@ class Recipe:
     arch: dict = field(default_factory=lambda: dict(DEFAULT_ARCH))
 
 
+def _arch(record: dict) -> dict:
+    """An architecture as a checkpoint stores it, with its lists made tuples again."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
+
+
 def recipe_from(record: dict) -> Recipe:
     """The :class:`Recipe` a checkpoint records (fields this version does not know are left
     out; the architecture's lists become tuples again)."""
     known = {f for f in Recipe.__dataclass_fields__}
     kw = {k: v for k, v in record.items() if k in known}
     if "arch" in kw:
-        kw["arch"] = {k: tuple(v) if isinstance(v, list) else v for k, v in kw["arch"].items()}
+        kw["arch"] = _arch(kw["arch"])
     return Recipe(**kw)
 
 
@@ -225,8 +230,7 @@ def load_checkpoint(path: Path) -> dict:
 
 def build_module(ckpt: dict) -> ToyInceptionV1:
     """The network of a checkpoint, weights loaded, in eval mode."""
-    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["arch"].items()}
-    module = ToyInceptionV1(arch)
+    module = ToyInceptionV1(_arch(ckpt["arch"]))
     module.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
     return module.eval()
 
