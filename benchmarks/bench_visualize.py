@@ -54,13 +54,14 @@ EVAL_EVERY = 16
 
 # --- model and measurement ---------------------------------------------------------------------
 
-def _model():
+def _model(device: str = "cpu"):
+    """googlenet-bvlc from ``../shared``, or None where it is absent."""
     from circuits_cli.zoo import load_model
 
     weights = REPO.parent / "shared" / "models" / "bvlc_googlenet.npz"
     if not weights.is_file():
         return None
-    return load_model("googlenet-bvlc", weights=weights)
+    return load_model("googlenet-bvlc", weights=weights, device=device)
 
 
 def _seed_everything(seed: int) -> None:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_visualize import (  # noqa: E402
     CHANNELS,
     LAYER,
-    REPO,
+    _model,
     run_lucent,
     run_ours,
     time_to_quality,
@@ -35,15 +35,12 @@ from bench_visualize import (  # noqa: E402
 def main(out_dir: Path, quick: bool = False) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = REPO.parent / "shared" / "models" / "bvlc_googlenet.npz"
-    reason = ("no CUDA device" if not torch.cuda.is_available() else
-              None if weights.is_file() else f"{weights} is absent")
-    if reason:
+    model = _model("cuda") if torch.cuda.is_available() else None
+    if model is None:
+        reason = ("no CUDA device" if not torch.cuda.is_available()
+                  else "../shared/models/bvlc_googlenet.npz is absent")
         (out_dir / "visualize_gpu.md").write_text(f"## visualize on a GPU\n\nskipped: {reason}\n")
         return {"skipped": reason}
-    from circuits_cli.zoo import load_model
-
-    model = load_model("googlenet-bvlc", weights=weights, device="cuda")
     channels = CHANNELS[:2] if quick else CHANNELS
     steps = 32 if quick else 512
     thresholds = [steps // 8, steps // 4, steps // 2, steps]
