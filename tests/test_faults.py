@@ -488,7 +488,10 @@ def test_dead_runs_temporaries_are_removed_and_live_ones_kept(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_training_interrupted_says_nothing_is_kept_and_leaves_nothing(sig, tmp_path):
     out = tmp_path / "out"
-    proc = spawn(["toy", "train", "--n-train", "100", "--epochs", "1", "--threads", "1",
+    # a run of about a minute, interrupted a moment after it starts: a signal that arrives a few
+    # seconds late (a busy machine) must still find it running (100 scenes took 5 s, and once
+    # the whole run ended before the SIGINT came)
+    proc = spawn(["toy", "train", "--n-train", "4000", "--epochs", "3", "--threads", "1",
                   "--out", out], tmp_path, "train")
     wait_for(proc, lambda: "rendering" in proc.files[3].read_text(), "training to start")
     code, _, err = interrupt(proc, sig)
