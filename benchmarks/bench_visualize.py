@@ -54,14 +54,18 @@ EVAL_EVERY = 16
 
 # --- model and measurement ---------------------------------------------------------------------
 
+WEIGHTS = REPO.parent / "shared" / "models" / "bvlc_googlenet.npz"
+#: why a benchmark on googlenet-bvlc is skipped where ``_model`` returns None
+WEIGHTS_ABSENT = "../shared/models/bvlc_googlenet.npz is absent"
+
+
 def _model(device: str = "cpu"):
     """googlenet-bvlc from ``../shared``, or None where it is absent."""
     from circuits_cli.zoo import load_model
 
-    weights = REPO.parent / "shared" / "models" / "bvlc_googlenet.npz"
-    if not weights.is_file():
+    if not WEIGHTS.is_file():
         return None
-    return load_model("googlenet-bvlc", weights=weights, device=device)
+    return load_model("googlenet-bvlc", weights=WEIGHTS, device=device)
 
 
 def _seed_everything(seed: int) -> None:
@@ -540,7 +544,7 @@ def _main(out_dir: Path, quick: bool, n_units: int | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     model = _model()
     if model is None:
-        result = {"skipped": "../shared/models/bvlc_googlenet.npz is absent"}
+        result = {"skipped": WEIGHTS_ABSENT}
         (out_dir / "visualize.md").write_text(f"## visualize\n\nskipped: {result['skipped']}\n")
         return result
     channels = CHANNELS[:2] if quick else CHANNELS

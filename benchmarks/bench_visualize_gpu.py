@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_visualize import (  # noqa: E402
     CHANNELS,
     LAYER,
+    WEIGHTS_ABSENT,
     _model,
     run_lucent,
     run_ours,
@@ -37,8 +38,7 @@ def main(out_dir: Path, quick: bool = False) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     model = _model("cuda") if torch.cuda.is_available() else None
     if model is None:
-        reason = ("no CUDA device" if not torch.cuda.is_available()
-                  else "../shared/models/bvlc_googlenet.npz is absent")
+        reason = "no CUDA device" if not torch.cuda.is_available() else WEIGHTS_ABSENT
         (out_dir / "visualize_gpu.md").write_text(f"## visualize on a GPU\n\nskipped: {reason}\n")
         return {"skipped": reason}
     channels = CHANNELS[:2] if quick else CHANNELS
