@@ -1,6 +1,6 @@
 """The toy world: procedural scenes whose classes share parts the way ImageNet classes do.
 
-Seven classes of small RGB scenes (64x64 by default) on a sky/ground background with clutter:
+Eight classes of small RGB scenes (64x64 by default) on a sky/ground background with clutter:
 
 - ``car``: body, a cabin with windows in its upper half, two wheels at the bottom;
 - ``bus``: a long box with a row of windows along its top, wheels at the bottom;
@@ -9,11 +9,14 @@ Seven classes of small RGB scenes (64x64 by default) on a sky/ground background 
   car's cabin): a car without windows;
 - ``house``: walls with framed windows, a roof on top, a door at the bottom;
 - ``bicycle``: two thin-spoked wheels and a frame of coloured tubes;
-- ``tree``: one to three trees, each a trunk under foliage.
+- ``tree``: one to three trees, each a trunk under foliage;
+- ``scrap``: a car carrying spare parts where a car has none: a pair of wheels on its roof, or a
+  pair of panes low in its body, between its wheels.
 
 So ``car``, ``bus`` and ``truck`` share wheels and windows, ``house`` shares windows, ``wagon``
 and ``bicycle`` share wheels, and what tells a car apart is the arrangement: windows on top,
-wheels below (a wagon has the wheels and the shape, but no windows).
+wheels below (a wagon has the wheels and the shape, but no windows; scrap has every part of a
+car in its place, and wheels above its windows or panes beside its wheels besides).
 Half of all scenes, of every class, also have a stray wheel or window lying about, so the mere
 presence of a part is weak evidence and its place relative to the others matters.
 
@@ -40,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-CLASSES = ("car", "bus", "truck", "wagon", "house", "bicycle", "tree")
+CLASSES = ("car", "bus", "truck", "wagon", "house", "bicycle", "tree", "scrap")
 PARTS = ("wheels", "windows", "roof", "door", "frame", "foliage")
 NO_PART = "none"
 
@@ -321,6 +324,41 @@ def _car(d, rng, s, base):
     return parts, _box(x0, yb0 - hc, x0 + w, base)
 
 
+def _scrap(d, rng, s, base):
+    """A car with spare parts where a car has none: a pair of wheels on its roof (or, where
+    the roof is too close to the top, on its bonnet and boot), or a pair of panes low in its
+    body, between the wheels. Every part of a car is in its place; only the spare ones, above
+    the windows or below them, tell it from a car."""
+    parts, box = _car(d, rng, s, base)
+
+    def drawn(b: Box) -> Box:  # boxes are in output pixels, drawing is supersampled
+        return tuple(v * _SS for v in b)
+
+    (wa, wb), (pa, pb) = (sorted(map(drawn, parts[p])) for p in ("wheels", "windows"))
+    box = drawn(box)
+    r = (wa[2] - wa[0]) / 2
+    if rng.random() < 0.5:
+        top = box[1] - 2 * r * rng.uniform(0.75, 0.9)
+        if top >= 1:  # on the roof, over the panes
+            centres = [((p[0] + p[2]) / 2, top + r) for p in (pa, pb)]
+        else:  # on the bonnet and the boot, level with the panes
+            cy = (pa[1] + pa[3]) / 2
+            centres = [(box[0] + r, cy), (box[2] - r, cy)]
+        for cx, cy in centres:
+            parts["wheels"].append(_wheel(d, rng, cx, cy, r, "car"))
+        box = (box[0], min(box[1], min(cy for _, cy in centres) - r), box[2], box[3])
+        return parts, _box(*box)
+    else:
+        body0, body1 = max(pa[3], pb[3]), wa[1] + r * 1.25  # beltline, bottom of the body
+        y0, y1 = body0 + (body1 - body0) * 0.25, body1 - (body1 - body0) * 0.1
+        x0, x1 = wa[2] + r * 0.3, wb[0] - r * 0.3
+        mid = (x0 + x1) / 2
+        for a, b in ((x0, mid - r * 0.2), (mid + r * 0.2, x1)):
+            if b - a > _SS:
+                parts["windows"].append(_window(d, rng, a, y0, b, y1))
+    return parts, _box(*box)
+
+
 def _bus(d, rng, s, base):
     w = rng.uniform(0.6, 0.95) * s
     h = w * rng.uniform(0.33, 0.45)
@@ -491,7 +529,8 @@ def _tree(d, rng, s, base):
 
 
 _OBJECTS: dict[str, Callable] = {"car": _car, "bus": _bus, "truck": _truck, "wagon": _wagon,
-                                 "house": _house, "bicycle": _bicycle, "tree": _tree}
+                                 "house": _house, "bicycle": _bicycle, "tree": _tree,
+                                 "scrap": _scrap}
 
 
 def _lone_part(d, rng, s, part, count: int | None = None) -> list[Box]:
