@@ -191,6 +191,53 @@ def fast_modules(model: LoadedModel):
             del module.forward
 
 
+class _RedirectedReLU(torch.autograd.Function):
+    """ReLU whose gradient is redirected where it would vanish (lucid's ``redirected_relu_grad``,
+    on by default in lucid's ``render_vis``). Forward: ``max(x, 0)``. Backward: the ReLU's own
+    gradient for every image where it is not all zero; for an image where it is (every unit
+    it reaches is below zero, as a unit is on noise that does not excite it), the gradient
+    passes through, except where it would push a negative input further down. So a render of
+    a unit that is silent on its starting noise can start to move; once the unit responds, the
+    ordinary gradient takes over, and renders of units that respond from the start are
+    unchanged."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+        relu_grad = torch.where(x > 0, grad, zero)
+        if x.dim() < 2:
+            return relu_grad
+        live = relu_grad.flatten(1).abs().amax(dim=1) > 0
+        if bool(live.all()):
+            return relu_grad
+        # the loss is minimised: a positive gradient pushes the output, here the input, down
+        redirected = torch.where((x < 0) & (grad > 0), zero, grad)
+        return torch.where(live.view(-1, *[1] * (x.dim() - 1)), relu_grad, redirected)
+
+
+@contextlib.contextmanager
+def redirected_relus(model: LoadedModel):
+    """While rendering, run every ``nn.ReLU`` module of the model through
+    :class:`_RedirectedReLU` (the same forward values); restored afterwards. Hooks on the
+    modules still see their outputs."""
+    patched = []
+    for module in model.module.modules():
+        if type(module) is torch.nn.ReLU and "forward" not in vars(module):
+            module.forward = _RedirectedReLU.apply
+            patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
 def _lrn_forward(module: torch.nn.LocalResponseNorm, x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 4:
         return F.local_response_norm(x, module.size, module.alpha, module.beta, module.k)
@@ -323,6 +370,7 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int],
     accumulated = None
     spent = 0.0
     with (fast_modules(model) if fast_lrn else contextlib.nullcontext(),
+          redirected_relus(model),
           channels_last(model, memory_format == "channels_last") as nhwc):
         for step in range(1, steps + 1):
             t0 = time.perf_counter()
