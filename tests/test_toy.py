@@ -23,18 +23,18 @@ from circuits_cli.zoo.toy import SHIPPED
 
 
 def test_dataset_is_deterministic_by_seed_and_balanced():
-    a, la = make_dataset(28, seed=5)
-    b, lb = make_dataset(28, seed=5)
-    c, _ = make_dataset(28, seed=6)
-    assert a.shape == (28, 3, 64, 64) and a.dtype == torch.float32
+    a, la = make_dataset(32, seed=5)
+    b, lb = make_dataset(32, seed=5)
+    c, _ = make_dataset(32, seed=6)
+    assert a.shape == (32, 3, 64, 64) and a.dtype == torch.float32
     assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
     assert torch.equal(a, b) and torch.equal(la, lb)
     assert not torch.equal(a, c)
     assert torch.bincount(la, minlength=len(CLASSES)).tolist() == [4] * len(CLASSES)
     # scene i depends only on (seed, i): a longer set starts with the same scenes
-    longer, ll = make_dataset(56, seed=5)
-    same = ll[:28] == la
-    assert torch.equal(longer[:28][same], a[same])
+    longer, ll = make_dataset(64, seed=5)
+    same = ll[:32] == la
+    assert torch.equal(longer[:32][same], a[same])
 
 
 def test_make_scene_is_deterministic_and_describes_its_parts():
@@ -261,28 +261,31 @@ def parts_4a(toy):
 
 
 @pytest.mark.parametrize("part, min_dprime, min_index", [
-    ("wheels", 2.5, 0.55),   # measured: mixed3b:111, d' 3.06, index 0.69
-    ("windows", 2.0, 0.6),   # measured: mixed3b:37, d' 2.62, index 0.78 (3.8 vs 0.5 mean)
+    ("wheels", 2.5, 0.55),   # measured: mixed3b:41, d' 3.51, index 0.76
+    ("windows", 2.0, 0.55),  # measured: mixed3b:67, d' 3.88, index 0.66
 ])
 def test_mid_layer_has_clear_part_detectors(parts_3b, part, min_dprime, min_index):
     """The unit of mixed3b most selective for a part responds to part-only images of it far
-    more than to every other part and to bare background, and is not selective for any other
-    part (d' below 0.6 for each of them; measured at most 0.56)."""
+    more than to every other part and to bare background, and is far less selective for any
+    other part (d' below 1.3 for each of them; measured at most 1.14, the wheel unit for the
+    tubes of bicycle frames)."""
     best = parts_3b.top(part, 1)[0]
     assert best.dprime >= min_dprime and best.index >= min_index, best
     others = [float(parts_3b.dprime[i, best.unit.channel])
               for i, p in enumerate(parts_3b.names) if p != part]
-    assert max(others) < 0.8, (best, others)
+    assert max(others) < 1.3, (best, others)
 
 
-def test_wheel_detectors_are_many_and_survive_a_fresh_image_set(toy, parts_4a):
+def test_wheel_detectors_are_many_and_survive_a_fresh_image_set(toy, parts_3b, parts_4a):
+    """Measured: 24 mixed3b units with wheels d' >= 2. In mixed4a only one, mixed4a:63 (d' 3.44),
+    the unit the recipe trains to mark wheels: the recipe drops 80% of mixed4a's other channels
+    while training, so none of them becomes a detector as strong."""
     from circuits_cli.toy.analysis import part_selectivity
 
-    # measured: 18 mixed4a units with wheels d' >= 2 (best mixed4a:25, 3.18); 21 in mixed3b
-    assert int((parts_4a.dprime[parts_4a.row("wheels")] >= 2).sum()) >= 10
+    assert int((parts_3b.dprime[parts_3b.row("wheels")] >= 2).sum()) >= 10
     again = part_selectivity(toy, "mixed4a", n=100, seed=777)
     best = parts_4a.top("wheels", 1)[0].unit.channel
-    assert float(again.dprime[again.row("wheels"), best]) >= 2.5  # measured 3.72
+    assert float(again.dprime[again.row("wheels"), best]) >= 2.5  # measured 3.53
 
 
 @pytest.fixture(scope="module")
@@ -293,61 +296,60 @@ def car_unit(toy):
 
 
 def test_best_car_unit_is_a_car_detector(toy, car_unit):
-    # measured: mixed4b:99 (3x3 branch), d' 4.90 for cars against the six other classes
-    assert car_unit.dprime >= 4.0 and car_unit.index >= 0.7, car_unit
+    """Measured: mixed4b:64 (3x3 branch), d' 7.24 for cars against the seven other classes,
+    index 0.97. It is not the unit the recipe trains to mark cars (mixed4b:99, d' 4.94): the
+    most car-selective unit is one that training was never told about."""
+    assert car_unit.dprime >= 5.0 and car_unit.index >= 0.8, car_unit
     assert toy.layer("mixed4b").branch_of(car_unit.unit.channel)[0] in ("3x3", "5x5")
+    assert str(car_unit.unit) not in toy.recipe["unit_targets"], car_unit
 
 
 def test_trace_from_car_unit_recovers_wheel_and_window_detectors(toy, car_unit, parts_4a):
     """Zoom In's car circuit, on the toy: the car unit's strongest inputs from the layer before
-    (exact expanded weights, ranked by L2 norm) include wheel detectors and a window detector,
-    all exciting it, and the window detector excites the top of the car unit's field and
-    inhibits its bottom, as 4b:237 does for 4c:447 in InceptionV1.
+    (exact expanded weights, ranked by L2 norm) are a window detector and a wheel detector, both
+    exciting it; the window detector excites the top of the car unit's field and inhibits its
+    bottom, and the wheel detector excites the bottom and inhibits the top, as 4b:237 and 4b:373
+    do for 4c:447 in InceptionV1. No other wheel or window detector is among the top 10.
 
-    Measured top 10 of mixed4b:99 from mixed4a: five units most selective for wheels (d' 1.77,
-    2.63, 2.32, 2.29, 1.87) and one for windows (mixed4a:37, d' 1.45), all excitatory; the window
-    unit's kernel averages +0.034 above the centre and -0.016 below. Not held: the wheel units
-    do not excite the bottom more than the top (two of five do, by at most 0.013). And the
-    window unit's signs are those it had before training
-    (test_the_window_layout_was_there_before_training)."""
+    Measured for mixed4b:64 from mixed4a: 1st mixed4a:37 (windows, d' 3.91), mean weight +0.126
+    above the centre and -0.118 below; 2nd mixed4a:63 (wheels, d' 3.44), -0.055 above and +0.081
+    below. The other eight are roof and foliage units (issue 14)."""
     from circuits_cli.toy.analysis import trace_parts
 
     inputs = trace_parts(toy, car_unit.unit, "mixed4a", top_k=10, parts=parts_4a)
-    wheels = [i for i in inputs if i.part == "wheels" and i.dprime >= 1.5]
-    windows = [i for i in inputs if i.part == "windows" and i.dprime >= 1.2]
-    assert len(wheels) >= 4, inputs
-    assert all(i.sign > 0 for i in wheels)
-    assert len(windows) >= 1, inputs
-    window = windows[0]
-    assert window.sign > 0
-    assert window.top >= 0.02 and window.bottom <= -0.008, window
-    assert window.as_on_a_car and window.layout == "excites the top, inhibits the bottom"
-    # the half that does not hold (issue 14): no wheel unit inhibits the top of the field
-    assert not any(i.as_on_a_car for i in wheels)
+    window, wheel = inputs[0], inputs[1]
+    assert (window.part, wheel.part) == ("windows", "wheels"), inputs
+    assert window.dprime >= 2.5 and wheel.dprime >= 2.5, inputs
+    assert window.sign > 0 and wheel.sign > 0
+    assert window.top >= 0.08 and window.bottom <= -0.08, window
+    assert wheel.top <= -0.03 and wheel.bottom >= 0.05, wheel
+    assert window.layout == "excites the top, inhibits the bottom"
+    assert wheel.layout == "inhibits the top, excites the bottom"
+    parts = [i for i in inputs if i.part in ("wheels", "windows") and i.dprime >= 1]
+    assert all(i.as_on_a_car for i in parts), parts
 
 
-def test_the_window_layout_was_there_before_training(toy, car_unit, parts_4a):
+def test_training_made_the_car_layout(toy, car_unit, parts_4a):
     """What training did to the car unit's kernels, measured against the same network at its
-    initialisation (the recipe's seed, rebuilt exactly): the window detector's layout (excites
-    the top, inhibits the bottom) has the signs it had before any training, so the toy's half
-    of the paper's pattern is the random start, not something it learned; training changed the
-    signs of three of the five wheel detectors' halves, towards exciting the whole field.
+    initialisation (the recipe's seed, rebuilt exactly). The window unit's layout has the signs
+    of its random start, ten times stronger; the wheel unit's layout is the reverse of its
+    random start: training made the wheels excite the bottom and inhibit the top.
 
-    Measured for mixed4b:99 from mixed4a: window mixed4a:37 +0.034 / -0.016 trained, +0.014 /
-    -0.015 at initialisation; wheels mixed4a:63, 41, 58 were +/- at initialisation and are +/+
-    trained (mixed4a:69 and 142 were +/+ already). The trained weights keep a cosine of 0.83 to
-    0.93 with their initial values (mixed4a-4c convolutions): AdamW's weight decay of 5e-4 over
-    1,500 steps shrinks the initialisation by 0.1% only (issue 14)."""
+    Measured for mixed4b:64 from mixed4a: window mixed4a:37 +0.126 / -0.118 trained, +0.012 /
+    -0.004 at initialisation; wheels mixed4a:63 -0.055 / +0.081 trained, +0.002 / -0.009 at
+    initialisation. The trained weights keep a cosine of at least 0.77 (median 0.89) with their
+    initial values (mixed4a-4c convolutions)."""
     from circuits_cli.toy.analysis import at_initialisation, trace_parts
 
     start = at_initialisation(toy)
     inputs = trace_parts(toy, car_unit.unit, "mixed4a", top_k=10, parts=parts_4a, at_init=start)
-    window = next(i for i in inputs if i.part == "windows" and i.dprime >= 1.2)
+    window, wheel = inputs[0], inputs[1]
+    assert (window.part, wheel.part) == ("windows", "wheels"), inputs
     assert window.as_on_a_car and window.inherited, window
-    assert window.init_top > 0.005 and window.init_bottom < -0.008, window  # +0.014, -0.015
-    wheels = [i for i in inputs if i.part == "wheels" and i.dprime >= 1.5]
-    assert sum(not i.inherited for i in wheels) >= 2, wheels  # measured 3 of 5
-    assert all(i.top > 0 and i.bottom > 0 for i in wheels if not i.inherited), wheels
+    assert window.top > 5 * abs(window.init_top), window
+    assert -window.bottom > 5 * abs(window.init_bottom), window
+    assert wheel.as_on_a_car and not wheel.inherited, wheel
+    assert wheel.init_top > 0 > wheel.init_bottom, wheel  # +0.002, -0.009: the other way round
     initial = start.module.state_dict()
     cos = [torch.nn.functional.cosine_similarity(initial[k].flatten(), v.flatten(), dim=0)
            for k, v in toy.module.state_dict().items()
@@ -359,8 +361,8 @@ def test_part_and_car_detectors_are_learned(toy, parts_4a, car_unit):
     """The control for every selectivity claim above: the same network at its initialisation
     (rebuilt from the recipe) has no part or car detectors of that strength.
 
-    Measured, best d' trained vs at initialisation: mixed4a wheels 3.18 vs 1.23, windows 2.52
-    vs 0.68; mixed4b car 4.90 vs 0.79."""
+    Measured, best d' trained vs at initialisation: mixed4a wheels 3.44 vs 1.32, windows 3.91
+    vs 0.82; mixed4b car 7.24 vs 0.64."""
     from circuits_cli.toy.analysis import at_initialisation, class_selectivity, part_selectivity
 
     start = at_initialisation(toy)

@@ -33,7 +33,7 @@ DEFAULT_ARCH: dict = {
     "mixed4a": (48, 48, 80, 12, 16, 16),
     "mixed4b": (48, 48, 96, 16, 24, 24),
     "mixed4c": (48, 48, 96, 16, 32, 16),
-    "classes": 7,
+    "classes": 8,
 }
 
 

@@ -24,17 +24,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .model import DEFAULT_ARCH, ToyInceptionV1, n_parameters, preprocess
-from .world import CLASSES, render_scenes, to_tensor
+from .model import BLOCKS, DEFAULT_ARCH, ToyInceptionV1, block_channels, n_parameters, preprocess
+from .world import CLASSES, PARTS, render_scenes, to_tensor
 
 FORMAT = "circuits-toy/1"
+
+#: The shipped recipe's units with targets of their own: the car unit marks the whole of every
+#: car, and two units of mixed4a mark wheels and windows wherever they are (see
+#: :attr:`Recipe.unit_targets`). With channel dropout on the rest of mixed4a, the car unit
+#: comes to read those two first, and to check where they are.
+UNIT_TARGETS = {"mixed4b:99": "car@box", "mixed4a:63": "wheels", "mixed4a:37": "windows"}
 
 
 @dataclass
 class Recipe:
     """Everything that determines the trained weights (up to floating-point nondeterminism)."""
 
-    seed: int = 0                 # training scenes, initialisation and batch order
+    seed: int = 1                 # training scenes, initialisation and batch order
     n_train: int = 16_000         # training scenes, balanced over the classes
     epochs: int = 6
     batch_size: int = 64
@@ -47,7 +53,23 @@ class Recipe:
     size: int = 64
     held_out_seed: int = 1_000_003
     n_held_out: int = 1_200
-    threads: int = 2              # torch.set_num_threads during training
+    threads: int = 1              # torch.set_num_threads during training
+    #: units with a target of their own besides the classification, ``{"layer:channel": what}``
+    #: for units of mixed blocks. ``what`` is a part (the unit marks every cell a box of that
+    #: part covers, on an object or lying about), a class (a 2-pixel square at the centre of
+    #: each object of that class) or ``"class@box"`` (every cell of the object's box, shrunk
+    #: by half a cell of the 8x8 grid on every side). The unit is trained by logistic loss on
+    #: its pre-activation, against the target max-pooled to the unit's grid; elsewhere it is
+    #: trained to stay silent.
+    unit_targets: dict = field(default_factory=lambda: dict(UNIT_TARGETS))
+    unit_weight: float = 1.0      # weight of the units' losses against the classification's
+    unit_pos_weight: float = 2.0  # weight of a marked cell against an unmarked one
+    #: drop whole channels of ``dropout_layer``'s output while training (``Dropout2d``), all but
+    #: the ``dropout_keep`` channels, so that the units after it rely on those kept channels
+    #: more than on any other one
+    channel_dropout: float = 0.8
+    dropout_layer: str = "mixed4a"
+    dropout_keep: tuple = (63, 37)
     arch: dict = field(default_factory=lambda: dict(DEFAULT_ARCH))
 
 
@@ -63,6 +85,8 @@ def recipe_from(record: dict) -> Recipe:
     kw = {k: v for k, v in record.items() if k in known}
     if "arch" in kw:
         kw["arch"] = _arch(kw["arch"])
+    if "dropout_keep" in kw:
+        kw["dropout_keep"] = tuple(kw["dropout_keep"])
     return Recipe(**kw)
 
 
@@ -80,6 +104,51 @@ def _load() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except (AttributeError, OSError):
         return None
+
+
+def _unit_conv(arch: dict, unit: str) -> tuple[str, int]:
+    """``("mixed4b_3x3_pre_relu_conv", 51)``: the convolution computing ``unit`` ("layer:channel"
+    of a mixed block) and the unit's channel in it."""
+    layer, channel = unit.rsplit(":", 1)
+    if layer not in BLOCKS:
+        raise ValueError(f"unit targets need a mixed block's unit, not {unit!r}")
+    c = int(channel)
+    for branch, n in block_channels(arch[layer]).items():
+        if c < n:
+            conv = "pool_reduce" if branch == "pool" else branch
+            return f"{layer}_{conv}_pre_relu_conv", c
+        c -= n
+    raise ValueError(f"{unit!r}: {layer} has fewer channels")
+
+
+def _target_maps(metas, size: int, targets: dict) -> torch.Tensor:
+    """(N, len(targets), size, size) uint8: each unit's target in image pixels (see
+    :attr:`Recipe.unit_targets`)."""
+    out = torch.zeros(len(metas), len(targets), size, size, dtype=torch.uint8)
+    for k, what in enumerate(targets.values()):
+        for i, m in enumerate(metas):
+            scale = size / m["size"]
+            if what.endswith("@box") and what[:-4] in CLASSES:
+                if m["cls"] != what[:-4]:
+                    continue
+                x0, y0, x1, y1 = m["object"]
+                s = scale * 4  # half a cell of the 8x8 grid, in from every side
+                boxes = [(x0 * scale + s, y0 * scale + s, x1 * scale - s, y1 * scale - s)]
+            elif what in CLASSES:
+                if m["cls"] != what:
+                    continue
+                x0, y0, x1, y1 = m["object"]
+                cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+                boxes = [(cx - 1, cy - 1, cx + 1, cy + 1)]
+            elif what in PARTS:
+                boxes = [b for src in (m["parts"], m["loose"]) for b in src.get(what, [])]
+            else:
+                raise ValueError(f"unknown unit target {what!r}: a part, a class or CLASS@box")
+            for x0, y0, x1, y1 in boxes:
+                a, b = max(0, int(y0)), min(size, int(math.ceil(y1)))
+                c, d = max(0, int(x0)), min(size, int(math.ceil(x1)))
+                out[i, k, a:b, c:d] = 1
+    return out
 
 
 def _augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
@@ -135,8 +204,12 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
             f"{recipe.n_held_out} held-out scenes (seed {recipe.held_out_seed})")
         with tqdm(total=recipe.n_train, desc="scenes", unit="img",
                   disable=not progress or not _tty(), leave=False) as bar:
-            images, labels = render_scenes(recipe.n_train, recipe.seed, recipe.size,
-                                           progress=lambda k: bar.update(k - bar.n))
+            images, labels, metas = render_scenes(recipe.n_train, recipe.seed, recipe.size,
+                                                  progress=lambda k: bar.update(k - bar.n),
+                                                  with_meta=True)
+        maps = (_target_maps(metas, recipe.size, recipe.unit_targets)
+                if recipe.unit_targets else None)
+        del metas
         images = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 N,3,H,W
         labels = torch.from_numpy(labels)
         held_images, held_labels = render_scenes(recipe.n_held_out, recipe.held_out_seed,
@@ -146,6 +219,24 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
 
         module = initial_module(recipe).to(memory_format=torch.channels_last)
         module.train()
+        pre: dict = {}  # the units' convolutions' outputs, by a forward hook on each
+        hooks = []
+        watched = {}
+        for unit in recipe.unit_targets:
+            conv, c = _unit_conv(recipe.arch, unit)
+            watched[unit] = (conv, c)
+            if conv not in pre:
+                pre[conv] = None
+                hooks.append(getattr(module, conv).register_forward_hook(
+                    lambda _m, _i, out, conv=conv: pre.__setitem__(conv, out)))
+        if recipe.channel_dropout:
+            kept = torch.zeros(1, sum(block_channels(recipe.arch[recipe.dropout_layer]).values()),
+                               1, 1, dtype=torch.bool)
+            kept[0, list(recipe.dropout_keep)] = True
+            hooks.append(getattr(module, recipe.dropout_layer).register_forward_hook(
+                lambda m_, _i, out: torch.where(
+                    kept, out, F.dropout2d(out, recipe.channel_dropout, m_.training))))
+        pos_weight = torch.tensor(recipe.unit_pos_weight)
         opt = torch.optim.AdamW(module.parameters(), lr=recipe.lr,
                                 weight_decay=recipe.weight_decay)
         steps_per_epoch = math.ceil(recipe.n_train / recipe.batch_size)
@@ -167,11 +258,21 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
                        unit="batch", disable=not progress or not _tty(), leave=False)
             for step in bar:
                 idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
-                x = _augment(images[idx].float().div_(255.0), recipe, gen)
+                x = images[idx].float().div_(255.0)
+                if maps is not None:  # the targets move with the scene
+                    x = _augment(torch.cat([x, maps[idx].float()], 1), recipe, gen)
+                    x, where = x[:, :3], x[:, 3:]
+                else:
+                    x = _augment(x, recipe, gen)
                 x = preprocess(x).contiguous(memory_format=torch.channels_last)
                 y = labels[idx]
                 logits = module(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+                for k, (conv, c) in enumerate(watched.values()):
+                    z = pre[conv][:, c]
+                    t = F.adaptive_max_pool2d(where[:, k:k + 1], z.shape[-1])[:, 0]
+                    loss = loss + recipe.unit_weight * F.binary_cross_entropy_with_logits(
+                        z, t, pos_weight=pos_weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -188,6 +289,8 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
             log(f"epoch {epoch + 1}/{recipe.epochs}: loss {loss_sum / seen:.3f}, "
                 f"train accuracy {correct / seen:.3f}, held-out accuracy {held:.3f} "
                 f"({time.perf_counter() - t0:.0f} s)")
+        for h in hooks:
+            h.remove()
         module.eval()
         module = module.to(memory_format=torch.contiguous_format)
         elapsed = time.perf_counter() - t0

@@ -2,7 +2,7 @@
 
 Works offline on any machine: the weights (``circuits_cli/zoo/data/toy.pt``, about 1 MB) come
 with the package, and the network is small enough that everything runs in seconds on a CPU. Its
-input is a 64x64 RGB scene; its seven classes are :data:`circuits_cli.toy.world.CLASSES`. The
+input is a 64x64 RGB scene; its eight classes are :data:`circuits_cli.toy.world.CLASSES`. The
 checkpoint records the training recipe and the held-out accuracy (``circuits toy train`` redoes
 it). ``--weights FILE`` loads another checkpoint written by ``circuits toy train``.
 """
