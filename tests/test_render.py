@@ -275,6 +275,50 @@ def test_same_seed_same_png_bytes_and_other_seed_differs(planted):
         assert png_bytes(ra.image) != png_bytes(rc.image)
 
 
+def test_a_unit_silent_on_noise_still_renders_and_live_units_render_as_before(monkeypatch):
+    """The red detector (channel 4) with its bias lowered to -0.3 is below zero on the starting
+    noise (a pure red image gives it +0.7): the ReLU passes no gradient, so without the
+    redirected gradient its render stays at activation 0. With it, the render turns red and
+    excites the unit (measured: 0.15, mean colour 0.59, 0.41, 0.41 in 128 steps). A grating
+    detector that responds from the start gets the same PNG bytes either way: the redirect only
+    acts where the ReLU's own gradient is all zero."""
+    import contextlib
+
+    from circuits_cli.render import engine
+    from circuits_cli.zoo import load_model
+
+    model = load_model(f"{PLANTED}:detectors")
+    with torch.no_grad():
+        model.module.detect.bias[4] = -0.3
+    kw = dict(steps=128, size=48, progress=False, cache_dir=False, seed=0, precision="fp32")
+    red, grating = render_units(model, [Unit("relu", 4), Unit("relu", 0)], **kw)
+    monkeypatch.setattr(engine, "redirected_relus", lambda _m: contextlib.nullcontext())
+    red_before, grating_before = render_units(model, [Unit("relu", 4), Unit("relu", 0)], **kw)
+    assert red_before.activation == 0.0
+    r, g, b = red.image.reshape(-1, 3).mean(0)
+    assert red.activation > 0.1, red.activation
+    assert r > g + 0.1 and r > b + 0.1, (r, g, b)
+    assert png_bytes(grating.image) == png_bytes(grating_before.image)
+
+
+def test_a_features_render_does_not_depend_on_where_its_sae_lies(planted, tmp_path):
+    """The same dictionary feature, its SAE saved in two folders, renders to the same PNG bytes
+    (its starting image is seeded by what it reads; its name holds the folder)."""
+    from circuits_cli.sae import SAE, load_sae
+    from circuits_cli.units import feature
+
+    sae = SAE(7, 3, "relu", cfg={"hook_name": "relu", "model_name": "planted"})
+    sae.init_weights(torch.Generator().manual_seed(0))
+    renders = []
+    for name in ("one", "two"):
+        sae.save(tmp_path / name)
+        unit = feature("relu", load_sae(tmp_path / name), 1)
+        renders.append(render_units(planted, [unit], steps=8, size=32, progress=False,
+                                    cache_dir=False, precision="fp32")[0])
+    assert str(renders[0].unit) != str(renders[1].unit)
+    assert png_bytes(renders[0].image) == png_bytes(renders[1].image)
+
+
 def test_a_units_render_does_not_depend_on_its_batch(planted):
     kw = dict(steps=16, size=48, progress=False, cache_dir=False, seed=1, precision="fp32")
     alone = render_units(planted, [Unit("relu", 2)], **kw)[0]

@@ -552,10 +552,13 @@ def accentuation_distance(model, accent: Accentuation, images_nhwc: np.ndarray) 
 
 
 def param_seed(seed: int, unit: Unit, facet: int = 0) -> int:
-    """The seed of a unit's initial image: a function of (seed, unit, facet) only."""
+    """The seed of a unit's initial image: a function of (seed, unit, facet) only. A direction
+    or feature counts by what it reads (:func:`_unit_hash`), not by its name, which holds the
+    folder of its dictionary: the same feature renders the same wherever its SAE lies."""
     from .param import item_seed
 
-    return item_seed(seed, unit.layer, unit.channel if is_neuron(unit) else str(unit), facet)
+    return item_seed(seed, unit.layer, unit.channel if is_neuron(unit) else _unit_hash(unit),
+                     facet)
 
 
 # re-exported for callers that read renders back from disk

@@ -191,15 +191,22 @@ def fast_modules(model: LoadedModel):
             del module.forward
 
 
+#: Which images of the batch being rendered are stuck at zero: set around each backward pass by
+#: :func:`optimize` (:func:`_redirecting`), read by :class:`_RedirectedReLU`.
+_STUCK: list = [None]
+
+
 class _RedirectedReLU(torch.autograd.Function):
     """ReLU whose gradient is redirected where it would vanish (lucid's ``redirected_relu_grad``,
-    on by default in lucid's ``render_vis``). Forward: ``max(x, 0)``. Backward: the ReLU's own
-    gradient for every image where it is not all zero; for an image where it is (every unit
-    it reaches is below zero, as a unit is on noise that does not excite it), the gradient
-    passes through, except where it would push a negative input further down. So a render of
-    a unit that is silent on its starting noise can start to move; once the unit responds, the
-    ordinary gradient takes over, and renders of units that respond from the start are
-    unchanged."""
+    on by default in lucid's ``render_vis``), for the images whose objective is still zero.
+
+    Forward: ``max(x, 0)``. Backward: the ReLU's own gradient, except for an image whose
+    objective is zero (a unit that its starting noise does not excite: no gradient reaches the
+    picture) and whose gradient at this ReLU is all zero. There the gradient passes through,
+    except where it would push a negative input further down. So such a render can start to
+    move; once its unit responds, the ordinary gradient takes over. Images whose objective is
+    above zero get exactly the ordinary gradient, and the images of a batch do not interact, so
+    their renders are unchanged."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -211,14 +218,26 @@ class _RedirectedReLU(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
         relu_grad = torch.where(x > 0, grad, zero)
-        if x.dim() < 2:
+        stuck = _STUCK[0]
+        if stuck is None or x.dim() < 2 or stuck.shape[0] != x.shape[0]:
             return relu_grad
-        live = relu_grad.flatten(1).abs().amax(dim=1) > 0
-        if bool(live.all()):
+        redirect = stuck.to(x.device) & ~(relu_grad.flatten(1).abs().amax(dim=1) > 0)
+        if not bool(redirect.any()):
             return relu_grad
         # the loss is minimised: a positive gradient pushes the output, here the input, down
         redirected = torch.where((x < 0) & (grad > 0), zero, grad)
-        return torch.where(live.view(-1, *[1] * (x.dim() - 1)), relu_grad, redirected)
+        return torch.where(redirect.view(-1, *[1] * (x.dim() - 1)), redirected, relu_grad)
+
+
+@contextlib.contextmanager
+def _redirecting(per_item: torch.Tensor):
+    """During one backward pass, mark the images whose objective is zero (one value per image
+    of the batch; otherwise nothing is redirected)."""
+    _STUCK[0] = (per_item.detach() <= 0) if per_item.dim() == 1 else None
+    try:
+        yield
+    finally:
+        _STUCK[0] = None
 
 
 @contextlib.contextmanager
@@ -391,8 +410,9 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int],
                 if reference is not None:
                     acts = {**{k: v[:batch] for k, v in acts.items()},
                             **{REFERENCE + k: v[batch:].detach() for k, v in acts.items()}}
-                value = objective(acts).sum()
-            with record_function("render.backward"):
+                per_item = objective(acts)
+                value = per_item.sum()
+            with record_function("render.backward"), _redirecting(per_item):
                 (-value).backward()
             if transparency:
                 grad = picture.grad.detach().abs().sum(1)

@@ -33,8 +33,10 @@ from . import transforms as tf
 
 # Bump when the code of a recipe changes the pictures it makes (old cache entries then miss).
 # 4: Fourier's default step 0.05 -> LR with the picture averaged over the iterates (EMA).
-# 5: ReLU modules pass a redirected gradient where theirs vanishes (engine._RedirectedReLU), so
-#    a unit silent on the starting noise renders instead of staying grey.
+# 5: for an image whose objective is zero, ReLU modules pass a redirected gradient where theirs
+#    vanishes (engine._RedirectedReLU), so a unit silent on its starting noise renders instead
+#    of staying grey; other images are unchanged. A direction's starting image is seeded by
+#    what it reads, not by its name (which holds its SAE's folder).
 VERSION = 5
 # Fourier's defaults. Measured on googlenet-bvlc (8 units of inception_4c, 512 steps,
 # benchmarks/bench_visualize.py): Adam at 0.1 with an EMA of decay 0.95 reaches lucent's
