@@ -13,6 +13,7 @@ flips and small translations; the held-out set is rendered from a different seed
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..hooks import hooks
 from .model import BLOCKS, DEFAULT_ARCH, ToyInceptionV1, block_channels, n_parameters, preprocess
 from .world import CLASSES, PARTS, render_scenes, to_tensor
 
@@ -219,23 +221,17 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
 
         module = initial_module(recipe).to(memory_format=torch.channels_last)
         module.train()
-        pre: dict = {}  # the units' convolutions' outputs, by a forward hook on each
-        hooks = []
-        watched = {}
-        for unit in recipe.unit_targets:
-            conv, c = _unit_conv(recipe.arch, unit)
-            watched[unit] = (conv, c)
-            if conv not in pre:
-                pre[conv] = None
-                hooks.append(getattr(module, conv).register_forward_hook(
-                    lambda _m, _i, out, conv=conv: pre.__setitem__(conv, out)))
+        watched = {unit: _unit_conv(recipe.arch, unit) for unit in recipe.unit_targets}
+        fwd = []
         if recipe.channel_dropout:
             kept = torch.zeros(1, sum(block_channels(recipe.arch[recipe.dropout_layer]).values()),
                                1, 1, dtype=torch.bool)
             kept[0, list(recipe.dropout_keep)] = True
-            hooks.append(getattr(module, recipe.dropout_layer).register_forward_hook(
-                lambda m_, _i, out: torch.where(
-                    kept, out, F.dropout2d(out, recipe.channel_dropout, m_.training))))
+            fwd.append((recipe.dropout_layer, lambda out, _hook: torch.where(
+                kept, out, F.dropout2d(out, recipe.channel_dropout, module.training))))
+        # the units' convolutions' outputs (pre-activations), captured at every forward pass
+        stack = contextlib.ExitStack()
+        pre = stack.enter_context(hooks(module, fwd, capture=[c for c, _ in watched.values()]))
         pos_weight = torch.tensor(recipe.unit_pos_weight)
         opt = torch.optim.AdamW(module.parameters(), lr=recipe.lr,
                                 weight_decay=recipe.weight_decay)
@@ -289,8 +285,7 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
             log(f"epoch {epoch + 1}/{recipe.epochs}: loss {loss_sum / seen:.3f}, "
                 f"train accuracy {correct / seen:.3f}, held-out accuracy {held:.3f} "
                 f"({time.perf_counter() - t0:.0f} s)")
-        for h in hooks:
-            h.remove()
+        stack.close()
         module.eval()
         module = module.to(memory_format=torch.contiguous_format)
         elapsed = time.perf_counter() - t0
