@@ -25,7 +25,7 @@ test-fast: setup
 
 demo: setup
 	$(BIN)/circuits demo -m toy --out outputs/demo
-	$(BIN)/circuits atlas -m toy --layers mixed4a,mixed4b --units mixed4b:96-103 \
+	$(BIN)/circuits atlas -m toy --layers mixed4a,mixed4b --units mixed4b:60-67 \
 	    --images outputs/demo/scenes --steps 128 --kinds channel --out outputs/demo/atlas
 
 bench: setup

@@ -59,7 +59,8 @@ def toy():
 
 @pytest.fixture(scope="session")
 def toy_scenes_140(tmp_path_factory):
-    """A folder of 140 toy scenes (seed 5, 20 of each class), read by several test modules."""
+    """A folder of 140 toy scenes (seed 5, 17 or 18 of each class), read by several test
+    modules."""
     from circuits_cli.toy.world import save_scenes
 
     folder = tmp_path_factory.mktemp("toy_scenes_140")

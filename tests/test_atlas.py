@@ -51,7 +51,7 @@ def test_car_page_lists_its_inputs_in_the_order_circuits_trace_gives(toy_atlas):
     from circuits_cli.trace import trace
     from circuits_cli.units import Unit
 
-    circuit = trace(toy_atlas.model, Unit("mixed4b", 99), depth=1, top_k=TOP_INPUTS)
+    circuit = trace(toy_atlas.model, Unit("mixed4b", 64), depth=1, top_k=TOP_INPUTS)
     want = [(e.source, e.sign, e.strength) for e in circuit.inputs(CAR)]
     got = [(a["data-unit"], 1 if "exc" in a["class"] else -1, float(a["data-strength"]))
            for tag, a, sec in elements(page(toy_atlas.out, CAR))
@@ -59,8 +59,8 @@ def test_car_page_lists_its_inputs_in_the_order_circuits_trace_gives(toy_atlas):
     assert [g[0] for g in got] == [w[0] for w in want]
     assert [g[1] for g in got] == [w[1] for w in want]
     np.testing.assert_allclose([g[2] for g in got], [w[2] for w in want], rtol=1e-6)
-    # the toy car circuit (README): mixed4a:57 is the traced inhibitory input
-    assert ("mixed4a:57", -1) in [(g[0], g[1]) for g in got]
+    # the toy car circuit (README): mixed4a:136 is the strongest traced inhibitory input
+    assert ("mixed4a:136", -1) in [(g[0], g[1]) for g in got]
 
 
 def test_dataset_examples_on_a_page_are_those_of_the_evidence_api(toy_atlas):
@@ -71,7 +71,7 @@ def test_dataset_examples_on_a_page_are_those_of_the_evidence_api(toy_atlas):
              if tag == "figure" and sec == "examples"]
     with cache_env(toy_atlas.cache):
         for kind, negative in (("top", False), ("negative", True)):
-            ref = dataset_examples(toy_atlas.model, Unit("mixed4b", 99), toy_atlas.images,
+            ref = dataset_examples(toy_atlas.model, Unit("mixed4b", 64), toy_atlas.images,
                                    top=4, negative=negative, load=False)
             got = [a for a in items if a["data-kind"] == kind]
             assert [a["data-file"] for a in got] == [e.path.name for e in ref.examples]
@@ -88,11 +88,11 @@ def test_classes_of_the_car_unit_are_its_weights_to_the_logits(toy_atlas):
     rows = [int(a["data-class"]) for tag, a, sec in elements(page(toy_atlas.out, CAR))
             if tag == "tr" and sec == "classes"]
     labels = toy_atlas.model.labels
-    w = np.array([class_weights(toy_atlas.model, "mixed4b", i)[99] for i in range(len(labels))])
+    w = np.array([class_weights(toy_atlas.model, "mixed4b", i)[64] for i in range(len(labels))])
     assert rows == list(np.argsort(-w, kind="stable")[:5])
     assert labels[rows[0]] == "car"
     # mixed4a is not a late layer: its pages list no classes
-    assert not [1 for _t, _a, sec in elements(page(toy_atlas.out, "mixed4a:57"))
+    assert not [1 for _t, _a, sec in elements(page(toy_atlas.out, "mixed4a:136"))
                 if sec == "classes"]
 
 
@@ -122,8 +122,8 @@ def test_layer_grid_and_search_data_cover_every_unit_page(toy_atlas):
     data = (site / "atlas-units.js").read_text()
     units = json.loads(data[data.index("=") + 1:].strip().rstrip(";"))
     for layer, spec in toy_atlas.units.items():
-        want = sorted(int(c) for c in re.findall(r"\d+", spec)) if "-" not in spec else [98, 99,
-                                                                                          100]
+        want = sorted(int(c) for c in re.findall(r"\d+", spec)) if "-" not in spec else [63, 64,
+                                                                                          65]
         assert units["layers"][layer]["channels"] == want
         cells = [int(a["data-channel"]) for tag, a, _s in elements(site / "layers" /
                                                                    f"{layer}.html")
@@ -137,7 +137,7 @@ def test_layer_grid_and_search_data_cover_every_unit_page(toy_atlas):
 def test_thumbnails_are_jpegs_beside_full_pngs_and_negative_is_left_out_after_relu(toy_atlas):
     from PIL import Image
 
-    d = toy_atlas.out / "img" / "mixed4b" / "99"
+    d = toy_atlas.out / "img" / "mixed4b" / "64"
     with Image.open(d / "fv.png") as full, Image.open(d / "fv.jpg") as thumb:
         assert full.format == "PNG" and thumb.format == "JPEG"
         assert full.size == (64, 64)
@@ -171,7 +171,7 @@ def test_shards_write_their_units_and_any_run_writes_the_index(toy_atlas, tmp_pa
     idx = (out / "layers" / "mixed4a.html").read_text()
     assert idx.count('class="cell"') == TOP_INPUTS
     # the site is the same as an unsharded one, page for page
-    a = (out / "units" / "mixed4b" / "99.html").read_text()
+    a = (out / "units" / "mixed4b" / "64.html").read_text()
     b = page(toy_atlas.out, CAR).read_text()
     assert a == b
 
@@ -189,7 +189,7 @@ def test_features_slot_appears_only_with_data(toy_atlas, tmp_path):
     assert res.written == TOP_INPUTS + 3
     items = [a for tag, a, sec in elements(page(out, CAR)) if tag == "li" and sec == "features"]
     assert [a["data-feature"] for a in items] == ["sae:12"]
-    assert (out / "img" / "mixed4b" / "99" / "feature-0.png").is_file()
+    assert (out / "img" / "mixed4b" / "64" / "feature-0.png").is_file()
 
 
 def test_bad_inputs_fail_in_one_line_before_any_work(toy_atlas, tmp_path):
@@ -215,11 +215,11 @@ def test_bad_inputs_fail_in_one_line_before_any_work(toy_atlas, tmp_path):
     # inside an atlas, a file the atlas did not write is never overwritten
     site = tmp_path / "site"
     site.mkdir()
-    res = toy_atlas.build(site, units={"mixed4a": "57", "mixed4b": "99"})
+    res = toy_atlas.build(site, units={"mixed4a": "136", "mixed4b": "64"})
     assert res.written == 2
-    intruder = site / "units" / "mixed4b" / "98.html"
+    intruder = site / "units" / "mixed4b" / "63.html"
     intruder.write_text("not the atlas's")
-    assert_clean_error(run(*base, "--layers", "4a,4b", "--units", "57,98,99", "--out", site,
+    assert_clean_error(run(*base, "--layers", "4a,4b", "--units", "136,63,64", "--out", site,
                            env=env), "was not written by the atlas")
     assert intruder.read_text() == "not the atlas's"
     # an atlas of another model is not mixed into this one
@@ -237,7 +237,7 @@ def test_cli_prints_time_split_and_size(toy_atlas, tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the fixture's renders were made with 1 thread (in the render key)
     try:
-        r = run("atlas", "-m", "toy", "--layers", "4b", "--units", "99", "--images",
+        r = run("atlas", "-m", "toy", "--layers", "4b", "--units", "64", "--images",
                 toy_atlas.images, "--steps", 4, "--kinds", "channel,negative,diversity",
                 "--facets", 2, "--top-examples", 4, "--top-inputs", TOP_INPUTS,
                 "--top-outputs", 6, "--out", out, "-q", env=env)
@@ -260,9 +260,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(toy_atlas, tmp_path, monkey
     def unit_then_ctrl_c(self, *args, **kwargs):
         if len(calls) == 4:
             # files of the 5th unit claimed and half written, as a kill would leave them
-            self.site.claim(["units/mixed4b/98.html"])
+            self.site.claim(["units/mixed4b/63.html"])
             (self.site.root / "units" / "mixed4b").mkdir(parents=True, exist_ok=True)
-            (self.site.root / "units" / "mixed4b" / "98.html").write_text("half")
+            (self.site.root / "units" / "mixed4b" / "63.html").write_text("half")
             raise KeyboardInterrupt
         calls.append(args[0])
         return original(self, *args, **kwargs)
@@ -275,7 +275,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(toy_atlas, tmp_path, monkey
     assert len(manifest["units"]) == 4  # finished pages are recorded
     again = toy_atlas.build(out)  # the half-written file is the atlas's own: no refusal
     assert again.skipped == 4 and again.written == TOP_INPUTS + 3 - 4 and not again.missing
-    assert (out / "units" / "mixed4b" / "98.html").read_text() != "half"
+    assert (out / "units" / "mixed4b" / "63.html").read_text() != "half"
 
 
 def test_shards_running_at_once_share_the_dataset_images(tmp_path):
@@ -325,11 +325,11 @@ def test_sae_features_of_a_unit_are_those_writing_most_into_it(toy_atlas, tmp_pa
     sae.init_weights(g)
     with torch.no_grad():
         dec = sae.W_dec.clone()
-        dec[:, 99] = 0
+        dec[:, 64] = 0
         dec[5] = 0
-        dec[5, 99], dec[5, 100] = 0.8, 0.6
+        dec[5, 64], dec[5, 65] = 0.8, 0.6
         dec[3] = 0
-        dec[3, 99], dec[3, 98] = 0.6, 0.8
+        dec[3, 64], dec[3, 63] = 0.6, 0.8
         sae.W_dec.copy_(dec / dec.norm(dim=1, keepdim=True))
         sae.W_enc.copy_(sae.W_dec.T)  # a feature fires where its direction is active
     sae.save(tmp_path / "sae")
@@ -339,8 +339,8 @@ def test_sae_features_of_a_unit_are_those_writing_most_into_it(toy_atlas, tmp_pa
     items = [a["data-feature"] for tag, a, sec in elements(page(out, CAR))
              if tag == "li" and sec == "features"]
     assert items[:2] == ["feature 5", "feature 3"] and "feature 1" not in items
-    assert (out / "img" / "mixed4b" / "99" / "sae-0.png").is_file()
-    assert not [1 for _t, _a, sec in elements(page(out, "mixed4a:57")) if sec == "features"]
+    assert (out / "img" / "mixed4b" / "64" / "sae-0.png").is_file()
+    assert not [1 for _t, _a, sec in elements(page(out, "mixed4a:136")) if sec == "features"]
     # an SAE of a layer outside the site is refused before any work
     from circuits_cli.errors import CircuitsError
 

@@ -20,14 +20,18 @@ def test_demo_on_toy_writes_every_output_and_finds_part_detectors(tmp_path, cach
     result = run("demo", "-m", "toy", "--out", out, "--steps", "16", "-q")
     assert result.exit_code == 0, result.output
     circuit = json.loads((out / "trace" / "circuit.json").read_text())
-    assert circuit["target"] == "mixed4b:99"  # the toy's car unit (d' 4.9, tests/test_toy.py)
+    assert circuit["target"] == "mixed4b:64"  # the toy's car unit (d' 7.2, tests/test_toy.py)
     manifest = json.loads((out / "visualize" / "manifest.json").read_text())
     assert len(manifest["units"]) == 160  # the whole of mixed4a, the layer feeding the car unit
     for path in ("visualize/sheet.png", "trace/circuit.png", "trace/report.html",
-                 "trace/evidence.json", "trace/examples/mixed4b_99.png"):
+                 "trace/evidence.json", "trace/examples/mixed4b_64.png"):
         assert (out / path).is_file(), path
     assert len(list((out / "scenes").glob("*.png"))) == 240
-    assert "most selective for wheels" in result.stdout  # mixed4a:69, a wheel detector
+    # Zoom In's car circuit, whole (issue 14): the traced window detector mixed4a:37 excites the
+    # top and inhibits the bottom, the wheel detector mixed4a:63 the reverse
+    assert "as a car has its windows at the top" in result.stdout
+    assert "as a car has its wheels at the bottom" in result.stdout
+    assert "not as a car has" not in result.stdout
     # the rest of the story: superposition, the car layer's SAE, steering its car feature
     for path in ("superposition/wtw_sweep.png", "sae/cfg.json", "sae/sae_weights.safetensors",
                  "steer/steer.png", "steer/steer.json", "report.html"):

@@ -4,8 +4,8 @@ visualization and dataset examples, as one figure and one HTML page.
 
 Ground truth: a planted ReLU SAE on the toy model's mixed4b (encoder = decoder rows, no biases)
 whose features are known combinations of two units the toy world's labels identify, the car
-unit and the tree unit: feature 0 = the car axis, 1 = 0.6 car + 0.8 tree, 2 = the tree axis,
-3 = 0.3 car + 0.95 another channel. Into the car neuron the planted decoder weights are 1, 0.6,
+unit and the tree unit: feature 0 = the car axis, 1 = 0.4 car + 0.92 tree, 2 = the tree axis,
+3 = 0.3 car + 0.95 another channel. Into the car neuron the planted decoder weights are 1, 0.4,
 0 and 0.3, so the page must list features 0 then 1 (then 3; never 2)."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def planted(toy, tmp_path_factory):
     car = best_class_unit(toy, "mixed4b", "car").unit.channel
     tree = best_class_unit(toy, "mixed4b", "tree").unit.channel
     other = next(c for c in range(toy.layer("mixed4b").channels) if c not in (car, tree))
-    rows = [{car: 1.0}, {car: 0.6, tree: 0.8}, {tree: 1.0}, {car: 0.3, other: 0.954}]
+    rows = [{car: 1.0}, {car: 0.4, tree: 0.917}, {tree: 1.0}, {car: 0.3, other: 0.954}]
     channels = toy.layer("mixed4b").channels
     w = torch.zeros(len(rows), channels)
     for i, r in enumerate(rows):
@@ -80,7 +80,8 @@ def test_the_planted_features_behind_the_car_neuron(toy, toy_scenes_140, planted
     assert [f["feature"] for f in feats] == [0, 1, 3]  # feature 2 writes 0 into the car
     for f in feats:
         assert f["weight"] == pytest.approx(planted_w[f["feature"]], abs=1e-6)
-    assert planted_w[1] == pytest.approx(0.6) and planted_w[3] == pytest.approx(0.3, abs=1e-3)
+    assert planted_w[1] == pytest.approx(0.4, abs=1e-3)
+    assert planted_w[3] == pytest.approx(0.3, abs=1e-3)
     # the examples: feature 0 reads exactly the car channel, so its top images are the neuron's
     own = [e["path"] for e in res["neuron_top_images"]]
     assert [e["path"] for e in feats[0]["top_images"]] == own

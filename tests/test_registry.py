@@ -20,7 +20,7 @@ from circuits_cli.zoo.weights import WeightsSpec, find_beside, find_weights, sha
 
 PACKAGE = Path(zoo.__file__).resolve().parent
 #: Output classes of each registered model (from the papers / the checkpoints).
-NUM_CLASSES = {"inceptionv1": 1008, "googlenet-bvlc": 1000, "toy": 7}
+NUM_CLASSES = {"inceptionv1": 1008, "googlenet-bvlc": 1000, "toy": 8}
 #: Modules that build families of models named by a pattern rather than one registered name.
 FAMILIES = {"circuits_cli.zoo.torchvision_models", "circuits_cli.zoo.user"}
 

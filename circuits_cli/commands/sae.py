@@ -227,7 +227,7 @@ def features(path, images, neuron, top_features, top_images, steps, size, seed, 
     \b
     Example:
       circuits sae features outputs/sae/toy/mixed4b-topk-x8-k32 -m toy \\
-          --images outputs/demo/toy/scenes --neuron 99 --steps 64
+          --images outputs/demo/toy/scenes --neuron 64 --steps 64
     """
     from ..evidence import image_set, layer_activations
     from ..files import claim_output

@@ -52,7 +52,7 @@ def steer(unit, images, mode, strengths, classes, n_supported, out_dir, as_json,
 
     \b
     Example:
-      circuits steer mixed4b:99 -m toy --images outputs/demo/toy/scenes
+      circuits steer mixed4b:64 -m toy --images outputs/demo/toy/scenes
     """
     from ..errors import CircuitsError
     from ..evidence import image_set

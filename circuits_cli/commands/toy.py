@@ -30,11 +30,13 @@ CHECKPOINT = "toy.pt"
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Passes over the training scenes.  [default: the shipped recipe's, 6]")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None,
-              help="Seed of the training scenes, initialisation and batch order.  [default: 0]")
+              help="Seed of the training scenes, initialisation and batch order.  "
+                   "[default: the shipped recipe's, 1]")
 @click.option("--n-train", "n_train", type=click.IntRange(min=100), default=None,
               help="Number of training scenes.  [default: the shipped recipe's, 16000]")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for training.  [default: 2]")
+              help="CPU threads for training; another count than the recipe's rounds "
+                   "differently, so the weights differ bit for bit.  [default: 1]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--force", is_flag=True,
               help=f"Replace a {CHECKPOINT} that an earlier 'toy train' wrote in DIR (a file "

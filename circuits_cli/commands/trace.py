@@ -74,7 +74,7 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
       circuits trace 4c:447 --depth 1 --top-k 6 --steps 128 -m googlenet-bvlc
       circuits trace mixed4c:447 --from mixed4a --method linear
       circuits trace mixed4b@SAE_4B#12 --sae SAE_4A -m toy     # a feature circuit
-      circuits trace mixed4b:99 -m toy --images SCENES --steer=-1,0,2   # and steer it
+      circuits trace mixed4b:64 -m toy --images SCENES --steer=-1,0,2   # and steer it
     """
     from ..errors import CircuitsError
     from ..files import claim_output, output_dir
