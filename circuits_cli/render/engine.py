@@ -211,29 +211,31 @@ class _RedirectedReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
-        return x.clamp(min=0)
+        return torch.relu(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
-        relu_grad = torch.where(x > 0, grad, zero)
+        relu_grad = torch.ops.aten.threshold_backward(grad, x, 0)  # the native ReLU's gradient
         stuck = _STUCK[0]
         if stuck is None or x.dim() < 2 or stuck.shape[0] != x.shape[0]:
             return relu_grad
-        redirect = stuck.to(x.device) & ~(relu_grad.flatten(1).abs().amax(dim=1) > 0)
-        if not bool(redirect.any()):
+        rows = stuck.to(x.device).nonzero().flatten()
+        dead = rows[relu_grad[rows].flatten(1).abs().amax(dim=1) == 0]
+        if dead.numel() == 0:
             return relu_grad
+        g, xd = grad[dead], x[dead]
         # the loss is minimised: a positive gradient pushes the output, here the input, down
-        redirected = torch.where((x < 0) & (grad > 0), zero, grad)
-        return torch.where(redirect.view(-1, *[1] * (x.dim() - 1)), redirected, relu_grad)
+        redirected = torch.where((xd < 0) & (g > 0), torch.zeros_like(g), g)
+        return relu_grad.index_copy(0, dead, redirected)
 
 
 @contextlib.contextmanager
 def _redirecting(per_item: torch.Tensor):
     """During one backward pass, mark the images whose objective is zero (one value per image
     of the batch; otherwise nothing is redirected)."""
-    _STUCK[0] = (per_item.detach() <= 0) if per_item.dim() == 1 else None
+    stuck = (per_item.detach() <= 0) if per_item.dim() == 1 else None
+    _STUCK[0] = stuck if stuck is not None and bool(stuck.any()) else None
     try:
         yield
     finally:
@@ -388,8 +390,10 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int],
     history: list[torch.Tensor] = []
     accumulated = None
     spent = 0.0
+    # ReLUs redirect their gradient (for images stuck at zero) until every image's objective
+    # has been above zero at once; after that the native ReLU runs, and nothing syncs per step
+    redirect = True
     with (fast_modules(model) if fast_lrn else contextlib.nullcontext(),
-          redirected_relus(model),
           channels_last(model, memory_format == "channels_last") as nhwc):
         for step in range(1, steps + 1):
             t0 = time.perf_counter()
@@ -401,6 +405,7 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int],
                 x = picture if reference is None else torch.cat([picture, reference])
                 x = transform(x, rng)
             with (record_function("render.forward"),
+                  redirected_relus(model) if redirect else contextlib.nullcontext(),
                   hooked(model, objective.layers, stop=stop_early) as acts,
                   autocast_for(recipe.precision, device)):
                 x = to_model_input(model, x)
@@ -412,8 +417,11 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int],
                             **{REFERENCE + k: v[batch:].detach() for k, v in acts.items()}}
                 per_item = objective(acts)
                 value = per_item.sum()
-            with record_function("render.backward"), _redirecting(per_item):
+            with (record_function("render.backward"),
+                  _redirecting(per_item) if redirect else contextlib.nullcontext()):
                 (-value).backward()
+            if redirect:
+                redirect = per_item.dim() == 1 and bool((per_item.detach() <= 0).any())
             if transparency:
                 grad = picture.grad.detach().abs().sum(1)
                 accumulated = grad if accumulated is None else accumulated.add_(grad)
