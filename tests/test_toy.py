@@ -3,6 +3,8 @@ the car circuit, checked against the generator's ground truth."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -207,6 +209,42 @@ def test_train_command_writes_a_checkpoint_the_zoo_loads(tmp_path):
     model = load_model("toy", weights=out / "toy.pt")
     assert model.weights_id != load_model("toy").weights_id
     assert model.logits(torch.rand(2, 3, 64, 64)).shape == (2, len(CLASSES))
+
+
+def test_unit_targets_mark_the_car_box_and_every_part_box():
+    """The recipe's unit targets against the scenes' ground truth: ``car@box`` marks the car's
+    box shrunk by half a cell (4 px) on every side and nothing in other scenes; a part marks
+    every box of it, on the object or lying about, and nothing else. ``_unit_conv`` finds the
+    convolution and channel of a mixed block's unit."""
+    from circuits_cli.toy.model import DEFAULT_ARCH
+    from circuits_cli.toy.train import _target_maps, _unit_conv
+    from circuits_cli.toy.world import render_scenes
+
+    _, _, metas = render_scenes(24, 11, 64, with_meta=True)
+    maps = _target_maps(metas, 64, {"mixed4b:99": "car@box", "mixed4a:63": "wheels"})
+    cars = 0
+    for m, (car, wheels) in zip(metas, maps, strict=True):
+        if m["cls"] != "car":
+            assert car.sum() == 0
+        else:
+            cars += 1
+            x0, y0, x1, y1 = m["object"]
+            ys, xs = torch.nonzero(car, as_tuple=True)
+            assert int(ys.min()) == int(y0 + 4) and int(ys.max()) == math.ceil(y1 - 4) - 1
+            assert int(xs.min()) == max(0, int(x0 + 4))
+            assert int(xs.max()) == min(64, math.ceil(x1 - 4)) - 1
+        boxes = [b for src in (m["parts"], m["loose"]) for b in src.get("wheels", [])]
+        want = torch.zeros(64, 64, dtype=torch.uint8)
+        for bx0, by0, bx1, by1 in boxes:
+            want[max(0, int(by0)):math.ceil(by1), max(0, int(bx0)):math.ceil(bx1)] = 1
+        assert torch.equal(wheels, want)
+        assert (wheels.sum() > 0) == bool(boxes)
+    assert cars == 3
+    assert _unit_conv(DEFAULT_ARCH, "mixed4b:99") == ("mixed4b_3x3_pre_relu_conv", 51)
+    assert _unit_conv(DEFAULT_ARCH, "mixed4a:37") == ("mixed4a_1x1_pre_relu_conv", 37)
+    assert _unit_conv(DEFAULT_ARCH, "mixed4a:150") == ("mixed4a_pool_reduce_pre_relu_conv", 6)
+    with pytest.raises(ValueError, match="fewer channels"):
+        _unit_conv(DEFAULT_ARCH, "mixed4a:160")
 
 
 def test_training_starts_from_the_rebuilt_initialisation(tmp_path):
