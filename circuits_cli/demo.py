@@ -156,8 +156,10 @@ def _toy_label(model: LoadedModel, circuit) -> list[str]:
                      else f", not as a car has its {best.what} (at the {where})")
         if initial is not None:  # was the layout learned, or there from the random start?
             t0, b0 = vertical_profile(initial[node.channel])
+            grown = (abs(top) + abs(bottom)) / max(abs(t0) + abs(b0), 1e-12)
             line += (f"; before training {t0:+.3g} and {b0:+.3g} "
-                     + ("(the same signs: training did not set them)"
+                     + (("(the same signs: training did not set them)" if grown < 2 else
+                         f"(the same signs, {grown:.0f} times weaker: training made them strong)")
                         if same_signs((top, bottom), (t0, b0))
                         else "(training changed the signs)"))
         lines.append(line)
