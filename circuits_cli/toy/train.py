@@ -13,7 +13,6 @@ flips and small translations; the held-out set is rendered from a different seed
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import platform
@@ -229,9 +228,6 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
             kept[0, list(recipe.dropout_keep)] = True
             fwd.append((recipe.dropout_layer, lambda out, _hook: torch.where(
                 kept, out, F.dropout2d(out, recipe.channel_dropout, module.training))))
-        # the units' convolutions' outputs (pre-activations), captured at every forward pass
-        stack = contextlib.ExitStack()
-        pre = stack.enter_context(hooks(module, fwd, capture=[c for c, _ in watched.values()]))
         pos_weight = torch.tensor(recipe.unit_pos_weight)
         opt = torch.optim.AdamW(module.parameters(), lr=recipe.lr,
                                 weight_decay=recipe.weight_decay)
@@ -246,46 +242,47 @@ def train(recipe: Recipe | None = None, log: Callable[[str], None] = print,
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
         history = []
-        for epoch in range(recipe.epochs):
-            order = torch.randperm(recipe.n_train, generator=gen)
-            seen = correct = 0
-            loss_sum = 0.0
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}",
-                       unit="batch", disable=not progress or not _tty(), leave=False)
-            for step in bar:
-                idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
-                x = images[idx].float().div_(255.0)
-                if maps is not None:  # the targets move with the scene
-                    x = _augment(torch.cat([x, maps[idx].float()], 1), recipe, gen)
-                    x, where = x[:, :3], x[:, 3:]
-                else:
-                    x = _augment(x, recipe, gen)
-                x = preprocess(x).contiguous(memory_format=torch.channels_last)
-                y = labels[idx]
-                logits = module(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-                for k, (conv, c) in enumerate(watched.values()):
-                    z = pre[conv][:, c]
-                    t = F.adaptive_max_pool2d(where[:, k:k + 1], z.shape[-1])[:, 0]
-                    loss = loss + recipe.unit_weight * F.binary_cross_entropy_with_logits(
-                        z, t, pos_weight=pos_weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                seen += len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                loss_sum += float(loss.detach()) * len(y)
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-            held = evaluate(module, held_images, held_labels)
-            history.append({"epoch": epoch + 1, "train_loss": round(loss_sum / seen, 4),
-                            "train_accuracy": round(correct / seen, 4),
-                            "held_out_accuracy": round(held, 4)})
-            log(f"epoch {epoch + 1}/{recipe.epochs}: loss {loss_sum / seen:.3f}, "
-                f"train accuracy {correct / seen:.3f}, held-out accuracy {held:.3f} "
-                f"({time.perf_counter() - t0:.0f} s)")
-        stack.close()
+        # the units' convolutions' outputs (pre-activations), captured at every forward pass
+        with hooks(module, fwd, capture=[c for c, _ in watched.values()]) as pre:
+            for epoch in range(recipe.epochs):
+                order = torch.randperm(recipe.n_train, generator=gen)
+                seen = correct = 0
+                loss_sum = 0.0
+                bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                           unit="batch", disable=not progress or not _tty(), leave=False)
+                for step in bar:
+                    idx = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+                    x = images[idx].float().div_(255.0)
+                    if maps is not None:  # the targets move with the scene
+                        x = _augment(torch.cat([x, maps[idx].float()], 1), recipe, gen)
+                        x, where = x[:, :3], x[:, 3:]
+                    else:
+                        x = _augment(x, recipe, gen)
+                    x = preprocess(x).contiguous(memory_format=torch.channels_last)
+                    y = labels[idx]
+                    logits = module(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+                    for k, (conv, c) in enumerate(watched.values()):
+                        z = pre[conv][:, c]
+                        t = F.adaptive_max_pool2d(where[:, k:k + 1], z.shape[-1])[:, 0]
+                        loss = loss + recipe.unit_weight * F.binary_cross_entropy_with_logits(
+                            z, t, pos_weight=pos_weight)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    seen += len(y)
+                    correct += int((logits.argmax(1) == y).sum())
+                    loss_sum += float(loss.detach()) * len(y)
+                    if step % 20 == 0:
+                        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+                held = evaluate(module, held_images, held_labels)
+                history.append({"epoch": epoch + 1, "train_loss": round(loss_sum / seen, 4),
+                                "train_accuracy": round(correct / seen, 4),
+                                "held_out_accuracy": round(held, 4)})
+                log(f"epoch {epoch + 1}/{recipe.epochs}: loss {loss_sum / seen:.3f}, "
+                    f"train accuracy {correct / seen:.3f}, held-out accuracy {held:.3f} "
+                    f"({time.perf_counter() - t0:.0f} s)")
         module.eval()
         module = module.to(memory_format=torch.contiguous_format)
         elapsed = time.perf_counter() - t0
