@@ -176,19 +176,27 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float,
 
 
 @contextlib.contextmanager
-def fast_modules(model: LoadedModel):
-    """While rendering, run every ``nn.LocalResponseNorm`` of the model through
-    :func:`local_response_norm` (numerically the same); restored afterwards."""
+def _patched_forwards(model: LoadedModel, kind: type, forward_of: Callable):
+    """While active, every module of exactly type ``kind`` (and no forward of its own already)
+    runs ``forward_of(module)`` instead of its forward; restored afterwards. Hooks on the
+    modules still run."""
     patched = []
     for module in model.module.modules():
-        if type(module) is torch.nn.LocalResponseNorm and "forward" not in vars(module):
-            module.forward = functools.partial(_lrn_forward, module)
+        if type(module) is kind and "forward" not in vars(module):
+            module.forward = forward_of(module)
             patched.append(module)
     try:
         yield
     finally:
         for module in patched:
             del module.forward
+
+
+def fast_modules(model: LoadedModel):
+    """While rendering, run every ``nn.LocalResponseNorm`` of the model through
+    :func:`local_response_norm` (numerically the same); restored afterwards."""
+    return _patched_forwards(model, torch.nn.LocalResponseNorm,
+                             lambda module: functools.partial(_lrn_forward, module))
 
 
 #: Which images of the batch being rendered are stuck at zero: set around each backward pass by
@@ -231,32 +239,21 @@ class _RedirectedReLU(torch.autograd.Function):
 
 
 @contextlib.contextmanager
-def _redirecting(per_item: torch.Tensor):
-    """During one backward pass, mark the images whose objective is zero (one value per image
-    of the batch; otherwise nothing is redirected)."""
-    stuck = (per_item.detach() <= 0) if per_item.dim() == 1 else None
-    _STUCK[0] = stuck if stuck is not None and bool(stuck.any()) else None
+def _redirecting(stuck: torch.Tensor | None):
+    """During one backward pass, mark the images stuck at zero (a bool per image of the batch;
+    None: nothing is redirected)."""
+    _STUCK[0] = stuck
     try:
         yield
     finally:
         _STUCK[0] = None
 
 
-@contextlib.contextmanager
 def redirected_relus(model: LoadedModel):
     """While rendering, run every ``nn.ReLU`` module of the model through
     :class:`_RedirectedReLU` (the same forward values); restored afterwards. Hooks on the
     modules still see their outputs."""
-    patched = []
-    for module in model.module.modules():
-        if type(module) is torch.nn.ReLU and "forward" not in vars(module):
-            module.forward = _RedirectedReLU.apply
-            patched.append(module)
-    try:
-        yield
-    finally:
-        for module in patched:
-            del module.forward
+    return _patched_forwards(model, torch.nn.ReLU, lambda _module: _RedirectedReLU.apply)
 
 
 def _lrn_forward(module: torch.nn.LocalResponseNorm, x: torch.Tensor) -> torch.Tensor:
@@ -417,11 +414,12 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int],
                             **{REFERENCE + k: v[batch:].detach() for k, v in acts.items()}}
                 per_item = objective(acts)
                 value = per_item.sum()
+            if redirect:  # which images are stuck at zero (one host sync, while redirecting)
+                stuck = per_item.detach() <= 0 if per_item.dim() == 1 else None
+                redirect = stuck is not None and bool(stuck.any())
             with (record_function("render.backward"),
-                  _redirecting(per_item) if redirect else contextlib.nullcontext()):
+                  _redirecting(stuck) if redirect else contextlib.nullcontext()):
                 (-value).backward()
-            if redirect:
-                redirect = per_item.dim() == 1 and bool((per_item.detach() <= 0).any())
             if transparency:
                 grad = picture.grad.detach().abs().sum(1)
                 accumulated = grad if accumulated is None else accumulated.add_(grad)
