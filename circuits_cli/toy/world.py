@@ -16,7 +16,7 @@ Eight classes of small RGB scenes (64x64 by default) on a sky/ground background 
 So ``car``, ``bus`` and ``truck`` share wheels and windows, ``house`` shares windows, ``wagon``
 and ``bicycle`` share wheels, and what tells a car apart is the arrangement: windows on top,
 wheels below (a wagon has the wheels and the shape, but no windows; scrap has every part of a
-car in its place, and wheels above its windows or panes beside its wheels besides).
+car in its place, plus wheels above its windows or panes between its wheels).
 Half of all scenes, of every class, also have a stray wheel or window lying about, so the mere
 presence of a part is weak evidence and its place relative to the others matters.
 
@@ -348,14 +348,13 @@ def _scrap(d, rng, s, base):
             parts["wheels"].append(_wheel(d, rng, cx, cy, r, "car"))
         box = (box[0], min(box[1], min(cy for _, cy in centres) - r), box[2], box[3])
         return parts, _box(*box)
-    else:
-        body0, body1 = max(pa[3], pb[3]), wa[1] + r * 1.25  # beltline, bottom of the body
-        y0, y1 = body0 + (body1 - body0) * 0.25, body1 - (body1 - body0) * 0.1
-        x0, x1 = wa[2] + r * 0.3, wb[0] - r * 0.3
-        mid = (x0 + x1) / 2
-        for a, b in ((x0, mid - r * 0.2), (mid + r * 0.2, x1)):
-            if b - a > _SS:
-                parts["windows"].append(_window(d, rng, a, y0, b, y1))
+    body0, body1 = max(pa[3], pb[3]), wa[1] + r * 1.25  # beltline, bottom of the body
+    y0, y1 = body0 + (body1 - body0) * 0.25, body1 - (body1 - body0) * 0.1
+    x0, x1 = wa[2] + r * 0.3, wb[0] - r * 0.3
+    mid = (x0 + x1) / 2
+    for a, b in ((x0, mid - r * 0.2), (mid + r * 0.2, x1)):
+        if b - a > _SS:
+            parts["windows"].append(_window(d, rng, a, y0, b, y1))
     return parts, _box(*box)
 
 
