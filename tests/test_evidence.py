@@ -200,6 +200,36 @@ def test_ablation_without_batch_stacking_gives_the_same_numbers(model, world, ca
     np.testing.assert_allclose(single.random_drops, stacked.random_drops, rtol=1e-4, atol=1e-8)
 
 
+def test_ablation_measures_where_the_inputs_act_and_never_draws_excluded_units(model, world,
+                                                                              cache):
+    """``top_by="inputs"`` keeps the images where the ablated inputs are most active: for the
+    red-square detector relu2:0, exactly the planted red-square scenes. ``exclude`` keeps units
+    out of the random draws: with every unit but relu2:1 excluded, each draw ablates relu2:1,
+    and its drop equals that of ablating relu2:1 by name (an independent run)."""
+    from circuits_cli.evidence import ablate
+
+    folder, boxes = world
+    green = Unit("relu3", 2)  # the green-square detector: its best images hold green squares
+    red = ablate(model, green, [Unit("relu2", 0)], folder, draws=0, top_images=len(boxes),
+                 top_by="inputs", cache_dir=cache)
+    assert {p.name for p in red.images} == set(boxes) and red.top_by == "inputs"
+    by_target = ablate(model, green, [Unit("relu2", 0)], folder, draws=0,
+                       top_images=len(boxes), cache_dir=cache)
+    assert len({p.name for p in by_target.images} & set(boxes)) < len(boxes) // 2
+
+    others = [Unit("relu2", c) for c in range(2, 16)]
+    res = ablate(model, Unit("relu3", 0), [Unit("relu2", 0)], folder, draws=4, seed=1,
+                 exclude=others + [Unit("relu2", 0), Unit("relu3", 5)], cache_dir=cache)
+    assert res.excluded == others  # the inputs themselves and other layers' units are dropped
+    alone = ablate(model, Unit("relu3", 0), [Unit("relu2", 1)], folder, draws=0,
+                   cache_dir=cache)
+    np.testing.assert_allclose(res.random_drops, [alone.drop] * 4, rtol=1e-6)
+    assert res.to_json()["random"]["excluded"] == [str(u) for u in others]
+    with pytest.raises(CircuitsError, match="unknown image ranking"):
+        ablate(model, Unit("relu3", 0), [Unit("relu2", 0)], folder, top_by="input",
+               cache_dir=cache)
+
+
 def test_ablation_input_errors(model, world, cache):
     from circuits_cli.evidence import ablate, parse_inputs
 
@@ -275,6 +305,12 @@ def test_cli_examples_ablate_find(world, tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["relative_drop"] > 0.5 and data["z_score"] > 3
+    r = run("ablate", "relu3:0", "--inputs", "relu2:0", "--top-images", "8", "--top-by",
+            "inputs", "--exclude", "relu2:1,2", "-m", SPEC, "--images", str(folder),
+            "--draws", "20", "--json", env=env)
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["top_by"] == "inputs" and data["random"]["excluded"] == ["relu2:1", "relu2:2"]
     r = run("ablate", "relu3:0", "--inputs", "relu2:0,1,2", "-m", SPEC, "--images", str(folder),
              "--draws", "20", env={**env, "CIRCUITS_PROGRESS_SECONDS": "0"})
     # in a log: plain progress lines on stderr, not a tqdm bar's carriage returns
@@ -330,6 +366,8 @@ def test_cli_bad_inputs_are_one_line_errors(world, tmp_path):
         (("examples", "relu7:0", "--images", folder), "unknown layer"),
         (("ablate", "relu3:0", "--inputs", "relu3:1", "--images", folder), "does not come before"),
         (("ablate", "relu3:0", "--inputs", "1,2", "--images", folder), "has no layer"),
+        (("ablate", "relu3:0", "--inputs", "relu2:0", "--exclude", "relu1:1", "--images",
+          folder), "not of the inputs' layer"),
         (("find", "--class", "blue square", "--layer", "relu2"), "unknown class"),
         (("find", "--class", "red square", "--layer", "relu5"), "unknown layer"),
     ]

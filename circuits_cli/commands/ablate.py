@@ -30,7 +30,15 @@ from .options import (
 @click.option("--draws", default=50, show_default=True, type=click.IntRange(min=0),
               help="Random draws of as many units of the same layer, for the baseline.")
 @click.option("--top-images", default=100, show_default=True, type=click.IntRange(min=0),
-              help="Measure on the N images where UNIT is most active (0: all images).")
+              help="Measure on the N images where UNIT (or, with --top-by inputs, the inputs) "
+                   "is most active (0: all images).")
+@click.option("--top-by", type=click.Choice(["target", "inputs"]), default="target",
+              show_default=True,
+              help="Which images --top-images keeps: where UNIT is most active, or where the "
+                   "--inputs are (for inhibitors, which are silent where UNIT fires most).")
+@click.option("--exclude", "exclude", default=None, type=INPUT_UNITS,
+              help="Units of the inputs' layer never drawn as random units, e.g. UNIT's other "
+                   "traced inputs, whose own effects would blur the baseline.")
 @click.option("--reduce", type=click.Choice(["mean", "max", "center"]), default="mean",
               show_default=True, help="UNIT's activation in an image: spatial mean, max, or the "
                                       "centre position.")
@@ -43,8 +51,8 @@ from .options import (
               help="Images per forward pass when computing activations.")
 @cache_option
 @model_options
-def ablate(unit, inputs, images, mode, draws, top_images, reduce, seed, as_json, out_dir,
-           quiet, batch, cache_dir, load_model):
+def ablate(unit, inputs, images, mode, draws, top_images, top_by, exclude, reduce, seed, as_json,
+           out_dir, quiet, batch, cache_dir, load_model):
     """Ablate --inputs and report the drop of UNIT against random units of the same layer.
 
     The inputs (units of one layer before UNIT's) are set to zero (or their mean) through a
@@ -54,9 +62,11 @@ def ablate(unit, inputs, images, mode, draws, top_images, reduce, seed, as_json,
     say whether the traced inputs matter more.
 
     \b
-    Example:
+    Examples:
       circuits ablate inception_4e:800 --inputs inception_4d:203,302,483,205,171 \\
           -m googlenet-bvlc --images ../shared/images/imagenet-samples
+      circuits ablate mixed4b:64 --inputs mixed4a:136,68,89 --top-by inputs \\
+          --exclude mixed4a:37,63 -m toy --images outputs/demo/scenes   # inhibitors
     """
     from ..errors import CircuitsError
     from ..evidence import ablate as run_ablation
@@ -73,6 +83,10 @@ def ablate(unit, inputs, images, mode, draws, top_images, reduce, seed, as_json,
     model = load_model()
     target = parse_unit(unit, model)
     ins = parse_inputs(inputs, model)
+    excluded = parse_inputs(exclude, model) if exclude else []
+    if excluded and {u.layer for u in excluded} != {u.layer for u in ins}:
+        raise CircuitsError(f"--exclude names units of {excluded[0].layer!r}, not of the inputs' "
+                            f"layer {ins[0].layer!r}; exclude units of the inputs' layer")
     name = f"ablate_{target.slug}.json"
     if out_dir is not None:
         claim_output(out_dir, "ablate", (name,), cache=cache_dir if cache_dir else True)
@@ -84,7 +98,8 @@ def ablate(unit, inputs, images, mode, draws, top_images, reduce, seed, as_json,
                        "to resume")
     with warnings_to_stderr():
         result = run_ablation(model, target, ins, imgs, mode=mode, draws=draws, seed=seed,
-                              reduce=reduce, top_images=top_images or None,
+                              reduce=reduce, top_images=top_images or None, top_by=top_by,
+                              exclude=excluded,
                               cache_dir=activation_cache(cache_dir), batch_size=batch,
                               progress=not quiet and not as_json)
     data = result.to_json()

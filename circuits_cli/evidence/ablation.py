@@ -38,6 +38,9 @@ from .activations import ImageSet, layers_activations, unit_activations
 
 REDUCES = ("mean", "max", "center")
 MODES = ("zero", "mean")
+#: Which images ``top_images`` keeps: those where the target is most active, or those where the
+#: ablated inputs are (where inhibitors act: on the target's top images they are silent).
+TOP_BY = ("target", "inputs")
 
 
 @dataclass
@@ -58,6 +61,8 @@ class AblationResult:
     ablated: float
     random_drops: list[float]
     seed: int = 0
+    top_by: str = "target"  # which images were kept: see TOP_BY
+    excluded: list[Unit] = field(default_factory=list)  # never drawn as random units
     images: list[Path] = field(default_factory=list, repr=False)
     per_image: dict = field(default_factory=dict, repr=False)  # baseline/ablated arrays (N,)
 
@@ -121,11 +126,13 @@ class AblationResult:
 
         return {"target": str(self.target), "inputs": [str(u) for u in self.inputs],
                 "mode": self.mode, "reduce": self.reduce, "n_images": self.n_images,
-                "n_skipped": self.n_skipped, "baseline": r(self.baseline),
+                "n_skipped": self.n_skipped, "top_by": self.top_by,
+                "baseline": r(self.baseline),
                 "ablated": r(self.ablated), "drop": r(self.drop),
                 "relative_drop": r(self.relative_drop),
                 "random": {"draws": self.draws, "units_per_draw": len(self.inputs),
-                           "seed": self.seed, "mean_drop": r(self.random_mean),
+                           "seed": self.seed, "excluded": [str(u) for u in self.excluded],
+                           "mean_drop": r(self.random_mean),
                            "std_drop": r(self.random_std),
                            "mean_relative_drop": r(self.random_relative_mean),
                            "drops": [r(d) for d in self.random_drops]},
@@ -138,18 +145,28 @@ class AblationResult:
         rstd = 100 * self.random_std / self.baseline if self.baseline > 0 else float("nan")
         names = ", ".join(str(u) for u in self.inputs[:8]) + (
             f", ... ({len(self.inputs)} units)" if len(self.inputs) > 8 else "")
+        where = " where the inputs are most active" if self.top_by == "inputs" else ""
         return "\n".join([
             f"target {self.target}: {self.reduce} activation {self.baseline:.4g} over "
-            f"{self.n_images} images",
+            f"{self.n_images} images{where}",
             f"{self.mode}-ablating {names}: {self.ablated:.4g}  (drop {self.drop:.4g}, "
             f"{pct:.1f}%)",
-            f"{len(self.inputs)} random units of {self.inputs[0].layer}, {self.draws} draws: "
+            f"{len(self.inputs)} random units of {self.inputs[0].layer}"
+            + (f" (never {', '.join(str(u.channel) for u in self.excluded)})"
+               if self.excluded else "") + f", {self.draws} draws: "
             f"drop {self.random_mean:.4g} +- {self.random_std:.4g}  ({rpct:.1f}% +- {rstd:.1f}%)",
-            f"z = {self.z_score:.2f}, p = {self.p_value:.3g} (share of random draws dropping "
-            "the target at least as much, counted as (k+1)/(draws+1)"
-            + (f"; none did, so this is the floor for {self.draws} draws)"
-               if self.p_value == 1 / (self.draws + 1) else ")"),
+            self._p_line(),
         ])
+
+    def _p_line(self) -> str:
+        """z and the one-sided p-value in the direction the target moved (a drop, or a rise
+        as inhibitors predict)."""
+        rise = self.drop < self.random_mean if self.random_drops else False
+        p, verb = (self.p_value_rise, "raising") if rise else (self.p_value, "dropping")
+        return (f"z = {self.z_score:.2f}, p = {p:.3g} (share of random draws {verb} the target "
+                "at least as much, counted as (k+1)/(draws+1)"
+                + (f"; none did, so this is the floor for {self.draws} draws)"
+                   if p == 1 / (self.draws + 1) else ")"))
 
 
 def parse_inputs(spec: str | Sequence[str], model: LoadedModel) -> list[Unit]:
@@ -190,14 +207,18 @@ def parse_inputs(spec: str | Sequence[str], model: LoadedModel) -> list[Unit]:
 def ablate(model: LoadedModel, target: Unit, inputs: Sequence[Unit],
            images: str | Path | Sequence[str | Path] | ImageSet, *, mode: str = "zero",
            draws: int = 100, seed: int = 0, reduce: str = "mean", top_images: int | None = None,
+           top_by: str = "target", exclude: Sequence[Unit] = (),
            cache_dir: str | Path | None = None, batch_rows: int = 256, batch_size: int = 16,
            progress: bool = False) -> AblationResult:
     """Ablate ``inputs`` (units of one layer before ``target``'s) and measure ``target``.
 
     ``top_images`` restricts the measurement to the images where the target is most active
-    (by spatial max; faster, and where the unit is actually doing its job). ``draws`` random
-    sets of ``len(inputs)`` units of the input layer, excluding ``inputs``, give the baseline.
-    ``batch_rows`` bounds how many image variants go through the network together.
+    (``top_by="target"``, by its spatial max: where the unit is doing its job) or where the
+    ``inputs`` are (``"inputs"``, by the sum of their spatial maxima: where they act, which
+    for inhibitors is not where the target fires). ``draws`` random sets of ``len(inputs)``
+    units of the input layer, excluding ``inputs`` and the neurons of ``exclude`` (e.g. the
+    target's other traced inputs, whose own effect would blur the chance baseline), give the
+    baseline. ``batch_rows`` bounds how many image variants go through the network together.
     """
     inputs = list(dict.fromkeys(inputs))
     if not inputs:
@@ -206,6 +227,8 @@ def ablate(model: LoadedModel, target: Unit, inputs: Sequence[Unit],
         raise CircuitsError(f"unknown ablation mode {mode!r}; use zero or mean")
     if reduce not in REDUCES:
         raise CircuitsError(f"unknown reduction {reduce!r}; use {', '.join(REDUCES)}")
+    if top_by not in TOP_BY:
+        raise CircuitsError(f"unknown image ranking {top_by!r}; use {', '.join(TOP_BY)}")
     if draws < 0:
         raise CircuitsError(f"--draws must be 0 or more, got {draws}")
     layers = {u.layer for u in inputs}
@@ -219,15 +242,20 @@ def ablate(model: LoadedModel, target: Unit, inputs: Sequence[Unit],
                             f"layer {t_info.name!r}; ablate units of an earlier layer")
     neurons = all(is_neuron(u) for u in inputs)
     k = len(inputs)
+    excluded = list(dict.fromkeys(u for u in exclude if is_neuron(u)
+                                  and model.layer(u.layer).name == in_info.name
+                                  and u not in inputs))
     if neurons:
-        pool = np.array([c for c in range(in_info.channels)
-                         if c not in {u.channel for u in inputs}])
+        banned = {u.channel for u in inputs} | {u.channel for u in excluded}
+        pool = np.array([c for c in range(in_info.channels) if c not in banned])
         if draws and len(pool) < k:
             raise CircuitsError(f"layer {in_info.name!r} has only {len(pool)} other units, "
                                 f"fewer than the {k} ablated; use --draws 0 or fewer inputs")
 
-    # the input layer's activations are only needed for its means (mean ablation)
-    wanted = [in_info.name, t_info.name] if mode == "mean" else [t_info.name]
+    # the input layer's activations are needed for its means (mean ablation) and to find the
+    # images where the inputs act
+    need_in = mode == "mean" or (top_images is not None and top_by == "inputs")
+    wanted = [in_info.name, t_info.name] if need_in else [t_info.name]
     acts = layers_activations(model, wanted, images, cache_dir=cache_dir,
                               batch_size=batch_size, progress=progress)
     t_acts = acts[t_info.name]
@@ -235,8 +263,12 @@ def ablate(model: LoadedModel, target: Unit, inputs: Sequence[Unit],
     if top_images is not None:
         if top_images < 1:
             raise CircuitsError(f"--top-images must be at least 1, got {top_images}")
-        t_max = unit_activations(model, target, t_acts, batch_size=batch_size).column("max")
-        rows = np.sort(np.argsort(-t_max, kind="stable")[:top_images])
+        if top_by == "target":
+            score = unit_activations(model, target, t_acts, batch_size=batch_size).column("max")
+        else:
+            score = sum(unit_activations(model, u, acts[in_info.name], batch_size=batch_size)
+                        .column("max") for u in inputs)
+        rows = np.sort(np.argsort(-score, kind="stable")[:top_images])
     paths = [t_acts.paths[i] for i in rows]
 
     rng = np.random.default_rng(seed)
@@ -266,7 +298,8 @@ def ablate(model: LoadedModel, target: Unit, inputs: Sequence[Unit],
                           n_images=len(paths), n_skipped=t_acts.n_skipped,
                           baseline=float(means[0]), ablated=float(means[1]),
                           random_drops=[float(means[0] - m) for m in means[2:]], seed=seed,
-                          images=paths, per_image={"baseline": base, "ablated": values[1]})
+                          top_by=top_by, excluded=excluded, images=paths,
+                          per_image={"baseline": base, "ablated": values[1]})
 
 
 def _reduce(t: torch.Tensor, how: str) -> torch.Tensor:
