@@ -2,7 +2,8 @@
 
 :func:`trace` starts at a unit, computes the expanded weights from the previous layer to it
 (:func:`~circuits_cli.connections.expanded_weights`), keeps its ``top_k`` strongest inputs (L2 norm
-of the spatial kernel), and repeats from those inputs for ``depth`` hops. The result is a
+of the spatial kernel), and repeats from those inputs for ``depth`` hops (``top_k`` may differ
+per hop: ``(5, 2)`` keeps five inputs of the target and two of each of those). The result is a
 :class:`Circuit`: nodes (units), edges (signed strength and spatial kernel of each connection) and
 the hops (which layers, which method). It is written as ``circuit.json`` (:meth:`Circuit.save`)
 and drawn by :func:`circuits_cli.reports.diagrams.draw_circuit`.
@@ -17,6 +18,7 @@ layer in forward order. ``source`` fixes the layer of the first hop.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -92,7 +94,7 @@ class Circuit:
     weights_id: str
     target: str
     depth: int
-    top_k: int
+    top_k: int | list[int]  # inputs kept per unit: one number, or one per hop
     method: str
     nodes: list[Node] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
@@ -110,6 +112,10 @@ class Circuit:
     def inputs(self, node_id: str) -> list[Edge]:
         """Edges into ``node_id``, strongest first."""
         return sorted((e for e in self.edges if e.target == node_id), key=lambda e: e.rank)
+
+    def breadth(self) -> str:
+        """How many inputs were kept, in words (:func:`breadth`)."""
+        return breadth(self.top_k)
 
     def layers(self) -> list[str]:
         """Layers from the target's back to the earliest."""
@@ -186,19 +192,42 @@ def previous_layer(model: LoadedModel, layer: str) -> str | None:
 # Tracing
 
 
-def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
+def breadth(top_k: int | Sequence[int]) -> str:
+    """A circuit's ``top_k`` in words: "top 3 inputs per unit", or with one number per hop
+    "top 5 inputs of the target, then 2 per unit"."""
+    ks = [top_k] if isinstance(top_k, int) else list(top_k)
+    if len(set(ks)) == 1:
+        return f"top {ks[0]} inputs per unit"
+    if len(ks) == 2:
+        return f"top {ks[0]} inputs of the target, then {ks[1]} per unit"
+    return f"top {', '.join(map(str, ks))} inputs per unit, hop by hop"
+
+
+def hop_top_k(top_k: int | Sequence[int], depth: int) -> list[int]:
+    """One ``top_k`` per hop: a number for all hops, or one per hop (the last repeats; extra
+    ones are an error)."""
+    ks = [top_k] if isinstance(top_k, int) else [int(k) for k in top_k]
+    if not ks or any(k < 1 for k in ks):
+        raise CircuitsError(f"top-k must be at least 1, got {top_k}")
+    if len(ks) > depth:
+        raise CircuitsError(f"{len(ks)} top-k values for {depth} hop(s); give at most one per "
+                            "hop")
+    return ks + [ks[-1]] * (depth - len(ks))
+
+
+def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int | Sequence[int] = 3,
           source: str | None = None, method: str = "auto",
           features: dict[str, list[Unit]] | None = None) -> Circuit:
-    """The circuit of ``unit``: its ``top_k`` strongest inputs, theirs, ... over ``depth`` hops.
-    All units of one hop are computed in one batched call. ``features`` maps a layer to the
+    """The circuit of ``unit``: its ``top_k`` strongest inputs, theirs, ... over ``depth`` hops
+    (``top_k`` one number, or one per hop). All units of one hop are computed in one batched
+    call. ``features`` maps a layer to the
     dictionary features of an SAE on it (:func:`circuits_cli.units.sae_features`): a hop into
     that layer ranks its features (through their decoder directions) instead of its neurons,
     so SAEs on successive
     layers give a feature circuit."""
     if depth < 1:
         raise CircuitsError(f"depth must be at least 1, got {depth}")
-    if top_k < 1:
-        raise CircuitsError(f"top-k must be at least 1, got {top_k}")
+    ks = hop_top_k(top_k, depth)
     info = model.layer(unit.layer)
     if is_neuron(unit):
         if not 0 <= unit.channel < info.channels:
@@ -214,7 +243,7 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
         resolve_method(model, source, info.name, method)  # fail early on exact-without-path
 
     circuit = Circuit(model=model.name, weights_id=model.weights_id, target=str(unit),
-                      depth=depth, top_k=top_k, method=method)
+                      depth=depth, top_k=ks[0] if len(set(ks)) == 1 else ks, method=method)
     circuit.nodes.append(_node(model, unit, 0))
     frontier = [unit]
     layer = info.name
@@ -236,7 +265,7 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int = 3,
         for row, target in zip(kernels, frontier, strict=True):
             node = circuit.node(str(target))
             node.max_weight = float(row.abs().max())
-            ranked = rank_inputs(row, top_k)
+            ranked = rank_inputs(row, ks[hop])
             top = ranked[0].strength if ranked and ranked[0].strength > 0 else 1.0
             for rank, conn in enumerate(ranked, 1):
                 src_unit = dictionary[conn.channel] if dictionary else Unit(src, conn.channel)
@@ -303,7 +332,7 @@ def attach_renders(circuit: Circuit, model: LoadedModel, *, steps: int = 512, si
 def render_tree(circuit: Circuit) -> str:
     """The circuit as indented text, target first, inputs strongest first."""
     lines = [f"Circuit of {circuit.target} ({circuit.model}), {len(circuit.hops)} hop(s), "
-             f"top {circuit.top_k} inputs per unit"]
+             f"{circuit.breadth()}"]
     for hop in circuit.hops:
         lines.append(f"  {hop.source} -> {hop.target}: {hop.method} expanded weights, kernels "
                      f"{hop.kernel_size[0]}x{hop.kernel_size[1]}")

@@ -97,6 +97,27 @@ def test_from_layer_fixes_the_first_hop(planted):
         trace(planted.model, Unit("mixed_b", CAR), source="pool1", method="exact")
 
 
+def test_top_k_per_hop_is_the_same_circuit_cut_differently(planted, tmp_path):
+    """``top_k=(3, 1)`` keeps the target's three planted inputs and only the strongest input of
+    each: the same edges as ``top_k=3`` for the first hop, and each second-hop edge the first
+    of the ``top_k=3`` circuit's edges into that unit."""
+    wide = trace(planted.model, Unit("mixed_b", CAR), depth=2, top_k=3)
+    cut = trace(planted.model, Unit("mixed_b", CAR), depth=2, top_k=(3, 1))
+    assert cut.top_k == [3, 1] and wide.top_k == 3
+    assert cut.inputs(CAR_ID) == wide.inputs(CAR_ID)
+    for edge in cut.inputs(CAR_ID):
+        assert cut.inputs(edge.source) == wide.inputs(edge.source)[:1]
+    assert len(cut.nodes) == 1 + 3 + 3
+    assert cut.breadth() == "top 3 inputs of the target, then 1 per unit"
+    assert wide.breadth() == "top 3 inputs per unit"
+    assert trace(planted.model, Unit("mixed_b", CAR), depth=2, top_k=(2, 2)).top_k == 2
+    cut.save(tmp_path / "circuit.json")
+    assert Circuit.load(tmp_path / "circuit.json") == cut
+    for bad, msg in (((3, 1, 1), "at most one per hop"), ((3, 0), "at least 1"), ((), "at least")):
+        with pytest.raises(CircuitsError, match=msg):
+            trace(planted.model, Unit("mixed_b", CAR), depth=2, top_k=bad)
+
+
 def test_circuit_json_round_trip(planted, tmp_path):
     circuit = trace(planted.model, Unit("mixed_b", CAR), depth=2, top_k=3)
     circuit.save(tmp_path / "circuit.json")
@@ -165,6 +186,11 @@ def test_trace_command_writes_json_and_diagram(planted_cli, tmp_path):
     with Image.open(out / "circuit.png") as im:
         assert im.size[0] > 800 and im.size[1] > 800
     assert f"<- mixed_a:{WINDOWS}" in result.output
+    # one top-k per hop
+    result = run("trace", CAR_ID, "--no-render", "--out", str(out), "--top-k", "3,1")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "circuit.json").read_text())["top_k"] == [3, 1]
+    assert "top 3 inputs of the target, then 1 per unit" in result.output
     # a re-run overwrites its own files
     assert run("trace", CAR_ID, "--no-render", "--out", str(out), "--depth", "1").exit_code == 0
     assert json.loads((out / "circuit.json").read_text())["depth"] == 1
@@ -206,6 +232,12 @@ def test_commands_reject_bad_input_before_writing(planted_cli, tmp_path):
     assert_clean_error(run("weights", "stem:0", "--out", str(out)), "input")
     assert not out.exists()
     assert run("trace", CAR_ID, "--depth", "0").exit_code == 2  # click's range check
+    assert_clean_error(run("trace", CAR_ID, "--top-k", "3,1,1", "--out", str(out)),
+                       "at most one per hop")
+    assert_clean_error(run("trace", CAR_ID, "--top-k", "3,x", "--out", str(out)),
+                       "malformed top-k")
+    assert_clean_error(run("trace", CAR_ID, "--top-k", "3,40", "--out", str(out)),
+                       "out of range")
     # never overwrite a user's file
     user = tmp_path / "mine"
     user.mkdir()

@@ -98,6 +98,26 @@ class InputUnitsType(click.ParamType):
         return text
 
 
+class TopKType(click.ParamType):
+    """``N`` (inputs kept per unit at every hop) or ``N,M,...`` (one per hop, the last
+    repeating), each 1 to 32: a tuple of ints."""
+
+    name = "N[,N...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        if not re.fullmatch(r"\d+(\s*,\s*\d+)*", text):
+            self.fail(f"malformed top-k {value!r}; write a number (3) or one per hop (5,2)",
+                      param, ctx)
+        ks = tuple(int(k) for k in text.split(","))
+        if any(not 1 <= k <= 32 for k in ks):
+            self.fail(f"top-k {value!r} is out of range; each number must be 1 to 32",
+                      param, ctx)
+        return ks
+
+
 class ShardType(click.ParamType):
     """``K/N``: every N-th item starting at the K-th, 0 <= K < N."""
 
@@ -134,6 +154,7 @@ class LayerType(click.ParamType):
 UNIT = UnitType()
 CHANNELS = ChannelListType()
 INPUT_UNITS = InputUnitsType()
+TOP_K = TopKType()
 SHARD = ShardType()
 LAYER = LayerType()
 

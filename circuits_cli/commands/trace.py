@@ -12,6 +12,7 @@ from .options import (
     LAYER,
     METHOD_HELP,
     STEER_MODE_HELP,
+    TOP_K,
     UNIT,
     cache_option,
     json_option,
@@ -28,8 +29,10 @@ from .options import (
 @model_options
 @click.option("--depth", type=click.IntRange(1, 8), default=2, show_default=True,
               help="Hops back from UNIT (layers of inputs).")
-@click.option("--top-k", "top_k", type=click.IntRange(1, 32), default=3, show_default=True,
-              help="Strongest inputs kept per unit (by L2 norm of the spatial kernel).")
+@click.option("--top-k", "top_k", type=TOP_K, default="3", show_default=True,
+              help="Strongest inputs kept per unit (by L2 norm of the spatial kernel); one "
+                   "number per hop with commas (5,2: five inputs of UNIT, two of each of "
+                   "those).")
 @click.option("--from", "source", default=None, type=LAYER,
               help="Layer of the first hop  [default: the layer UNIT reads, e.g. the input of "
                    "its Inception block]")
@@ -72,17 +75,19 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
     Examples:
       circuits trace inception_4c:447 -m googlenet-bvlc
       circuits trace 4c:447 --depth 1 --top-k 6 --steps 128 -m googlenet-bvlc
+      circuits trace 4c:447 --top-k 5,2 -m googlenet-bvlc       # wider at the first hop
       circuits trace mixed4c:447 --from mixed4a --method linear
       circuits trace mixed4b@SAE_4B#12 --sae SAE_4A -m toy     # a feature circuit
       circuits trace mixed4b:64 -m toy --images SCENES --steer=-1,0,2   # and steer it
     """
     from ..errors import CircuitsError
     from ..files import claim_output, output_dir
-    from ..trace import attach_renders, render_tree
+    from ..trace import attach_renders, hop_top_k, render_tree
     from ..trace import trace as trace_circuit
     from ..units import parse_unit
     from .options import activation_cache, render_cache
 
+    top_k = hop_top_k(top_k, depth)  # more numbers than hops: before any work
     if steer_strengths is not None and not image_dirs:
         raise CircuitsError("--steer needs --images DIR: the images the steered predictions "
                             "are measured on")

@@ -260,7 +260,7 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
         _thumb(ax, image, x, y, thumb, lines, fontsize=10 if len(node.layer) < 16 else 9)
 
     head = title or f"Circuit of {circuit.target}"
-    sub = (f"{circuit.model} · expanded weights, top {circuit.top_k} inputs per unit, "
+    sub = (f"{circuit.model} · expanded weights, {circuit.breadth()}, "
            f"{len(circuit.hops)} hop{'s' if len(circuit.hops) != 1 else ''}")
     if circuit.render_settings:
         sub += f" · feature visualizations: {circuit.render_settings['steps']} steps"
@@ -281,7 +281,8 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
     ax.plot([lx + 0.9, lx + 1.4], [ly - 0.6, ly - 0.6], color=MUTED, lw=7.0)
     ax.text(lx + 1.5, ly - 0.6, STRENGTH_LEGEND, va="center", fontsize=9, color=INK)
     if circuit.note:
-        ax.text(width - 0.3, 0.2, circuit.note, ha="right", va="bottom", fontsize=8, color=MUTED)
+        # under the legend's lines, where it cannot run into them
+        ax.text(lx, ly - 0.85, circuit.note, ha="left", va="center", fontsize=8, color=MUTED)
     return save_figure(fig, path, dpi)
 
 
