@@ -111,10 +111,15 @@ def gather_evidence(model, circuit, images: str | Path | Sequence[str | Path] | 
                     all_nodes: bool = False, cache_dir: str | Path | None = None,
                     batch_size: int = 16, progress: bool = False) -> Evidence:
     """Dataset examples of every node of ``circuit`` (a :class:`circuits_cli.trace.Circuit`)
-    and the ablation of the target's traced inputs, excitatory and inhibitory separately, over
-    the ``top_images`` images where the target is most active (None: all), against ``draws``
-    random draws of as many units of the same layer (``all_nodes``: for every node with traced
-    inputs). Nothing is written."""
+    and the ablation of the target's traced inputs, excitatory and inhibitory separately
+    (``all_nodes``: of every node with traced inputs), against ``draws`` random draws of as
+    many units of the same layer. Nothing is written.
+
+    Each group is measured over ``top_images`` images (None: all) where it can show its
+    effect: the excitatory inputs where the target is most active, the inhibitory ones where
+    they are (an inhibitor is silent on the images its target fires on most: that is what
+    inhibition means, so there it can change nothing). The random draws never take one of the
+    node's traced inputs, whose own effects would blur the chance baseline."""
     from ..errors import CircuitsError
     from ..trace import node_unit
 
@@ -135,18 +140,21 @@ def gather_evidence(model, circuit, images: str | Path | Sequence[str | Path] | 
                                                 cache_dir=cache_dir)
     if ablation:
         ev.settings = {"mode": mode, "draws": draws, "top_images": top_images,
-                       "reduce": reduce, "seed": seed}
+                       "reduce": reduce, "seed": seed, "excluded": "traced inputs"}
         targets = [n.id for n in circuit.nodes if (all_nodes or n.id == circuit.target)
                    and circuit.inputs(n.id)]
         for node_id in targets:
             edges = circuit.inputs(node_id)
-            for group, sign, expected in (("excitatory", 1, "drop"), ("inhibitory", -1, "rise")):
+            traced = [units[e.source] for e in edges]
+            for group, sign, expected, top_by in (("excitatory", 1, "drop", "target"),
+                                                  ("inhibitory", -1, "rise", "inputs")):
                 ins = [units[e.source] for e in edges if e.sign == sign]
                 if not ins:
                     continue
                 res = ablate(model, units[node_id], ins, imgs, mode=mode, draws=draws, seed=seed,
-                             reduce=reduce, top_images=top_images, cache_dir=cache_dir,
-                             batch_size=batch_size, progress=progress)
+                             reduce=reduce, top_images=top_images, top_by=top_by,
+                             exclude=traced, cache_dir=cache_dir, batch_size=batch_size,
+                             progress=progress)
                 ev.ablations.append(CircuitAblation(node_id, group, expected, res))
     return ev
 

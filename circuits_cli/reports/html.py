@@ -164,7 +164,10 @@ def report_context(directory: Path, steering: bool | None = None) -> dict:
                             "strength": _fmt(e["strength"]),
                             "relative": _fmt(e["relative"], 3), "vertical": _vertical(k),
                             "kernel": _uri_png_bytes(kernel_png(k, scale))})
-    return {"c": c, "weights_id": str(c["weights_id"])[:16], "n_nodes": len(nodes),
+    from ..trace import breadth
+
+    return {"c": c, "breadth": breadth(c.get("top_k", 0)),
+            "weights_id": str(c["weights_id"])[:16], "n_nodes": len(nodes),
             "n_edges": len(edges), "ev": ev, "figures": figures,
             "ablation": _ablation(ev) if ev and ev.get("ablation") else None,
             "units": units, "connections": connections,
@@ -176,12 +179,13 @@ def _ablation(ev: dict) -> dict:
     s = ev.get("ablation_settings") or {}
     n_avail = ev.get("n_images")
     top = s.get("top_images")
-    if top and (n_avail is None or top < n_avail):
-        which = f"the top {top} images where it is most active"
-    else:
-        which = f"all {n_avail} images" if n_avail is not None else "all images"
     rows = []
     for a in ev["ablation"]:
+        if top and (n_avail is None or top < n_avail):
+            which = (f"top {top} for these inputs" if a.get("top_by") == "inputs"
+                     else f"top {top} for the target")
+        else:
+            which = f"all {n_avail}" if n_avail is not None else "all"
         rel = a["relative_drop"]
         rnd = a["random"]
         rmean = rnd["mean_relative_drop"]
@@ -189,6 +193,7 @@ def _ablation(ev: dict) -> dict:
             "std_drop"] is not None else None
         rows.append({"target": a["target"], "group": a["group"], "expected": a["expected"],
                      "inputs": ", ".join(u.split(":")[1] for u in a["inputs"]),
+                     "images": which,
                      "baseline": _fmt(a["baseline"]), "ablated": _fmt(a["ablated"]),
                      "change": f"{rel * 100:+.1f}%" if rel is not None else "–",
                      "random": (f"{rmean * 100:+.1f}%", f"{rstd:.1f}%", rnd["draws"])
@@ -197,7 +202,8 @@ def _ablation(ev: dict) -> dict:
                      "p": _fmt(a.get("p_expected", a["p_value"]), 2), "agrees": a["agrees"],
                      "histogram": _uri_png_bytes(ablation_png(a))})
     return {"how": "their mean over the images" if s.get("mode") == "mean" else "zero",
-            "reduce": str(s.get("reduce")), "which": which, "rows": rows}
+            "reduce": str(s.get("reduce")), "top": top,
+            "excluded": bool(s.get("excluded")), "rows": rows}
 
 
 def _node(n: dict, edges: list[dict], ev: dict | None, directory: Path) -> dict:
