@@ -37,6 +37,9 @@ TOY_SPATIAL_BRANCHES = ("3x3", "5x5")
 TOY_STEPS = 128
 #: Units rendered together in one optimisation (small 64 px images: large batches pay off).
 TOY_BATCH = 32
+#: Inputs traced per unit, hop by hop: five of the car unit, so that its inhibitors stand beside
+#: its window and wheel detectors, and two of each of those, so the diagram stays readable.
+TOP_K = (5, 2)
 
 
 @dataclass
@@ -49,6 +52,7 @@ class DemoResult:
     story: Path | None = None  # the page of the whole story (toy model)
     seconds: float = 0.0
     findings: list[str] = field(default_factory=list)
+    ablation: list[str] = field(default_factory=list)  # what ablating each group did, in words
 
 
 def car_unit(model: LoadedModel) -> Unit:
@@ -146,8 +150,11 @@ def _toy_label(model: LoadedModel, circuit) -> list[str]:
         best = table.entry(table.names[int(col.argmax())], node.channel)
         top, bottom = vertical_profile(edge.kernel_array())
         effect = "excites" if edge.sign > 0 else "inhibits"
-        line = (f"{edge.source} (rank {edge.rank}, {effect}): most selective for {best.what} "
-                f"(d'={best.dprime:.2f}); mean weight above the centre {top:+.3g}, below "
+        detects = (f"most selective for {best.what} (d'={best.dprime:.2f})"
+                   if best.dprime >= TOY_LABEL_DPRIME else
+                   f"no clear part (at best {best.what}, d'={best.dprime:.2f})")
+        line = (f"{edge.source} (rank {edge.rank}, {effect}): {detects}; "
+                f"mean weight above the centre {top:+.3g}, below "
                 f"{bottom:+.3g}: {describe_layout(top, bottom)}")
         where = CAR_LAYOUT.get(best.what)
         if where is not None and best.dprime >= TOY_LABEL_DPRIME:
@@ -166,9 +173,28 @@ def _toy_label(model: LoadedModel, circuit) -> list[str]:
     return lines
 
 
+def ablation_line(a) -> str:
+    """One group's ablation (a :class:`circuits_cli.evidence.CircuitAblation`) in words."""
+    from .units import is_neuron
+
+    r = a.result
+    ins = (f"{r.inputs[0].layer}:" + ", ".join(str(u.channel) for u in r.inputs)
+           if all(is_neuron(u) for u in r.inputs) else ", ".join(str(u) for u in r.inputs))
+    where = (f"the {r.n_images} images where they are most active" if r.top_by == "inputs"
+             else f"its {r.n_images} best images")
+    std = r.random_std / r.baseline * 100 if r.baseline > 0 else float("nan")
+    verdict = (f"as the weights say ({'a drop' if a.expected == 'drop' else 'a rise'})"
+               if a.agrees else "not shown")
+    return (f"zeroing the {a.group} inputs {ins} changes it by "
+            f"{-r.relative_drop * 100:+.1f}% over {where}, against "
+            f"{-r.random_relative_mean * 100:+.1f}% ± {std:.1f}% for {len(r.inputs)} random "
+            f"units of {r.inputs[0].layer} ({r.draws} draws): z {r.z_score:.1f}, {verdict}")
+
+
 def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
              images: str | Path | None = None, steps: int | None = None,
-             size: int | None = None, depth: int = 2, top_k: int = 3, n_scenes: int = 240,
+             size: int | None = None, depth: int = 2,
+             top_k: int | tuple[int, ...] = TOP_K, n_scenes: int = 240,
              cache_dir: str | Path | None = None, progress: bool = True,
              echo: Callable[[str], None] = print) -> DemoResult:
     """Run the pipeline on ``model``'s car unit (or ``unit``) into ``out``; see module doc.
@@ -182,7 +208,7 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
     from .render.run import visualize_layer
     from .reports.diagrams import draw_circuit
     from .reports.evidence import add_evidence
-    from .trace import attach_renders, render_tree, trace
+    from .trace import attach_renders, breadth, render_tree, trace
     from .units import Unit, parse_unit
 
     started = time.perf_counter()
@@ -214,7 +240,7 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
     claim_output(out / "visualize", "demo", ["manifest.json", "sheet.png"]
                  + [f"units/{u.slug}{ext}" for u in units for ext in (".png", ".json")],
                  cache=renders)
-    echo(f"[1/{n_steps}] traced {unit} through the weights (depth {depth}, top {top_k})")
+    echo(f"[1/{n_steps}] traced {unit} through the weights (depth {depth}, {breadth(top_k)})")
     echo(f"[2/{n_steps}] feature visualizations of {source} "
          f"({'all units' if channels is None else f'{len(channels)} units'}, {steps} steps)")
     visualize_layer(model, source, channels=channels, steps=steps, size=size,
@@ -243,6 +269,7 @@ def run_demo(model: LoadedModel, out: str | Path, *, unit: Unit | None = None,
         evidence = add_evidence(out / "trace", model, images_given, cache_dir=activations,
                                 progress=progress)
         result.report = evidence.html
+        result.ablation = [ablation_line(a) for a in evidence.ablations]
     else:
         echo(f"[4/{n_steps}] no images given: skipping dataset examples and ablation "
              "(pass --images DIR)")

@@ -138,6 +138,14 @@ def sections(demo, story: Story) -> list:
         circuit.figures.append(Figure(demo.circuit_png, "circuit.png: the traced circuit"))
     if demo.sheet:
         circuit.figures.append(Figure(demo.sheet, "every unit of the layer that feeds it"))
+    if demo.ablation:
+        circuit.paragraphs.append(
+            "Ablation tests the weights on the scenes: each group of inputs is zeroed and the "
+            "car unit's mean activation compared with zeroing as many random units of the layer "
+            "(never one of its traced inputs), where the group can act: the excitatory inputs on "
+            "the car unit's best scenes, the inhibitory ones on the scenes where they fire (on "
+            "its best scenes they are silent).")
+        circuit.paragraphs += [line[0].upper() + line[1:] + "." for line in demo.ablation]
     if demo.report:
         circuit.links.append(("The circuit report: dataset examples, kernels, ablation",
                               demo.report))

@@ -57,6 +57,10 @@ def demo(load_model, out_dir, unit, images, steps, quiet, cache_dir):
         click.echo(f"What the inputs of {result.unit} detect:")
         for line in result.findings:
             click.echo(f"  {line}")
+    if result.ablation:
+        click.echo(f"What ablating them does to {result.unit}:")
+        for line in result.ablation:
+            click.echo(f"  {line}")
     click.echo(f"Done in {result.seconds:.0f} s. Open:")
     for path in (result.sheet, result.circuit_png, result.report):
         if path is not None:
