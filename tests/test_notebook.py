@@ -39,6 +39,8 @@ def test_car_circuit_notebook_executes(tmp_path, monkeypatch):
     assert "car unit mixed4b:" in text
     assert "most selective for" in text
     assert "ablating the" in text
+    # both groups beat random units (measured on its 160 scenes: z 290 and -5.2)
+    assert text.count("agrees with the weights") == 2 and "does NOT" not in text
     for name in ("circuit.json", "circuit.png", "report.html"):
         assert (tmp_path / "out" / name).is_file(), name
     assert os.path.getsize(tmp_path / "out" / "circuit.png") > 10_000
