@@ -182,10 +182,11 @@ def _ablation(ev: dict) -> dict:
     rows = []
     for a in ev["ablation"]:
         if top and (n_avail is None or top < n_avail):
-            which = (f"top {top} for these inputs" if a.get("top_by") == "inputs"
-                     else f"top {top} for the target")
+            which = (f"the {top} images where these inputs are most active"
+                     if a.get("top_by") == "inputs"
+                     else f"the {top} images where the target is most active")
         else:
-            which = f"all {n_avail}" if n_avail is not None else "all"
+            which = f"all {n_avail} images" if n_avail is not None else "all images"
         rel = a["relative_drop"]
         rnd = a["random"]
         rmean = rnd["mean_relative_drop"]
