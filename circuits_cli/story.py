@@ -144,7 +144,7 @@ def sections(demo, story: Story) -> list:
             "car unit's mean activation compared with zeroing as many random units of the layer "
             "(never one of its traced inputs), where the group can act: the excitatory inputs on "
             "the car unit's best scenes, the inhibitory ones on the scenes where they fire (on "
-            "its best scenes they are silent).")
+            "its best scenes they are mostly silent).")
         circuit.paragraphs += [line[0].upper() + line[1:] + "." for line in demo.ablation]
     if demo.report:
         circuit.links.append(("The circuit report: dataset examples, kernels, ablation",

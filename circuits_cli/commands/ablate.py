@@ -35,7 +35,7 @@ from .options import (
 @click.option("--top-by", type=click.Choice(["target", "inputs"]), default="target",
               show_default=True,
               help="Which images --top-images keeps: where UNIT is most active, or where the "
-                   "--inputs are (for inhibitors, which are silent where UNIT fires most).")
+                   "--inputs are (for inhibitors, mostly silent where UNIT fires most).")
 @click.option("--exclude", "exclude", default=None, type=INPUT_UNITS,
               help="Units of the inputs' layer never drawn as random units, e.g. UNIT's other "
                    "traced inputs, whose own effects would blur the baseline.")

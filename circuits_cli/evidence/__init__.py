@@ -117,9 +117,9 @@ def gather_evidence(model, circuit, images: str | Path | Sequence[str | Path] | 
 
     Each group is measured over ``top_images`` images (None: all) where it can show its
     effect: the excitatory inputs where the target is most active, the inhibitory ones where
-    they are (an inhibitor is silent on the images its target fires on most: that is what
-    inhibition means, so there it can change nothing). The random draws never take one of the
-    node's traced inputs, whose own effects would blur the chance baseline."""
+    they are (an inhibitor is mostly silent on the images its target fires on most, which is
+    why the target fires there, so zeroing it there changes little). The random draws never
+    take one of the node's traced inputs, whose own effects would blur the chance baseline."""
     from ..errors import CircuitsError
     from ..trace import node_unit
 

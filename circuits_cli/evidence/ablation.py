@@ -7,7 +7,13 @@ drops. A drop means little on its own (removing any units of a layer lowers most
 so the same number of *random* units of the same layer (never the ablated ones) are ablated in
 many draws, giving the drop to expect by chance: its mean and spread, a z-score and an empirical
 p-value (the share of random draws that drop the target at least as much, counted as
-(k + 1) / (draws + 1)).
+(k + 1) / (draws + 1)). Units named in ``exclude`` are never drawn: a target's other traced
+inputs would measure the circuit itself, not chance.
+
+Where to measure: over the images where the target is most active (``top_by="target"``), where
+excitatory inputs do their work; or where the ablated inputs are (``"inputs"``), which is where
+inhibitors can act: on the target's best images they are mostly silent, so zeroing them there
+changes little whatever their weights.
 
 The ablation is a forward hook on the input layer that replaces its output. All variants of an
 image (no ablation, the given units, each random draw) share one forward pass: the hook stacks
@@ -39,7 +45,7 @@ from .activations import ImageSet, layers_activations, unit_activations
 REDUCES = ("mean", "max", "center")
 MODES = ("zero", "mean")
 #: Which images ``top_images`` keeps: those where the target is most active, or those where the
-#: ablated inputs are (where inhibitors act: on the target's top images they are silent).
+#: ablated inputs are (where inhibitors act: on the target's top images they are mostly silent).
 TOP_BY = ("target", "inputs")
 
 
