@@ -182,12 +182,12 @@ def ablation_line(a) -> str:
            if all(is_neuron(u) for u in r.inputs) else ", ".join(str(u) for u in r.inputs))
     where = (f"the {r.n_images} images where they are most active" if r.top_by == "inputs"
              else f"its {r.n_images} best images")
-    std = r.random_std / r.baseline * 100 if r.baseline > 0 else float("nan")
     verdict = (f"as the weights say ({'a drop' if a.expected == 'drop' else 'a rise'})"
                if a.agrees else "not shown")
     return (f"zeroing the {a.group} inputs {ins} changes it by "
             f"{-r.relative_drop * 100:+.1f}% over {where}, against "
-            f"{-r.random_relative_mean * 100:+.1f}% ± {std:.1f}% for {len(r.inputs)} random "
+            f"{-r.random_relative_mean * 100:+.1f}% ± {r.random_relative_std * 100:.1f}% for "
+            f"{len(r.inputs)} random "
             f"units of {r.inputs[0].layer} ({r.draws} draws): z {r.z_score:.1f}, {verdict}")
 
 

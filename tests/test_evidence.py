@@ -219,12 +219,15 @@ def test_ablation_measures_where_the_inputs_act_and_never_draws_excluded_units(m
 
     others = [Unit("relu2", c) for c in range(2, 16)]
     res = ablate(model, Unit("relu3", 0), [Unit("relu2", 0)], folder, draws=4, seed=1,
-                 exclude=others + [Unit("relu2", 0), Unit("relu3", 5)], cache_dir=cache)
-    assert res.excluded == others  # the inputs themselves and other layers' units are dropped
+                 exclude=others + [Unit("relu2", 0)], cache_dir=cache)
+    assert res.excluded == others  # the inputs themselves are not excluded twice
     alone = ablate(model, Unit("relu3", 0), [Unit("relu2", 1)], folder, draws=0,
                    cache_dir=cache)
     np.testing.assert_allclose(res.random_drops, [alone.drop] * 4, rtol=1e-6)
     assert res.to_json()["random"]["excluded"] == [str(u) for u in others]
+    with pytest.raises(CircuitsError, match="not of the inputs' layer"):
+        ablate(model, Unit("relu3", 0), [Unit("relu2", 0)], folder, exclude=[Unit("relu1", 1)],
+               cache_dir=cache)
     with pytest.raises(CircuitsError, match="unknown image ranking"):
         ablate(model, Unit("relu3", 0), [Unit("relu2", 0)], folder, top_by="input",
                cache_dir=cache)

@@ -84,9 +84,6 @@ def ablate(unit, inputs, images, mode, draws, top_images, top_by, exclude, reduc
     target = parse_unit(unit, model)
     ins = parse_inputs(inputs, model)
     excluded = parse_inputs(exclude, model) if exclude else []
-    if excluded and {u.layer for u in excluded} != {u.layer for u in ins}:
-        raise CircuitsError(f"--exclude names units of {excluded[0].layer!r}, not of the inputs' "
-                            f"layer {ins[0].layer!r}; exclude units of the inputs' layer")
     name = f"ablate_{target.slug}.json"
     if out_dir is not None:
         claim_output(out_dir, "ablate", (name,), cache=cache_dir if cache_dir else True)

@@ -98,6 +98,11 @@ class AblationResult:
         return self.random_mean / self.baseline if self.baseline > 0 else float("nan")
 
     @property
+    def random_relative_std(self) -> float:
+        """Spread of the random draws' drops as a fraction of the baseline."""
+        return self.random_std / self.baseline if self.baseline > 0 else float("nan")
+
+    @property
     def z_score(self) -> float:
         """(drop - mean random drop) / std of the random drops."""
         std = self.random_std
@@ -148,7 +153,7 @@ class AblationResult:
         """A few lines for the terminal."""
         pct = 100 * self.relative_drop
         rpct = 100 * self.random_relative_mean
-        rstd = 100 * self.random_std / self.baseline if self.baseline > 0 else float("nan")
+        rstd = 100 * self.random_relative_std
         names = ", ".join(str(u) for u in self.inputs[:8]) + (
             f", ... ({len(self.inputs)} units)" if len(self.inputs) > 8 else "")
         where = " where the inputs are most active" if self.top_by == "inputs" else ""
@@ -248,9 +253,11 @@ def ablate(model: LoadedModel, target: Unit, inputs: Sequence[Unit],
                             f"layer {t_info.name!r}; ablate units of an earlier layer")
     neurons = all(is_neuron(u) for u in inputs)
     k = len(inputs)
-    excluded = list(dict.fromkeys(u for u in exclude if is_neuron(u)
-                                  and model.layer(u.layer).name == in_info.name
-                                  and u not in inputs))
+    foreign = [u for u in exclude if is_neuron(u) and model.layer(u.layer).name != in_info.name]
+    if foreign:
+        raise CircuitsError(f"--exclude names units of {foreign[0].layer!r}, not of the inputs' "
+                            f"layer {in_info.name!r}; exclude units of the inputs' layer")
+    excluded = list(dict.fromkeys(u for u in exclude if is_neuron(u) and u not in inputs))
     if neurons:
         banned = {u.channel for u in inputs} | {u.channel for u in excluded}
         pool = np.array([c for c in range(in_info.channels) if c not in banned])
