@@ -121,7 +121,12 @@ class OutputFolder:
     """A folder a command writes into; see the module docstring for the rule."""
 
     def __init__(self, root: str | Path, command: str):
-        self.root = Path(root)
+        # Absolute, so that the record's paths do not depend on the working directory: a
+        # relative ``--out`` (the default ``outputs/...``) and a path inside it written as
+        # ``outputs/.../circuit.png`` name the same file on every run. ``shown`` is the folder
+        # as the user gave it, for messages.
+        self.shown = Path(root)
+        self.root = Path(os.path.abspath(root))
         self.command = command
         self._files: dict[str, set[str]] = {}
         self._read_to = 0  # the manifest only grows: read what was appended since
@@ -131,10 +136,13 @@ class OutputFolder:
         return self.root / OUTPUTS_MANIFEST
 
     def rel(self, path: str | Path) -> str:
+        """``path`` relative to the folder: a relative ``path`` is taken as relative to the
+        folder (the names a command lists when it claims it); pass an absolute path for any
+        other (:func:`atomic_write` does)."""
         path = Path(path)
         if not path.is_absolute():
             path = self.root / path
-        return os.path.relpath(os.path.abspath(path), os.path.abspath(self.root))
+        return os.path.relpath(os.path.abspath(path), self.root)
 
     def written(self) -> dict[str, set[str]]:
         """relative path -> sha256 of every version circuits wrote there."""
@@ -197,7 +205,7 @@ class OutputFolder:
         for out in outputs:
             why = self.foreign(out, written)
             if why:
-                raise CircuitsError(f"{str(self.root / self.rel(out))!r} {why}; circuits never "
+                raise CircuitsError(f"{str(self.shown / self.rel(out))!r} {why}; circuits never "
                                     "replaces a file it did not write: move it or choose another "
                                     "--out")
 
@@ -347,7 +355,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     path = Path(path)
     claim = _claim_for(path)
     if claim is not None:
-        claim.check([path])
+        # absolute: a cwd-relative path under a relative --out must not be joined onto it again
+        claim.check([Path(os.path.abspath(path))])
     path.parent.mkdir(parents=True, exist_ok=True)
     _clean_once(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.stem), suffix=path.suffix)
@@ -356,7 +365,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         if claim is not None:
-            claim.record(path, _sha256_file(Path(tmp)))
+            claim.record(Path(os.path.abspath(path)), _sha256_file(Path(tmp)))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
