@@ -22,6 +22,7 @@ COMMANDS = {
     "visualize": "circuits_cli.commands.visualize:visualize",
     "weights": "circuits_cli.commands.weights:weights",
     "trace": "circuits_cli.commands.trace:trace",
+    "graph": "circuits_cli.commands.graph:graph",
     "examples": "circuits_cli.commands.examples:examples",
     "ablate": "circuits_cli.commands.ablate:ablate",
     "find": "circuits_cli.commands.find:find",

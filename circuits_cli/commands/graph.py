@@ -1,0 +1,256 @@
+"""``circuits graph``: the attribution graph of one image — which units and features carried it
+to its answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .common import model_options
+from .options import json_option, out_option, quiet_option
+
+
+def _probability(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError
+    return v
+
+
+class _Fraction(click.ParamType):
+    name = "FRACTION"
+
+    def convert(self, value, param, ctx):
+        try:
+            return _probability(value) if isinstance(value, str) else float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number between 0 and 1", param, ctx)
+
+
+def _sae_pairs(ctx, param, values):
+    out = {}
+    for v in values or ():
+        layer, sep, folder = v.partition("=")
+        if not sep or not layer or not folder:
+            raise click.BadParameter(f"{v!r}: write LAYER=FOLDER (an SAE folder from "
+                                     "'circuits sae train')", ctx, param)
+        out[layer] = Path(folder)
+    return out
+
+
+@click.command()
+@click.argument("image", type=click.Path(path_type=Path), required=True)
+@model_options
+@click.option("--target", default=None, metavar="CLASS|LAYER:UNIT",
+              help="What the graph explains: a class (name, wnid or index: its logit) or a unit "
+                   "(LAYER:CHANNEL: its mean over positions; LAYER:CHANNEL@Y,X one position).  "
+                   "[default: the image's top class]")
+@click.option("--layers", default=None, metavar="L1,L2,...",
+              help="The graph's layers, in forward order.  [default: every block between the "
+                   "input and the target (the mixed blocks of Inception models)]")
+@click.option("--sae", "saes", multiple=True, callback=_sae_pairs, metavar="LAYER=FOLDER",
+              help="Read LAYER through this SAE (repeatable): its nodes are the SAE's features, "
+                   "plus one error node per position for what the SAE misses.")
+@click.option("--node-threshold", type=_Fraction(), default=0.8, show_default=True,
+              help="Pruning: keep the nodes that carry this share of the influence on the "
+                   "target.")
+@click.option("--edge-threshold", type=_Fraction(), default=0.98, show_default=True,
+              help="Pruning: keep the edges that carry this share of the influence.")
+@click.option("--max-nodes", type=click.IntRange(1, 100000), default=200, show_default=True,
+              help="Nodes expanded (their inputs computed), in order of influence.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="Nodes per batched backward pass.")
+@click.option("--patch", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="Side of an input patch node, in pixels.")
+@click.option("--merge-positions", is_flag=True,
+              help="One node per unit (its mean over positions) instead of one per unit and "
+                   "position.")
+@click.option("--reference", "reference_dir", type=click.Path(path_type=Path), default=None,
+              metavar="DIR",
+              help="Images whose mean activations stand in for ablated nodes when measuring "
+                   "faithfulness  [default: zero ablation]")
+@click.option("--intervene", "edits", multiple=True, metavar="NODE=VALUE|NODE*FACTOR",
+              help="Set or scale a node (LAYER:UNIT@Y,X, or LAYER:UNIT for all positions; an "
+                   "SAE feature LAYER:fN) and report how the target moves, in the replacement "
+                   "model (frozen) and in the network (free). Repeatable: applied together.")
+@click.option("--interventions", "n_recorded", type=click.IntRange(0, 1000), default=10,
+              show_default=True,
+              help="Record, for this many of the strongest nodes, what zeroing each does to the "
+                   "target (shown in the viewer).")
+@out_option("outputs/graph/MODEL/IMAGE-TARGET")
+@json_option
+@quiet_option
+def graph(image, load_model, target, layers, saes, node_threshold, edge_threshold, max_nodes,
+          batch_size, patch, merge_positions, reference_dir, edits, n_recorded, out_dir,
+          as_json, quiet):
+    """The attribution graph of IMAGE: which units carried it to its answer.
+
+    For this image the network's nonlinear parts are frozen (ReLU gates, max-pool selections,
+    normalisation denominators, an SAE's active set) so that the map between the chosen layers
+    is exactly linear; an edge is what a node writes into a later node through that map
+    (activation × frozen weight), and a node's incoming edges plus its bias add up to its
+    activation. Nodes are expanded in order of influence on the target with batched backward
+    passes, then pruned (circuit-tracer's thresholds) and scored: replacement and completeness
+    scores, faithfulness by ablation, and what zeroing the strongest nodes does.
+
+    Writes graph.json (circuit-tracer's schema, image positions for token positions),
+    graph.png (a layered figure) and graph.html (an interactive viewer that works offline).
+
+    \b
+    Examples:
+      circuits graph scene.png -m toy --target car --layers mixed4a,mixed4b
+      circuits graph photo.jpg -m googlenet-bvlc --layers 4a,4b,4c --max-nodes 200
+      circuits graph photo.jpg -m googlenet-bvlc --target "sports car" --merge-positions
+      circuits graph scene.png -m toy --target car --intervene mixed4a:37=0
+      circuits graph scene.png -m toy --sae mixed4a=SAE_FOLDER --layers mixed4a,mixed4b
+    """
+    import torch
+
+    from ..errors import CircuitsError
+    from ..files import claim_output, output_dir, slug
+    from ..graph import build_graph, default_layers, node_crops
+    from ..images import find_images, load_image
+    from ..reports.graph_files import GRAPH_FILES, write_graph
+
+    if not image.exists():
+        raise CircuitsError(f"{str(image)!r} does not exist; name an image file")
+    if image.is_dir():
+        raise CircuitsError(f"{str(image)!r} is a folder; name one image file")
+    ref_paths = find_images([reference_dir])[0] if reference_dir is not None else None
+    model = load_model()
+    size = model.input_size
+    x = load_image(image, size=size, resize=round(size * 256 / 224))[None]
+    tgt = _target(model, target, x)
+    names = None
+    if layers:
+        names = [model.layer(n.strip()).name for n in layers.split(",") if n.strip()]
+        order = list(model.layers)
+        if [order.index(n) for n in names] != sorted(order.index(n) for n in names):
+            raise CircuitsError("--layers must be in forward order "
+                                f"({', '.join(sorted(names, key=order.index))})")
+        if tgt.layer and order.index(names[-1]) >= order.index(tgt.layer):
+            raise CircuitsError(f"the graph's layers must come before the target's layer "
+                                f"{tgt.layer!r}")
+    names = names or default_layers(model, tgt)
+    sae_models = _load_saes(model, saes, names)
+    from ..graph.interventions import check_edit
+
+    for e in edits:  # the form and the layer of each intervention, before any work
+        check_edit(e, names, model)
+
+    out = Path(out_dir) if out_dir is not None else output_dir(
+        "graph", model.name, f"{image.stem}-{slug(tgt.label or tgt.index)}")
+    claim_output(out, "graph", GRAPH_FILES)
+    reference = None
+    if ref_paths:
+        reference = torch.stack([load_image(p, size=size, resize=round(size * 256 / 224))
+                                 for p in ref_paths[:256]])
+    if not quiet and not as_json:
+        click.echo(f"Attribution graph of {image.name} for {tgt.label} over "
+                   f"{', '.join(names)} ({max_nodes} nodes expanded, batches of "
+                   f"{batch_size})...", err=True)
+    full, pruned = build_graph(model, x, tgt, names, saes=sae_models,
+                               node_threshold=node_threshold, edge_threshold=edge_threshold,
+                               max_nodes=max_nodes, batch_size=batch_size, patch=patch,
+                               reference01=reference, interventions=n_recorded,
+                               merge=merge_positions,
+                               metadata={"image_name": image.name, "slug": out.name})
+    user = _interventions(full, edits) if edits else []
+    data = pruned.to_json()
+    if user:
+        data["user_interventions"] = user
+    write_graph(out, data, x[0], node_crops(data, x[0]))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    s = data["scores"]
+    click.echo(f"{tgt.label}: {data['metadata']['target']['value']:.4g}; "
+               f"{s['pruned_nodes']} nodes kept of {s['expanded_nodes']} expanded; "
+               f"replacement {s['replacement']:.3f}, completeness {s['completeness']:.3f}, "
+               f"faithfulness {s['faithfulness']:.3f} ({s['ablation']} ablation); "
+               f"largest residual {s['max_residual']:.2g}")
+    feats = sorted((n for n in data["nodes"] if n["feature_type"] in ("neuron", "sae_feature")),
+                   key=lambda n: -n["influence"])
+    for n in feats[:8]:
+        click.echo(f"  {n['node_id']:<24} activation {n['activation']:8.3f}  "
+                   f"influence {n['influence']:.3f}")
+    for u in user:
+        click.echo(f"Intervention {u['edits']}: target {u['frozen_change']:+.4g} frozen, "
+                   f"{u['free_change']:+.4g} free")
+    click.echo(f"Wrote {out / 'graph.json'}, {out / 'graph.png'} and {out / 'graph.html'}")
+
+
+def _target(model, spec, x):
+    from ..errors import CircuitsError
+    from ..evidence.find import lookup_class
+    from ..graph import Target
+
+    if spec and ":" in spec:
+        unit, _, at = spec.partition("@")
+        layer, _, ch = unit.rpartition(":")
+        info = model.layer(layer)
+        try:
+            channel = int(ch)
+        except ValueError:
+            raise CircuitsError(f"--target {spec!r}: the unit must be a channel number "
+                                "(LAYER:CHANNEL)") from None
+        if not 0 <= channel < info.channels:
+            raise CircuitsError(f"--target {spec!r}: layer {info.name!r} has {info.channels} "
+                                "channels")
+        pos = None
+        if at:
+            try:
+                pos = tuple(int(v) for v in at.split(","))
+                assert len(pos) == 2
+            except (ValueError, AssertionError):
+                raise CircuitsError(f"--target {spec!r}: write the position as @Y,X") from None
+        return Target("unit", channel, info.name, pos, f"{info.name}:{channel}"
+                      + (f"@{at}" if at else ""))
+    if spec is None:
+        index = int(model.logits(x)[0].argmax())
+    else:
+        index = lookup_class(model, spec)
+    return Target("logit", index, None, None, model.label(index))
+
+
+def _load_saes(model, saes: dict, layers: list[str]) -> dict:
+    from ..errors import CircuitsError
+    from ..sae.model import load_sae
+
+    out = {}
+    for layer, folder in saes.items():
+        name = model.layer(layer).name
+        if name not in layers:
+            raise CircuitsError(f"--sae {layer}=...: {name!r} is not one of the graph's layers "
+                                f"({', '.join(layers)})")
+        sae = load_sae(folder)
+        channels = model.layer(name).channels
+        if sae.d_in != channels:
+            raise CircuitsError(f"the SAE in {str(folder)!r} reads {sae.d_in} channels; layer "
+                                f"{name!r} has {channels}")
+        out[name] = sae
+    return out
+
+
+def _interventions(full, edits) -> list[dict]:
+    from ..graph import intervene_free, intervene_frozen, parse_edit
+
+    att = full.attribution
+    parsed = [parse_edit(e, att) for e in edits]
+    base = float(att.value[-1])
+    frozen, maps = intervene_frozen(att, parsed)
+    free = intervene_free(att, parsed)
+    moved = []
+    for node in full.nodes:
+        if node["feature_type"] not in ("neuron", "sae_feature") or node["ctx_idx"] is None:
+            continue
+        y, x = node["ctx_idx"]
+        new = float(maps[node["layer"]][0, node["feature"], y, x])
+        if abs(new - node["activation"]) > 1e-6:
+            moved.append({"node_id": node["node_id"], "before": node["activation"],
+                          "after": new})
+    moved.sort(key=lambda m: -abs(m["after"] - m["before"]))
+    return [{"edits": list(edits), "target_before": base, "frozen_change": frozen - base,
+             "free_change": free - base, "moved_nodes": moved[:50]}]

@@ -1,0 +1,291 @@
+"""Attribution graphs against ground truth: planted networks whose every edge is known, with and
+without a planted SAE; exact completeness of the linear decomposition; pruning and scores on
+hand-made graphs; interventions in the replacement model against the network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from planted_nets import inception_net
+from torch import nn
+
+from circuits_cli.graph import Graph, Target, attribute, build_graph, intervene_frozen, to_graph
+from circuits_cli.graph.interventions import NodeRef, intervene_free
+from circuits_cli.sae.model import SAE
+from circuits_cli.zoo.base import LoadedModel, discover_layers
+
+# ---------------------------------------------------------------------------------------------
+# A planted two-layer network: A = relu(conv3x3(x)), B = relu(W_AB · A + b) (1x1), logits from
+# the mean of B. Every edge A -> B is W_AB[d, c] * A[c] at the same position, zero elsewhere.
+
+W_AB = torch.tensor([[1.5, -2.0, 0.0, 0.5],
+                     [0.0, 1.0, 3.0, 0.0],
+                     [-1.0, 0.0, 0.0, 2.0]])
+B_BIAS = torch.tensor([0.1, -0.2, 0.3])
+
+
+class Planted(nn.Module):
+    def __init__(self, pool: str = "none", lrn: bool = False):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv_a = nn.Conv2d(3, 4, 3, padding=1)
+        with torch.no_grad():
+            self.conv_a.weight.copy_(torch.randn(4, 3, 3, 3, generator=g) * 0.5)
+            self.conv_a.bias.copy_(torch.tensor([0.2, 0.1, -0.1, 0.3]))
+        self.relu_a = nn.ReLU()
+        self.pool = {"max": nn.MaxPool2d(3, 2, padding=1, ceil_mode=True),
+                     "none": nn.Identity()}[pool]
+        self.norm = nn.LocalResponseNorm(3, alpha=0.5, beta=0.75, k=1.0) if lrn else nn.Identity()
+        self.conv_b = nn.Conv2d(4, 3, 1)
+        with torch.no_grad():
+            self.conv_b.weight.copy_(W_AB[:, :, None, None])
+            self.conv_b.bias.copy_(B_BIAS)
+        self.relu_b = nn.ReLU()
+        self.fc = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[1.0, 2.0, -1.0], [0.5, -0.5, 1.0]]))
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        a = self.norm(self.pool(self.relu_a(self.conv_a(x))))
+        b = self.relu_b(self.conv_b(a))
+        return self.fc(b.mean((2, 3)))
+
+
+def _model(pool="none", lrn=False) -> LoadedModel:
+    net = Planted(pool, lrn).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    paths = {"A": "norm" if lrn else ("pool" if pool != "none" else "relu_a"), "B": "relu_b"}
+    found = discover_layers(net, 12, lambda path, _m: path in paths.values())
+    layers = {n: type(found[p])(name=n, module=p, channels=found[p].channels,
+                                shape=found[p].shape) for n, p in paths.items()}
+    return LoadedModel(name="planted-graph", module=net, layers=layers, preprocess=lambda x: x,
+                       input_size=12, labels=["yes", "no"], weights_id="planted")
+
+
+def _image(seed=1, side=12):
+    return torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(seed))
+
+
+def _activations(model, x):
+    net = model.module
+    a = net.norm(net.pool(net.relu_a(net.conv_a(x))))
+    return a, net.relu_b(net.conv_b(a))
+
+
+def _edge_matrix(att):
+    """Dense (rows, columns) of the attribution with node tables."""
+    return att.rows, att.row_nodes.tolist()
+
+
+def test_every_edge_is_the_planted_weight_times_the_activation():
+    model = _model()
+    x = _image()
+    att = attribute(model, x, Target("logit", 0), ["A", "B"], max_nodes=10_000, batch_size=7)
+    a, b = _activations(model, x)
+    la, lb = att.layers
+    (a_off, _, _), (b_off, _, _) = att.offsets()
+    rows = {int(n): r for n, r in zip(att.row_nodes, att.rows, strict=True)}
+    checked = negative = 0
+    for j in range(lb.n):  # every active B node was expanded
+        d, y, xx = int(lb.units[j]), int(lb.ys[j]), int(lb.xs[j])
+        row = rows[b_off + j]
+        for i in range(la.n):
+            c, ya, xa = int(la.units[i]), int(la.ys[i]), int(la.xs[i])
+            want = float(W_AB[d, c] * a[0, c, ya, xa]) if (ya, xa) == (y, xx) else 0.0
+            assert abs(float(row[a_off + i]) - want) < 1e-5
+            checked += 1
+            negative += want < 0
+        # completeness of the linear decomposition: incoming edges + bias = activation
+        assert abs(float(row.sum() + att.bias[b_off + j]) - float(b[0, d, y, xx])) < 1e-5
+        assert abs(float(att.bias[b_off + j]) - float(B_BIAS[d])) < 1e-6
+    assert checked > 100 and negative > 10  # inhibitory paths come out negative
+
+
+@pytest.mark.parametrize("pool,lrn", [("max", False), ("none", True), ("max", True)])
+def test_completeness_is_exact_through_max_pools_and_lrn(pool, lrn):
+    """Frozen max-pool selections and LRN denominators: each node's edges plus its bias (from
+    an independent pass of the replacement model with every source at zero) equal its
+    activation, and the frozen map's value equals the network's."""
+    model = _model(pool, lrn)
+    x = _image(2, 13)
+    att = attribute(model, x, Target("logit", 1), ["A", "B"], max_nodes=10_000, batch_size=16)
+    logits = model.module(x)[0]
+    assert abs(float(att.value[-1]) - float(logits[1])) < 1e-5
+    for n, r in zip(att.row_nodes.tolist(), att.rows, strict=True):
+        assert abs(float(r.sum() + att.bias[n] - att.value[n])) < 1e-5
+    assert ("lrn" in att.frozen) == lrn and ("maxpool" in att.frozen) == (pool == "max")
+
+
+def test_inception_blocks_are_exact_too():
+    model = inception_net(seed=3)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    att = attribute(model, x, Target("logit", 4), ["pool1", "mixed_a", "mixed_b"],
+                    max_nodes=300, batch_size=64)
+    assert len(att.row_nodes) == 301
+    res = [abs(float(r.sum() + att.bias[n] - att.value[n]))
+           for n, r in zip(att.row_nodes.tolist(), att.rows, strict=True)]
+    assert max(res) < 1e-4
+    # a target unit instead of a logit, at one position
+    att = attribute(model, x, Target("unit", 11, "mixed_b", (3, 4)), ["pool1", "mixed_a"],
+                    max_nodes=50)
+    assert abs(float(att.rows[0].sum() + att.bias[-1] - att.value[-1])) < 1e-5
+
+
+def test_batched_rows_equal_one_backward_pass_per_node():
+    model = inception_net(seed=1)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    one = attribute(model, x, Target("logit", 2), ["mixed_a", "mixed_b"], max_nodes=40,
+                    batch_size=1, update_interval=40)
+    many = attribute(model, x, Target("logit", 2), ["mixed_a", "mixed_b"], max_nodes=40,
+                     batch_size=20, update_interval=2)
+    assert one.row_nodes.tolist() == many.row_nodes.tolist()
+    assert torch.allclose(one.rows, many.rows, atol=1e-5)
+    assert one.n_backward == 41 and many.n_backward == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# A planted SAE on layer A: features with known decoder directions
+
+
+def _planted_sae(arch="relu"):
+    sae = SAE(4, 6, arch=arch, k=2 if arch == "topk" else None)
+    dec = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0],
+                        [0.6, 0.8, 0, 0], [0, 0, 0.8, 0.6]])
+    with torch.no_grad():
+        sae.W_dec.copy_(dec)
+        sae.W_enc.copy_(dec.T)
+        sae.b_enc.fill_(-0.05)
+    return sae
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_sae_features_and_error_nodes(arch):
+    model = _model()
+    x = _image(3)
+    sae = _planted_sae(arch)
+    att = attribute(model, x, Target("logit", 0), ["A", "B"], saes={"A": sae},
+                    max_nodes=10_000, batch_size=16)
+    a, b = _activations(model, x)
+    la, lb = att.layers
+    a_off, e_off, _ = att.offsets()[0]
+    b_off = att.offsets()[1][0]
+    f = sae.encode_map(a)[0]
+    err = a[0] - sae.forward_map(a)[0]
+    assert la.n_errors == 12 * 12
+    rows = {int(n): r for n, r in zip(att.row_nodes, att.rows, strict=True)}
+    checked = 0
+    for j in range(lb.n):
+        d, y, xx = int(lb.units[j]), int(lb.ys[j]), int(lb.xs[j])
+        row = rows[b_off + j]
+        for i in range(la.n):
+            k, ya, xa = int(la.units[i]), int(la.ys[i]), int(la.xs[i])
+            want = 0.0
+            if (ya, xa) == (y, xx):
+                want = float(f[k, ya, xa] * (W_AB[d] @ sae.W_dec[k].detach()))
+            assert abs(float(row[a_off + i]) - want) < 1e-5
+            checked += 1
+        # the error node at the same position writes W_AB · err
+        e_col = e_off + y * 12 + xx
+        assert abs(float(row[e_col]) - float(W_AB[d] @ err[:, y, xx])) < 1e-5
+        assert abs(float(row.sum() + att.bias[b_off + j]) - float(b[0, d, y, xx])) < 1e-5
+    assert checked > 50
+    # feature nodes' own inputs: through the frozen encoder, exact as well
+    for n, r in zip(att.row_nodes.tolist(), att.rows, strict=True):
+        assert abs(float(r.sum() + att.bias[n] - att.value[n])) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# Pruning and scores on a hand-made graph
+
+
+def _hand_graph():
+    #  in0 -> f1 (w 2) -> target (w 1);  in1 -> f2 (w 1) -> target (w 0.1); err -> target (w 0.3)
+    types = ["input_patch", "input_patch", "neuron", "neuron", "error", "logit"]
+    nodes = [{"node_id": f"n{i}", "feature_type": t} for i, t in enumerate(types)]
+    adj = torch.zeros(6, 6)
+    adj[2, 0], adj[3, 1] = 2.0, 1.0
+    adj[5, 2], adj[5, 3], adj[5, 4] = 1.0, 0.1, 0.3
+    return Graph(nodes=nodes, adjacency=adj)
+
+
+def test_influence_scores_and_pruning_by_hand():
+    g = _hand_graph()
+    infl = g.influence()
+    # target row normalised: f1 1/1.4, f2 0.1/1.4, err 0.3/1.4; f rows normalised to 1
+    assert torch.allclose(infl, torch.tensor([1 / 1.4, 0.1 / 1.4, 1 / 1.4, 0.1 / 1.4,
+                                              0.3 / 1.4, 0.0]), atol=1e-6)
+    s = g.compute_scores()
+    assert s["replacement"] == pytest.approx(1.1 / 1.4, abs=1e-6)  # input / (input + error)
+    # completeness: only the target reads an error node (0.3/1.4 of its input)
+    out = infl + torch.tensor([0, 0, 0, 0, 0, 1.0])
+    assert s["completeness"] == pytest.approx(float((out.sum() - 0.3 / 1.4) / out.sum()),
+                                              abs=1e-6)
+    node_mask, edge_mask, _ = g.prune(node_threshold=0.6, edge_threshold=0.98)
+    assert node_mask.tolist() == [True, False, True, False, False, True]
+    assert bool(edge_mask[5, 2]) and bool(edge_mask[2, 0]) and not bool(edge_mask[5, 3])
+    pruned = g.pruned(0.6, 0.98)
+    assert pruned.node_ids() == ["n0", "n2", "n5"]
+    back = Graph.from_json(pruned.to_json())
+    assert torch.equal(back.adjacency, pruned.adjacency)
+
+
+# ---------------------------------------------------------------------------------------------
+# Interventions and faithfulness
+
+
+def test_frozen_interventions_are_the_graphs_linear_prediction():
+    """Zeroing a node in the replacement model changes the target by exactly the node's total
+    effect through the frozen map: the sum over paths of edge products (here, one layer below
+    the target, the edge itself); the real network agrees while no gate flips."""
+    model = _model()
+    x = _image(5)
+    att = attribute(model, x, Target("logit", 0), ["A", "B"], max_nodes=10_000)
+    lb = att.layers[1]
+    b_off = att.offsets()[1][0]
+    j = int(torch.argmax(lb.values))
+    d, y, xx = int(lb.units[j]), int(lb.ys[j]), int(lb.xs[j])
+    edge = float(att.rows[0][b_off + j])  # target row: B node -> logit
+    ref = NodeRef("B", d, y, xx)
+    frozen, maps = intervene_frozen(att, [(ref, "set", 0.0)])
+    assert frozen - float(att.value[-1]) == pytest.approx(-edge, abs=1e-5)
+    free = intervene_free(att, [(ref, "set", 0.0)])
+    assert free == pytest.approx(frozen, abs=1e-5)  # B is the last layer: nothing to re-gate
+    # a node of A moves the B nodes it feeds, by the planted weight
+    la = att.layers[0]
+    i = int(torch.argmax(la.values))
+    c, ya, xa = int(la.units[i]), int(la.ys[i]), int(la.xs[i])
+    _, maps = intervene_frozen(att, [(NodeRef("A", c, ya, xa), "scale", 2.0)])
+    a, b = _activations(model, x)
+    gate = (b[0, :, ya, xa] > 0).float()
+    moved = maps["B"][0, :, ya, xa] - b[0, :, ya, xa]
+    assert torch.allclose(moved, gate * W_AB[:, c] * a[0, c, ya, xa], atol=1e-5)
+
+
+def test_faithfulness_of_the_whole_and_the_empty_graph():
+    from circuits_cli.graph.build import _keep_masks
+    from circuits_cli.graph.interventions import faithfulness, reference_means
+
+    model = _model()
+    x = _image(6)
+    full, pruned = build_graph(model, x, Target("logit", 0), ["A", "B"], max_nodes=10_000,
+                               interventions=3)
+    att = full.attribution
+    zero = reference_means(att, None)
+    # every node kept: the graph is the model
+    whole = faithfulness(att, _keep_masks(att, full), zero)
+    assert whole["faithfulness"] == pytest.approx(1.0, abs=1e-9)
+    empty = Graph(nodes=[], adjacency=torch.zeros(0, 0))
+    f = faithfulness(att, _keep_masks(att, empty), zero)
+    assert f["faithfulness"] == pytest.approx(0.0, abs=1e-9)
+    assert 0.5 < full.scores["faithfulness"] <= 1.0 + 1e-6  # the pruned graph's
+    assert full.scores["max_residual"] < 1e-5
+    assert len(pruned.interventions) == 3
+    for rec in pruned.interventions:
+        assert rec["predicted"] == pytest.approx(rec["actual"], abs=0.05 * abs(rec["actual"])
+                                                 + 1e-4)
+    data = pruned.to_json()
+    assert data["format"] == "circuits-graph/1"
+    assert {"metadata", "nodes", "links", "qParams", "scores"} <= set(data)
+    assert to_graph(att).adjacency.shape[0] >= len(data["nodes"])
