@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from matplotlib.colors import to_hex
 
 from circuits_cli.errors import CircuitsError
 from circuits_cli.reports.graph_figure import BLUE, RED, graph_figure, load_graph_images, spread
+from circuits_cli.reports.graph_page import graph_page, write_graph_page
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +178,43 @@ def test_not_a_graph_is_refused_with_a_reason(graph):
     graph["links"].append({"source": "nowhere", "target": CAR_NODE, "weight": 1.0})
     with pytest.raises(CircuitsError, match="nowhere"):
         graph_figure(graph)
+
+
+# ---- graph.html: the page and its embedded data (behaviour: tests/test_graph_browser.py) ----
+
+def _embedded(html: str) -> dict:
+    m = re.search(r'<script type="application/json" id="graph-data">(.*?)</script>', html, re.S)
+    assert m, "no embedded graph"
+    return json.loads(m.group(1))
+
+
+def test_page_embeds_the_graph_exactly_and_needs_nothing_from_the_network(graph):
+    html = graph_page(graph)
+    assert _embedded(html) == graph
+    assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in html and "<script src" not in html and "<link" not in html
+    assert "sports car" in html and "0.812" in html and "mean ablation" in html
+
+
+def test_page_survives_hostile_labels_and_non_finite_scores(graph):
+    evil = "</script><script>alert(1)</script> & <b>"
+    graph["nodes"][3]["label"] = evil
+    graph["metadata"]["image_name"] = "<img src=x onerror=alert(1)>.png"
+    graph["scores"]["faithfulness"] = float("nan")
+    html = graph_page(graph)
+    assert "<script>alert(1)" not in html and "<img src=x" not in html
+    data = _embedded(html)
+    assert data["nodes"][3]["label"] == evil  # the text itself is kept, as data
+    assert data["scores"]["faithfulness"] is None
+
+
+def test_page_is_written_beside_the_graph_from_a_relative_folder(monkeypatch, tmp_path, graph):
+    monkeypatch.chdir(tmp_path)
+    path = write_graph_page("out", graph)
+    assert path == Path("out") / "graph.html"
+    assert _embedded((tmp_path / "out" / "graph.html").read_text()) == graph
+
+
+def test_page_refuses_what_is_not_a_graph():
+    with pytest.raises(CircuitsError, match="circuits-graph/1"):
+        graph_page({"nodes": []})
