@@ -197,3 +197,34 @@ def test_a_node_links_to_its_atlas_page(site, tab):
     tab.wait_for_url("**/" + ATLAS_PAGE)
     assert Path(unquote(urlparse(tab.url).path)) == (folder / ATLAS_PAGE).resolve()
     assert tab.locator("h1").inner_text() == "mixed4b:64"
+
+
+def test_a_crowded_layer_wraps_onto_sub_rows_and_stays_on_screen(browser, tmp_path):
+    """A pruned graph can hold ~100 nodes in one layer: none may fall off the right edge (the
+    target with them) and none may overlap another."""
+    graph = make_graph(tmp_path)
+    row = [n for n in graph["nodes"] if n["layer"] == "mixed3b" and n["feature"] is not None]
+    for i in range(90):
+        extra = dict(row[i % len(row)], feature=1000 + i, label=f"mixed3b:{1000 + i}")
+        extra["node_id"] = f"mixed3b:{1000 + i}@{extra['ctx_idx'][0]},{extra['ctx_idx'][1]}"
+        graph["nodes"].append(extra)
+        graph["links"].append({"source": extra["node_id"], "target": CAR_NODE, "weight": 0.01})
+    write_graph_page(tmp_path, graph)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto((tmp_path / "graph.html").resolve().as_uri())
+    boxes = page.eval_on_selector_all("g.node .shape, g.node .frame", """els => els.map(e => {
+        const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; })""")
+    visible = page.eval_on_selector("#graph-wrap", "w => w.getBoundingClientRect().right")
+    assert len(boxes) >= len(graph["nodes"])
+    assert max(b[2] for b in boxes) <= visible  # no horizontal scrolling needed
+    shapes = page.eval_on_selector_all("g.node", """gs => gs.map(g => {
+        const r = g.querySelector('.shape, .frame').getBoundingClientRect();
+        return [r.left, r.top, r.right, r.bottom]; })""")
+    for i, a in enumerate(shapes):
+        for b in shapes[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+    page.screenshot(path=str(tmp_path / "graph-crowded.png"))
+    page.close()
+    assert not errors, errors

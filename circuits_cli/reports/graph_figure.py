@@ -258,13 +258,18 @@ def graph_figure(graph: Mapping, image=None, thumbnails: Mapping | None = None, 
                         color=MUTED)
         ax.plot([-0.1, GRAPH_W + 0.2], [y, y], color="#eeeeee", lw=0.6, zorder=0)
 
-    # edges
+    # edges: into a node's label's foot, so that no line crosses a label
+    below = {}
+    for nid, node in drawn.items():
+        first, second = _node_lines(node)
+        below[nid] = 0.0 if node.get("is_target") else 0.07 + 0.135 * (1 if second is None else 2)
     for lk in shown:
         (x0, y0), (x1, y1) = pos[lk["source"]], pos[lk["target"]]
         if y1 < y0:  # drawn bottom-up always
             (x0, y0), (x1, y1) = (x1, y1), (x0, y0)
         r = rel[id(lk)]
-        line = Line2D([x0, x1], [y0 + NODE / 2, y1 - NODE / 2],
+        upper = lk["target"] if pos[lk["target"]][1] >= pos[lk["source"]][1] else lk["source"]
+        line = Line2D([x0, x1], [y0 + NODE / 2, y1 - NODE / 2 - below[upper]],
                       color=RED if lk["weight"] > 0 else BLUE, lw=0.4 + 2.6 * r,
                       alpha=0.25 + 0.55 * r, solid_capstyle="round", zorder=1 + r)
         line.set_gid(f"edge:{lk['source']}->{lk['target']}")
@@ -324,7 +329,7 @@ def graph_figure(graph: Mapping, image=None, thumbnails: Mapping | None = None, 
     scores = graph.get("scores", {})
 
     def fmt(v):
-        return "–" if v is None else f"{v:.2f}"
+        return "–" if v is None or not np.isfinite(v) else f"{v:.2f}"
 
     title = (f"{meta.get('image_name', '')} → {target.get('label', 'target')} "
              f"({target.get('kind', '')}, {target.get('value', 0):.3g}) · {meta.get('model', '')}")

@@ -60,7 +60,7 @@ def embedded_json(graph: Mapping) -> Markup:
 
 
 def _fmt(v, digits: int = 3) -> str:
-    if v is None:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
     if isinstance(v, float):
         return f"{v:.{digits}g}"
