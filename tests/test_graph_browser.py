@@ -102,8 +102,13 @@ def test_page_draws_the_graph_and_a_node_shows_its_inputs_and_outputs(site, tab)
     assert tab.locator(f"#rf rect[data-box='{','.join(map(str, box))}']").count() == 1
     for img in ("#node-thumbnail", "#node-examples"):
         assert tab.eval_on_selector(img, "i => i.complete && i.naturalWidth") > 0
-    # only its links stay lit
+    # only its links stay lit: inputs and outputs, or inputs alone (qParams.linkType)
     assert tab.locator("path.edge.on").count() == len(expect) + 1
+    tab.select_option("#link-type", "input")
+    lit = tab.eval_on_selector_all("path.edge.on", "es => es.map(e => e.dataset.target)")
+    assert lit == [CAR_NODE] * len(expect)
+    assert json.loads(unquote(urlparse(tab.url).fragment))["linkType"] == "input"
+    tab.select_option("#link-type", "both")
     # clicking an input goes to that node
     tab.click(f"#node-inputs tr[data-id='{INHIBITORY[0]}']")
     assert tab.locator("#node-title").inner_text() == "mixed4a:136 (1,2)"

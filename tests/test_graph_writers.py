@@ -208,6 +208,15 @@ def test_page_survives_hostile_labels_and_non_finite_scores(graph):
     assert data["scores"]["faithfulness"] is None
 
 
+def test_page_takes_numpy_numbers_as_a_graph_built_in_python_may_hold(graph):
+    graph["nodes"][0]["activation"] = np.float32(1.5)
+    graph["nodes"][0]["box"] = np.array([0, 0, 32, 32])
+    graph["scores"]["completeness"] = np.float64(np.inf)
+    data = _embedded(graph_page(graph))
+    assert data["nodes"][0]["activation"] == 1.5 and data["nodes"][0]["box"] == [0, 0, 32, 32]
+    assert data["scores"]["completeness"] is None
+
+
 def test_page_is_written_beside_the_graph_from_a_relative_folder(monkeypatch, tmp_path, graph):
     monkeypatch.chdir(tmp_path)
     path = write_graph_page("out", graph)

@@ -331,7 +331,8 @@ def graph_figure(graph: Mapping, image=None, thumbnails: Mapping | None = None, 
     def fmt(v):
         return "–" if v is None or not np.isfinite(v) else f"{v:.2f}"
 
-    title = (f"{meta.get('image_name', '')} → {target.get('label', 'target')} "
+    title = (f"{meta.get('image_name') or meta.get('image') or 'image'} → "
+             f"{target.get('label') or 'target'} "
              f"({target.get('kind', '')}, {target.get('value', 0):.3g}) · {meta.get('model', '')}")
     score_line = (f"replacement {fmt(scores.get('replacement'))} · completeness "
                   f"{fmt(scores.get('completeness'))} · faithfulness "

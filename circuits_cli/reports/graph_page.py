@@ -51,10 +51,18 @@ def _finite(value):
     return value
 
 
+def _plain(value):
+    """numpy scalars and arrays (a graph built in Python may hold them) as JSON values."""
+    if hasattr(value, "tolist"):
+        return _finite(value.tolist())
+    raise TypeError(f"{type(value).__name__} in the graph is not JSON data")
+
+
 def embedded_json(graph: Mapping) -> Markup:
     """The graph as JSON safe inside ``<script type="application/json">``: no ``</script>``
     (nor any ``<``) can end the element early."""
-    text = json.dumps(_finite(graph), ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(_finite(graph), ensure_ascii=False, separators=(",", ":"),
+                      default=_plain)
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return Markup(text)
 
@@ -75,8 +83,8 @@ def graph_page(graph: Mapping) -> str:
     meta = graph["metadata"]
     target = meta.get("target", {})
     scores = graph.get("scores", {})
-    title = (f"{meta.get('image_name', '')} → {target.get('label', 'target')} · "
-             f"{meta.get('model', '')}")
+    title = (f"{meta.get('image_name') or meta.get('image') or 'image'} → "
+             f"{target.get('label') or 'target'} · {meta.get('model', '')}")
     score_rows = [("replacement", _fmt(scores.get("replacement"))),
                   ("completeness", _fmt(scores.get("completeness"))),
                   ("faithfulness", _fmt(scores.get("faithfulness"))
