@@ -176,6 +176,9 @@ def test_grouping_nodes_into_a_supernode_sums_their_links_and_ungroups(site, tab
     state = json.loads(unquote(urlparse(tab.url).fragment))
     assert state["supernodes"] == [["windows", a, b]]
     tab.screenshot(path=str(folder / "graph-supernode.png"))
+    tab.reload()  # the grouping is kept in the address
+    assert tab.locator(_node(sup)).count() == 1 and tab.locator(_node(a)).count() == 0
+    _click(tab, sup)
     tab.click("#ungroup-btn")
     assert tab.locator(_node(sup)).count() == 0
     assert tab.locator("g.node").count() == len(graph["nodes"])

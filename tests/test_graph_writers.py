@@ -134,6 +134,10 @@ def test_a_large_layer_shows_its_most_influential_and_pinned_nodes_and_says_so(g
         if layer == "mixed4a":
             expect = {weakest["node_id"]} | {n["node_id"] for n in ranked[:2]}
         assert {n["node_id"] for n in drawn} == expect
+    assert to_hex(nodes[weakest["node_id"]].get_edgecolor()) == "#e6a100"  # highlighted
+    others = [a for nid, a in nodes.items() if nid != weakest["node_id"] and
+              hasattr(a, "get_edgecolor")]
+    assert others and all(to_hex(a.get_edgecolor()) != "#e6a100" for a in others)
     edges = _artists(fig, "edge:")
     assert len(edges) == 5
     assert all(a.split("->")[0] in nodes and a.split("->")[1] in nodes for a in edges)

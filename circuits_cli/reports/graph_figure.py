@@ -288,7 +288,8 @@ def graph_figure(graph: Mapping, image=None, thumbnails: Mapping | None = None, 
             crop = img[int(y0 * sy_): max(int(y1 * sy_), int(y0 * sy_) + 1),
                        int(x0 * sx_): max(int(x1 * sx_), int(x0 * sx_) + 1)]
             thumb = crop if crop.size else None
-        edge = "#e6a100" if nid in pinned else "#303030"
+        edge = "#e6a100" if nid in pinned else "#303030"  # pinned: orange, thicker
+        lw = 2.0 if nid in pinned else 0.8
         if node.get("is_target"):
             art = FancyBboxPatch((x - 0.7, y - NODE / 2), 1.4, NODE,
                                  boxstyle="round,pad=0.02,rounding_size=0.08",
@@ -301,12 +302,12 @@ def graph_figure(graph: Mapping, image=None, thumbnails: Mapping | None = None, 
                                    edgecolor=edge, lw=1.6 if nid in pinned else 0.7, zorder=9))
         elif kind == "error":
             art = RegularPolygon((x, y), 4, radius=NODE * 0.42, facecolor="#d0d0d0",
-                                 edgecolor=edge, lw=0.8, zorder=8)
+                                 edgecolor=edge, lw=lw, zorder=8)
         elif kind == "sae_feature":
             art = Rectangle((x - NODE * 0.3, y - NODE * 0.3), NODE * 0.6, NODE * 0.6,
-                            facecolor="#f2e6c9", edgecolor=edge, lw=0.8, zorder=8)
+                            facecolor="#f2e6c9", edgecolor=edge, lw=lw, zorder=8)
         else:
-            art = Circle((x, y), NODE * 0.32, facecolor="#e8e8e8", edgecolor=edge, lw=0.8,
+            art = Circle((x, y), NODE * 0.32, facecolor="#e8e8e8", edgecolor=edge, lw=lw,
                          zorder=8)
         art.set_gid(f"node:{nid}")
         if not hasattr(art, "get_array"):
