@@ -96,16 +96,29 @@ def test_rows_go_from_input_to_target_and_follow_the_image_left_to_right(graph):
         assert [n["node_id"] for n in centre_x] == [n["node_id"] for n in drawn_x]
 
 
-def test_no_two_labels_or_nodes_overlap(folder, graph):
+@pytest.mark.parametrize("long_names", [False, True])
+def test_no_two_labels_or_nodes_overlap(folder, graph, long_names):
+    if long_names:  # ImageNet's names are long
+        graph["metadata"]["image_name"] = "n02814533_beach_wagon_photograph_000123.JPEG"
+        graph["metadata"]["target"]["label"] = "beach wagon, station wagon, wagon, estate car"
+        graph["nodes"][-1]["label"] = "logit: beach wagon, station wagon, wagon, estate car"
+        for n in graph["nodes"]:
+            if n["layer"] == "mixed4b":
+                n["label"] = "a very long human label of a unit"
     image, thumbs = load_graph_images(graph, folder)
     fig = graph_figure(graph, image, thumbs)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    renderer = FigureCanvasAgg(fig).get_renderer()
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # lays the legend out
+    renderer = canvas.get_renderer()
     ax = fig.axes[0]
-    texts = [t for t in ax.texts if t.get_text().strip()]
+    texts = [t for t in ax.texts if t.get_text().strip()] + list(fig.legends[0].get_texts())
     boxes = [t.get_window_extent(renderer) for t in texts]
     assert len(texts) > len(graph["nodes"])  # a label per node plus row names and title
+    page = fig.bbox
+    for t, b in zip(texts, boxes, strict=True):  # and all inside the figure
+        assert page.x0 - 1 <= b.x0 and b.x1 <= page.x1 + 1, t.get_text()
     for (a, ta), (b, tb) in itertools.combinations(zip(boxes, texts, strict=True), 2):
         assert not a.overlaps(b), (ta.get_text(), tb.get_text())
     nodes = list(_artists(fig, "node:").values())
@@ -170,9 +183,9 @@ def test_figure_saves_into_a_relative_folder(monkeypatch, tmp_path, graph):
     from circuits_cli.files import save_figure
 
     monkeypatch.chdir(tmp_path)
-    path = save_figure(graph_figure(graph), "out/graph.png")
-    with Image.open(tmp_path / "out" / "graph.png") as im:
-        assert im.width >= 1000 and im.height >= 700
+    path = save_figure(graph_figure(graph), "out/graph.png", dpi=200)
+    with Image.open(tmp_path / "out" / "graph.png") as im:  # about 8 x 7 inches
+        assert 1500 <= im.width <= 1800 and 1200 <= im.height <= 1700, im.size
     assert path.name == "graph.png"
 
 

@@ -36,12 +36,13 @@ TYPE_NAMES = {"input_patch": "input patches", "neuron": "neurons", "sae_feature"
               "error": "error", "logit": "logit", "unit": "unit"}
 
 # geometry, in inches (the axes are drawn 1:1 in inches, so thumbnails stay square)
-NODE = 0.5  # thumbnail / marker box
-SLOT = 0.95  # horizontal room of one node with its label
-ROW = 1.45  # distance between layer rows
-GRAPH_W = 8.6  # width of the graph area
-MARGIN_L = 1.9  # row labels (and the image, at the input row)
-LABEL_PT = 7.0
+# about 8 inches wide in all: a full-width figure of a paper (7 in) shrinks it little
+NODE = 0.44  # thumbnail / marker box
+SLOT = 0.8  # horizontal room of one node with its label
+ROW = 1.3  # distance between layer rows
+GRAPH_W = 6.6  # width of the graph area
+MARGIN_L = 1.45  # row labels (and the image, at the input row)
+LABEL_PT = 6.5
 
 
 def check_graph(graph: Mapping) -> None:
@@ -134,7 +135,7 @@ def _node_lines(node: Mapping) -> tuple[str, str | None]:
     if kind == "error":
         return f"error {at}", None
     if node.get("is_target"):
-        return _short(node.get("label") or "target", 22), f"{node['activation']:.3g}"
+        return _short(node.get("label") or "target", 40), f"{node['activation']:.3g}"
     first = f"#{node['feature']} {at}"
     label = (node.get("label") or "").strip()
     generic = {"", node["node_id"], f"{node['layer']}:{node['feature']}"}
@@ -213,13 +214,12 @@ def graph_figure(graph: Mapping, image=None, thumbnails: Mapping | None = None, 
     rel = {id(lk): abs(lk["weight"]) / (top_in[lk["target"]] or 1.0) for lk in links}
     shown = sorted(links, key=lambda lk: (-rel[id(lk)], lk["source"], lk["target"]))[:max_edges]
 
-    height_in = (len(row_indices) - 1) * ROW + 2.9
     width_in = MARGIN_L + GRAPH_W + 0.3
-    fig = Figure(figsize=(width_in, height_in), dpi=100)
+    top = (len(row_indices) - 1) * ROW + NODE / 2 + 1.35  # title, scores, legend
+    bottom = -NODE / 2 - 1.05
+    fig = Figure(figsize=(width_in, top - bottom), dpi=100)  # 1 data unit = 1 inch
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(-MARGIN_L, GRAPH_W + 0.3)
-    top = row_y[row_indices[-1]] + NODE / 2 + 1.25
-    bottom = -NODE / 2 - 1.15
     ax.set_ylim(bottom, top)
     ax.set_aspect("equal")
     ax.axis("off")
@@ -234,17 +234,20 @@ def graph_figure(graph: Mapping, image=None, thumbnails: Mapping | None = None, 
                        key=lambda k: (k == "error", k))
         sub = f"{len(nodes)} of {all_rows[li]} nodes" if li not in (0, n_layers + 1) else ""
         if li == 0 and img is not None:
-            ax.imshow(img, extent=(-MARGIN_L + 0.1, -0.35, y - 0.62, y + 0.62),
+            iw = MARGIN_L - 0.4  # the image at its own aspect, at most a row high
+            ih = min(iw * (h_img or img.shape[0]) / (w_img or img.shape[1]), ROW * 0.85)
+            iw = ih * (w_img or img.shape[1]) / (h_img or img.shape[0])
+            ix0 = -0.3 - iw
+            ax.imshow(img, extent=(ix0, -0.3, y - ih / 2, y + ih / 2),
                       interpolation="lanczos", zorder=3, aspect="auto")
-            ax.text((-MARGIN_L + 0.1 - 0.35) / 2, y - 0.68, "input image", ha="center",
+            ax.text(ix0 + iw / 2, y - ih / 2 - 0.05, "input image", ha="center",
                     va="top", fontsize=LABEL_PT + 0.5, color=INK, zorder=5)
             if w_img and h_img:  # the drawn patches, outlined on the image
-                sx = (MARGIN_L - 0.45) / w_img
-                sy = 1.24 / h_img
+                sx, sy = iw / w_img, ih / h_img
                 for n in nodes:
                     if n.get("box"):
                         x0, y0, x1, y1 = n["box"]
-                        ax.add_patch(Rectangle((-MARGIN_L + 0.1 + x0 * sx, y + 0.62 - y1 * sy),
+                        ax.add_patch(Rectangle((ix0 + x0 * sx, y + ih / 2 - y1 * sy),
                                                (x1 - x0) * sx, (y1 - y0) * sy, fill=False,
                                                edgecolor="#ffd400", lw=0.8, zorder=4))
         else:
@@ -291,7 +294,8 @@ def graph_figure(graph: Mapping, image=None, thumbnails: Mapping | None = None, 
         edge = "#e6a100" if nid in pinned else "#303030"  # pinned: orange, thicker
         lw = 2.0 if nid in pinned else 0.8
         if node.get("is_target"):
-            art = FancyBboxPatch((x - 0.7, y - NODE / 2), 1.4, NODE,
+            tw = max(1.3, 0.075 * len(_node_lines(node)[0]) + 0.3)
+            art = FancyBboxPatch((x - tw / 2, y - NODE / 2), tw, NODE,
                                  boxstyle="round,pad=0.02,rounding_size=0.08",
                                  facecolor="#fff4d6", edgecolor=INK, lw=1.0, zorder=8)
         elif thumb is not None:
@@ -339,9 +343,10 @@ def graph_figure(graph: Mapping, image=None, thumbnails: Mapping | None = None, 
                   f"{fmt(scores.get('completeness'))} · faithfulness "
                   f"{fmt(scores.get('faithfulness'))}"
                   + (f" ({scores['ablation']} ablation)" if scores.get("ablation") else ""))
-    ax.text(-MARGIN_L + 0.15, top - 0.15, title, ha="left", va="top", fontsize=11,
+    ax.text(-MARGIN_L + 0.1, top - 0.12, _short(title, int(width_in * 11)), ha="left",
+            va="top", fontsize=10,
             fontweight="bold", color=INK)
-    ax.text(-MARGIN_L + 0.15, top - 0.47, score_line, ha="left", va="top", fontsize=9,
+    ax.text(-MARGIN_L + 0.1, top - 0.42, score_line, ha="left", va="top", fontsize=8.5,
             color=INK)
     handles = [Line2D([], [], color=RED, lw=2.5, label="excites"),
                Line2D([], [], color=BLUE, lw=2.5, label="inhibits")]
@@ -352,8 +357,10 @@ def graph_figure(graph: Mapping, image=None, thumbnails: Mapping | None = None, 
         if kind in present:
             handles.append(Line2D([], [], ls="none", marker=m, markersize=7, markerfacecolor=c,
                                   markeredgecolor="#303030", label=name))
-    fig.legend(handles=handles, loc="upper right", fontsize=LABEL_PT + 0.5, frameon=False,
-               ncol=1, bbox_to_anchor=(0.995, 0.995))
+    # one line under the scores, so that no title can run into it
+    fig.legend(handles=handles, loc="upper left", fontsize=LABEL_PT + 0.5, frameon=False,
+               ncol=len(handles), handlelength=1.6, columnspacing=1.4, borderaxespad=0,
+               bbox_to_anchor=(0.1 / width_in, (top - 0.68 - bottom) / (top - bottom)))
     n_all, l_all = len(graph["nodes"]), len(graph["links"])
     caption = (f"Drawn: the {len(drawn)} most influential of {n_all} nodes (up to {per_layer} a "
                f"layer) and the {len(shown)} strongest of the {len(links)} links between them "
