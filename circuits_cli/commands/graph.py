@@ -138,7 +138,7 @@ def graph(image, load_model, target, layers, saes, node_threshold, edge_threshol
     from ..graph.interventions import check_edit
 
     for e in edits:  # the form and the layer of each intervention, before any work
-        check_edit(e, names, model)
+        check_edit(e, names, model, sae_models)
 
     out = Path(out_dir) if out_dir is not None else output_dir(
         "graph", model.name, f"{image.stem}-{slug(tgt.label or tgt.index)}")

@@ -344,7 +344,7 @@ def _patches(x_grad_x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 def attribute(model: LoadedModel, image01: torch.Tensor, target: Target, layers: list[str], *,
               saes: dict | None = None, max_nodes: int = 200, batch_size: int = 32,
-              patch: int = 16, update_interval: int = 4, merge: bool = False) -> Attribution:
+              patch: int = 16, update_interval: int = 1, merge: bool = False) -> Attribution:
     """The attribution graph's rows for one image (``image01``: (1, 3, H, W) in [0, 1]).
 
     Expands up to ``max_nodes`` nodes in order of influence on the target (recomputed every

@@ -74,7 +74,8 @@ class Graph:
         infl = influence(a, w)
         err, inp = self.is_error, self.is_input
         token, error = float(infl[inp].sum()), float(infl[err].sum())
-        replacement = token / (token + error) if token + error > 0 else float("nan")
+        # without error nodes (neurons, no dictionary) nothing is replaced: the score is 1
+        replacement = token / (token + error) if error > 0 else 1.0
         non_error = 1 - a[:, err].sum(dim=1)
         out_infl = infl + w
         completeness = float((non_error * out_infl).sum() / out_infl.sum())

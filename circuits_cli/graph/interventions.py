@@ -67,17 +67,26 @@ def parse_node(spec: str, att: Attribution) -> NodeRef:
     return NodeRef(layer, unit, y, x, is_sae)
 
 
-def check_edit(text: str, layers: list[str], model) -> None:
-    """Check an intervention's form and layer before any work (:func:`parse_edit` checks the
-    rest against the graph)."""
+def check_edit(text: str, layers: list[str], model, saes: dict | None = None) -> None:
+    """Check an intervention's form, layer and unit before any work (:func:`parse_edit`
+    checks the position against the graph)."""
     node = re.split(r"[=*]", text, maxsplit=1)[0]
     m = _NODE.match(node.strip())
     if not m or not re.search(r"[=*]\s*[-+0-9.eE]+\s*$", text):
         raise CircuitsError(f"cannot read intervention {text!r}; write NODE=VALUE or "
                             "NODE*FACTOR (e.g. mixed4a:37@3,5=0 or mixed4a:37*2)")
-    if model.layer(m["layer"]).name not in layers:
+    layer = model.layer(m["layer"]).name
+    if layer not in layers:
         raise CircuitsError(f"intervention {text!r}: layer {m['layer']!r} is not one of the "
                             f"graph's layers ({', '.join(layers)})")
+    sae = (saes or {}).get(layer)
+    if bool(m["f"]) != (sae is not None):
+        raise CircuitsError(f"intervention {text!r}: layer {layer!r} has "
+                            + ("SAE features (write LAYER:fN)" if sae is not None else "no SAE"))
+    n = sae.d_sae if sae is not None else model.layer(layer).channels
+    if int(m["unit"]) >= n:
+        raise CircuitsError(f"intervention {text!r}: layer {layer!r} has {n} "
+                            + ("features" if sae is not None else "units"))
 
 
 def parse_edit(text: str, att: Attribution) -> tuple[NodeRef, str, float]:

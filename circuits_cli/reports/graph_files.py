@@ -46,7 +46,7 @@ def write_graph(out: Path, data: dict, image01, crops: dict[str, np.ndarray]) ->
             node["thumbnail"] = rel
     write_json(out / "graph.json", data)
     fig = graph_figure(data, image, crops)
-    save_figure(fig, out / "graph.png", dpi=150)
+    save_figure(fig, out / "graph.png", dpi=200)
     plt.close(fig)
     write_text(out / "graph.html", graph_page(data))
     return data
