@@ -72,14 +72,14 @@ def tell(model: LoadedModel, out: Path, car: Unit, scenes: Path,
     from .units import parse_unit
 
     story = Story()
-    echo("[5/7] superposition: the toy models of Elhage et al. (n=20 features, m=5 dimensions)")
+    echo("[6/8] superposition: the toy models of Elhage et al. (n=20 features, m=5 dimensions)")
     res = run_superposition(out / "superposition", experiments=("sweep",),
                             params={"sweep": SweepParams(steps=SUPERPOSITION_STEPS)})
     story.superposition = res["sweep"]
     story.files["wtw"] = out / "superposition" / "wtw_sweep.png"
     story.files["norms"] = out / "superposition" / "feature_norms.png"
 
-    echo(f"[6/7] a sparse autoencoder on {car.layer} over the scenes (TopK, "
+    echo(f"[7/8] a sparse autoencoder on {car.layer} over the scenes (TopK, "
          f"{SAE_SETTINGS['expansion']}x, k={SAE_SETTINGS['k']})")
     trained = train_layer_sae(model, car.layer, scenes, out / "sae", TrainConfig(**SAE_SETTINGS),
                               log=None, bar=False)
@@ -93,7 +93,7 @@ def tell(model: LoadedModel, out: Path, car: Unit, scenes: Path,
     story.decoder_on_neuron = float(story.car_feature.decoder(acts.shape[0])[car.channel])
     story.files["sae_metrics"] = out / "sae" / "metrics.png"
 
-    echo(f"[7/7] steering the car feature {index} (add, strengths {list(STEER_STRENGTHS)})")
+    echo(f"[8/8] steering the car feature {index} (add, strengths {list(STEER_STRENGTHS)})")
     # the hypothesis under test is "this is the car feature": its targeted class is car (the
     # classes its decoder pushes most through the weights are reported beside it)
     from .evidence.steering import supported_classes
@@ -150,6 +150,20 @@ def sections(demo, story: Story) -> list:
         circuit.links.append(("The circuit report: dataset examples, kernels, ablation",
                               demo.report))
     s.append(circuit)
+
+    if demo.graph_png:
+        g = Section("graph", "Which units carried one car scene to its answer")
+        g.paragraphs.append(
+            "An attribution graph (as circuit-tracer builds them for language models): for one "
+            "scene the network's ReLU gates and max-pool selections are frozen, so that the car "
+            "logit is exactly a sum of what each unit at each position of mixed4a and mixed4b "
+            "writes into it through the frozen weights. Nodes are expanded in order of their "
+            "influence on the logit and pruned; thumbnails are what each node sees of the scene.")
+        g.paragraphs += demo.graph_lines
+        g.figures.append(Figure(demo.graph_png, "graph.png: the pruned attribution graph"))
+        g.links.append(("The interactive graph: click a node for its inputs, outputs and "
+                        "receptive field", demo.graph_html))
+        s.append(g)
 
     if story.superposition is not None:
         sup = Section("superposition", "Why neurons are polysemantic: superposition")

@@ -41,7 +41,7 @@ def _sae_pairs(ctx, param, values):
 
 
 @click.command()
-@click.argument("image", type=click.Path(path_type=Path), required=True)
+@click.argument("image", type=click.Path(path_type=Path), required=False)
 @model_options
 @click.option("--target", default=None, metavar="CLASS|LAYER:UNIT",
               help="What the graph explains: a class (name, wnid or index: its logit) or a unit "
@@ -64,6 +64,12 @@ def _sae_pairs(ctx, param, values):
               help="Nodes per batched backward pass.")
 @click.option("--patch", type=click.IntRange(1, 4096), default=16, show_default=True,
               help="Side of an input patch node, in pixels.")
+@click.option("--images", "images_dir", type=click.Path(path_type=Path), default=None,
+              metavar="DIR",
+              help="Instead of IMAGE: a class-level graph, the unit-level graphs of these "
+                   "images averaged (at most --max-images of them).")
+@click.option("--max-images", type=click.IntRange(1, 10000), default=16, show_default=True,
+              help="With --images: how many images (in sorted order) to average.")
 @click.option("--merge-positions", is_flag=True,
               help="One node per unit (its mean over positions) instead of one per unit and "
                    "position.")
@@ -79,12 +85,16 @@ def _sae_pairs(ctx, param, values):
               show_default=True,
               help="Record, for this many of the strongest nodes, what zeroing each does to the "
                    "target (shown in the viewer).")
+@click.option("--atlas", "atlas_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=None, metavar="DIR",
+              help="An atlas of this model ('circuits atlas'): nodes link to their unit pages "
+                   "and show their feature visualizations from it.")
 @out_option("outputs/graph/MODEL/IMAGE-TARGET")
 @json_option
 @quiet_option
 def graph(image, load_model, target, layers, saes, node_threshold, edge_threshold, max_nodes,
-          batch_size, patch, merge_positions, reference_dir, edits, n_recorded, out_dir,
-          as_json, quiet):
+          batch_size, patch, images_dir, max_images, merge_positions, reference_dir, edits,
+          n_recorded, atlas_dir, out_dir, as_json, quiet):
     """The attribution graph of IMAGE: which units carried it to its answer.
 
     For this image the network's nonlinear parts are frozen (ReLU gates, max-pool selections,
@@ -110,18 +120,28 @@ def graph(image, load_model, target, layers, saes, node_threshold, edge_threshol
 
     from ..errors import CircuitsError
     from ..files import claim_output, output_dir, slug
-    from ..graph import build_graph, default_layers, node_crops
+    from ..graph import build_class_graph, build_graph, default_layers, node_crops
     from ..images import find_images, load_image
-    from ..reports.graph_files import GRAPH_FILES, write_graph
+    from ..reports.graph_files import GRAPH_FILES, link_atlas, write_graph
 
-    if not image.exists():
+    if (image is None) == (images_dir is None):
+        raise CircuitsError("name one IMAGE, or a folder of images with --images DIR (a "
+                            "class-level graph)")
+    if image is not None and not image.exists():
         raise CircuitsError(f"{str(image)!r} does not exist; name an image file")
-    if image.is_dir():
-        raise CircuitsError(f"{str(image)!r} is a folder; name one image file")
+    if image is not None and image.is_dir():
+        raise CircuitsError(f"{str(image)!r} is a folder; name one image file, or use "
+                            "--images DIR for a class-level graph")
+    if edits and image is None:
+        raise CircuitsError("--intervene works on the graph of one IMAGE")
+    paths = find_images([images_dir])[0][:max_images] if images_dir is not None else [image]
     ref_paths = find_images([reference_dir])[0] if reference_dir is not None else None
+    if atlas_dir is not None and not (atlas_dir / "index.html").is_file():
+        raise CircuitsError(f"--atlas {str(atlas_dir)!r} is not an atlas (no index.html); "
+                            "build one with 'circuits atlas'")
     model = load_model()
     size = model.input_size
-    x = load_image(image, size=size, resize=round(size * 256 / 224))[None]
+    x = torch.stack([load_image(p, size=size, resize=round(size * 256 / 224)) for p in paths])
     tgt = _target(model, target, x)
     names = None
     if layers:
@@ -140,28 +160,36 @@ def graph(image, load_model, target, layers, saes, node_threshold, edge_threshol
     for e in edits:  # the form and the layer of each intervention, before any work
         check_edit(e, names, model, sae_models)
 
+    stem = image.stem if image is not None else Path(images_dir).resolve().name
     out = Path(out_dir) if out_dir is not None else output_dir(
-        "graph", model.name, f"{image.stem}-{slug(tgt.label or tgt.index)}")
+        "graph", model.name, f"{stem}-{slug(tgt.label or tgt.index)}")
     claim_output(out, "graph", GRAPH_FILES)
     reference = None
     if ref_paths:
         reference = torch.stack([load_image(p, size=size, resize=round(size * 256 / 224))
                                  for p in ref_paths[:256]])
+    what = image.name if image is not None else f"{len(paths)} images of {images_dir}"
     if not quiet and not as_json:
-        click.echo(f"Attribution graph of {image.name} for {tgt.label} over "
+        click.echo(f"Attribution graph of {what} for {tgt.label} over "
                    f"{', '.join(names)} ({max_nodes} nodes expanded, batches of "
                    f"{batch_size})...", err=True)
-    full, pruned = build_graph(model, x, tgt, names, saes=sae_models,
-                               node_threshold=node_threshold, edge_threshold=edge_threshold,
-                               max_nodes=max_nodes, batch_size=batch_size, patch=patch,
-                               reference01=reference, interventions=n_recorded,
-                               merge=merge_positions,
-                               metadata={"image_name": image.name, "slug": out.name})
+    settings = dict(saes=sae_models, node_threshold=node_threshold,
+                    edge_threshold=edge_threshold, max_nodes=max_nodes,
+                    batch_size=batch_size, patch=patch, reference01=reference,
+                    interventions=n_recorded,
+                    metadata={"image_name": what, "slug": out.name})
+    if image is not None:
+        full, pruned = build_graph(model, x, tgt, names, merge=merge_positions, **settings)
+    else:
+        full, pruned = build_class_graph(model, x, tgt, names, **settings)
     user = _interventions(full, edits) if edits else []
     data = pruned.to_json()
     if user:
         data["user_interventions"] = user
-    write_graph(out, data, x[0], node_crops(data, x[0]))
+    if atlas_dir is not None:
+        link_atlas(data, atlas_dir, out)
+    shown = x[0] if image is not None else x.mean(0)  # a class graph: the images' mean
+    write_graph(out, data, shown, node_crops(data, shown) if image is not None else {})
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -183,6 +211,8 @@ def graph(image, load_model, target, layers, saes, node_threshold, edge_threshol
 
 
 def _target(model, spec, x):
+    import torch
+
     from ..errors import CircuitsError
     from ..evidence.find import lookup_class
     from ..graph import Target
@@ -208,8 +238,8 @@ def _target(model, spec, x):
                 raise CircuitsError(f"--target {spec!r}: write the position as @Y,X") from None
         return Target("unit", channel, info.name, pos, f"{info.name}:{channel}"
                       + (f"@{at}" if at else ""))
-    if spec is None:
-        index = int(model.logits(x)[0].argmax())
+    if spec is None:  # the top class (of most images)
+        index = int(torch.mode(model.logits(x).argmax(1)).values)
     else:
         index = lookup_class(model, spec)
     return Target("logit", index, None, None, model.label(index))

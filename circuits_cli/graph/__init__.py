@@ -12,10 +12,11 @@ Nothing here writes files (``circuits_cli.reports`` draws and writes the graph).
 """
 
 from .attribution import Attribution, Target, attribute
-from .build import build_graph, default_layers, node_crops, to_graph
+from .build import build_class_graph, build_graph, default_layers, node_crops, to_graph
 from .graph import FORMAT, Graph
 from .interventions import intervene_free, intervene_frozen, parse_edit, parse_node
 
-__all__ = ["FORMAT", "Attribution", "Graph", "Target", "attribute", "build_graph",
+__all__ = ["FORMAT", "Attribution", "Graph", "Target", "attribute", "build_class_graph",
+           "build_graph",
            "default_layers", "intervene_free", "intervene_frozen", "node_crops", "parse_edit",
            "parse_node", "to_graph"]

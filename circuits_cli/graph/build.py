@@ -81,7 +81,7 @@ def to_graph(att: Attribution) -> Graph:
     nodes = []
     for c in cols:
         kind, li, j = att.kind_of(c)
-        node = {"activation": float(att.value[c]), "bias": float(att.bias[c]),
+        node = {"activation": float(att.value[c]), "bias": float(att.bias[c]), "crop": None,
                 "thumbnail": None, "examples": None, "atlas": None, "is_target": False}
         if kind == "input":
             py, px = divmod(j, gw)
@@ -118,8 +118,15 @@ def to_graph(att: Attribution) -> Graph:
                             ctx_idx=None if ln.merged else [int(ln.ys[j]), int(ln.xs[j])],
                             feature_type="sae_feature" if ln.sae is not None else "neuron",
                             label=name)
-            node["box"] = None if ln.merged else _box(geos[ln.name], node["ctx_idx"][0],
-                                                      node["ctx_idx"][1], att.image_size)
+            if not ln.merged:
+                node["box"] = _box(geos[ln.name], *node["ctx_idx"], att.image_size)
+            elif kind == "node":  # a unit over all positions: where it is strongest
+                where = att.runner.values[ln.name][0][0, node["feature"]].argmax()
+                y, x = divmod(int(where), ln.shape[2])
+                node["box"] = _box(geos[ln.name], y, x, att.image_size)
+                node["peak"] = [y, x]
+            else:
+                node["box"] = None
         if c in row_of:
             row = att.rows[row_of[c]]
             adj[pos[c]] = row[cols_t]
@@ -149,22 +156,7 @@ def _keep_masks(att: Attribution, graph: Graph) -> dict:
 def record_interventions(att: Attribution, graph: Graph, n: int = 10) -> list[dict]:
     """For the ``n`` most influential units or features of ``graph``: the target's change when
     each is zeroed, predicted by the replacement model and measured in the real network."""
-    infl = graph.influence()
-    feats = torch.nonzero(graph.is_feature).flatten()
-    order = feats[torch.argsort(infl[feats], descending=True)][:n]
-    base = float(att.value[-1])
-    out = []
-    for i in order.tolist():
-        node = graph.nodes[i]
-        y, x = node["ctx_idx"] or (None, None)
-        ref = NodeRef(node["layer"], node["feature"], y, x,
-                      node["feature_type"] == "sae_feature")
-        edit = [(ref, "set", 0.0)]
-        predicted = intervene_frozen(att, edit)[0] - base
-        actual = intervene_free(att, edit) - base
-        out.append({"node_id": node["node_id"], "value": 0.0, "predicted": predicted,
-                    "actual": actual})
-    return out
+    return _record_ids(att, _strongest(graph, n))
 
 
 def build_graph(model: LoadedModel, image01: torch.Tensor, target: Target,
@@ -233,4 +225,115 @@ def node_crops(data: dict, image01: torch.Tensor, size: int = 48) -> dict:
         crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
         out[node["node_id"]] = (crop[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(
             torch.uint8).numpy()
+    return out
+
+
+def build_class_graph(model: LoadedModel, images01: torch.Tensor, target: Target,
+                      layers: list[str] | None = None, *, saes: dict | None = None,
+                      node_threshold: float = 0.8, edge_threshold: float = 0.98,
+                      max_nodes: int = 200, batch_size: int = 32, patch: int = 16,
+                      reference01: torch.Tensor | None = None, interventions: int = 10,
+                      metadata: dict | None = None) -> tuple[Graph, Graph]:
+    """(full, pruned) class-level graph: one unit-level graph (positions merged) per image of
+    ``images01`` (N, 3, H, W), averaged: a node's activation and each edge are their means over
+    the images (0 where a unit was silent or not expanded). Faithfulness is the mean over the
+    images of each image's faithfulness with the class graph's units kept; recorded
+    interventions are means too."""
+    layers = layers or default_layers(model, target)
+    per = []
+    for i in range(len(images01)):
+        att = attribute(model, images01[i:i + 1], target, layers, saes=saes,
+                        max_nodes=max_nodes, batch_size=batch_size, patch=patch, merge=True)
+        per.append((att, to_graph(att)))
+    order: dict[str, dict] = {}
+    for _, g in per:
+        for n in g.nodes:
+            order.setdefault(n["node_id"], n)
+    ids = sorted(order, key=lambda k: (order[k]["layer_index"], list(order).index(k)))
+    pos = {k: i for i, k in enumerate(ids)}
+    n_img = len(per)
+    adj = torch.zeros(len(ids), len(ids))
+    act = torch.zeros(len(ids))
+    bias = torch.zeros(len(ids))
+    for _, g in per:
+        idx = torch.tensor([pos[k] for k in g.node_ids()])
+        adj[idx[:, None], idx[None, :]] += g.adjacency / n_img
+        act[idx] += torch.tensor([n["activation"] for n in g.nodes]) / n_img
+        bias[idx] += torch.tensor([n["bias"] for n in g.nodes]) / n_img
+    nodes = []
+    for k in ids:
+        n = {key: v for key, v in order[k].items()
+             if key not in ("residual", "dropped", "peak", "input_abs")}
+        n.update(activation=float(act[pos[k]]), bias=float(bias[pos[k]]), box=None,
+                 crop=None)
+        nodes.append(n)
+    full = Graph(nodes=nodes, adjacency=adj)
+    scores = full.compute_scores()
+    scores["max_residual"] = max(abs(n.get("residual", 0.0)) for _, g in per for n in g.nodes)
+    pruned = full.pruned(node_threshold, edge_threshold)
+    means = None
+    faiths = []
+    for att, _ in per:
+        means = reference_means(att, reference01)
+        faiths.append(faithfulness(att, _keep_masks(att, pruned), means))
+    scores.update(
+        faithfulness=sum(f["faithfulness"] for f in faiths) / n_img,
+        faithfulness_per_image=[f["faithfulness"] for f in faiths],
+        f_model=sum(f["f_model"] for f in faiths) / n_img,
+        f_none=sum(f["f_none"] for f in faiths) / n_img,
+        f_graph=sum(f["f_graph"] for f in faiths) / n_img,
+        ablation="mean" if reference01 is not None else "zero",
+        pruned_nodes=sum(1 for n in pruned.nodes if n["feature_type"] in ("neuron",
+                                                                          "sae_feature")),
+        expanded_nodes=max(len(att.row_nodes) - 1 for att, _ in per))
+    recorded = []
+    if interventions:
+        sums: dict[str, list[float]] = {}
+        strongest = _strongest(pruned, interventions)
+        for att, g in per:
+            have = set(g.node_ids())
+            for rec in _record_ids(att, [n for n in strongest if n["node_id"] in have]):
+                s = sums.setdefault(rec["node_id"], [0.0, 0.0])
+                s[0] += rec["predicted"] / n_img
+                s[1] += rec["actual"] / n_img
+        recorded = [{"node_id": k, "value": 0.0, "predicted": v[0], "actual": v[1]}
+                    for k, v in sums.items()]
+    meta = {"schema_version": 1, "scan": model.name, "model": model.name,
+            "weights_id": model.weights_id, "image_size": list(per[0][0].image_size),
+            "images": n_img,
+            "target": {"kind": target.kind, "label": target.label, "index": target.index,
+                       "layer": target.layer, "value": float(act[-1]),
+                       "position": list(target.position) if target.position else None},
+            "layers": layers, "positions": "merged (mean over the images)",
+            "patch_grid": list(per[0][0].patch_grid), "patch": patch,
+            "node_threshold": node_threshold, "edge_threshold": edge_threshold,
+            "max_nodes": max_nodes, "frozen": [DESCRIPTION[k] for k in per[0][0].frozen],
+            "approximations": sorted({f"{name}: not frozen; its gradient at the point stands "
+                                      "in for it" for att, _ in per for name in att.unfrozen}),
+            "sae": {name: str(getattr(s, "folder", "") or "") for name, s in
+                    (saes or {}).items()}, **(metadata or {})}
+    for g in (full, pruned):
+        g.metadata, g.scores, g.interventions = dict(meta), dict(scores), recorded
+    return full, pruned
+
+
+def _strongest(graph: Graph, n: int) -> list[dict]:
+    infl = graph.influence()
+    feats = torch.nonzero(graph.is_feature).flatten()
+    order = feats[torch.argsort(infl[feats], descending=True)][:n]
+    return [graph.nodes[i] for i in order.tolist()]
+
+
+def _record_ids(att: Attribution, nodes: list[dict]) -> list[dict]:
+    """Zero each of ``nodes`` (graph.json node dicts) in the replacement model and in the
+    network: the target's change in each."""
+    base = float(att.value[-1])
+    out = []
+    for node in nodes:
+        y, x = node["ctx_idx"] or (None, None)
+        edit = [(NodeRef(node["layer"], node["feature"], y, x,
+                         node["feature_type"] == "sae_feature"), "set", 0.0)]
+        out.append({"node_id": node["node_id"], "value": 0.0,
+                    "predicted": intervene_frozen(att, edit)[0] - base,
+                    "actual": intervene_free(att, edit) - base})
     return out

@@ -24,8 +24,8 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def write_graph(out: Path, data: dict, image01, crops: dict[str, np.ndarray]) -> dict:
-    """Write the graph's files into ``out``; node thumbnails (``crops``: node id -> uint8
-    array) go to ``thumbs/`` and are named in each node's ``thumbnail``. Returns ``data``."""
+    """Write the graph's files into ``out``; what each node sees of the image (``crops``: node
+    id -> uint8 array) goes to ``thumbs/``, named in the node's ``crop``. Returns ``data``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,13 +40,35 @@ def write_graph(out: Path, data: dict, image01, crops: dict[str, np.ndarray]) ->
     data["metadata"]["image"] = "image.png"
     for node in data["nodes"]:
         crop = crops.get(node["node_id"])
-        if crop is not None and node.get("thumbnail") is None:
+        if crop is not None:
             rel = f"{THUMBS}/{slug(node['node_id'])}.png"
             write_bytes(out / rel, _png(crop))
-            node["thumbnail"] = rel
+            node["crop"] = rel
     write_json(out / "graph.json", data)
     fig = graph_figure(data, image, crops)
     save_figure(fig, out / "graph.png", dpi=200)
     plt.close(fig)
     write_text(out / "graph.html", graph_page(data))
     return data
+
+
+def link_atlas(data: dict, atlas: Path, out: Path) -> int:
+    """Point each neuron node of ``data`` at its page of the atlas in ``atlas`` (``atlas``) and
+    its feature visualization there (``thumbnail``), where they exist, by paths relative to
+    ``out``; returns how many nodes were linked."""
+    import os
+
+    linked = 0
+    atlas, out = Path(atlas), Path(out)
+    for node in data["nodes"]:
+        if node["feature_type"] != "neuron":
+            continue
+        layer, ch = slug(node["layer"]), node["feature"]
+        page = atlas / "units" / layer / f"{ch}.html"
+        if page.is_file():
+            node["atlas"] = os.path.relpath(page, out)
+            linked += 1
+        fv = atlas / "img" / layer / str(ch) / "fv.png"
+        if fv.is_file():
+            node["thumbnail"] = os.path.relpath(fv, out)
+    return linked
