@@ -52,8 +52,16 @@ def test_demo_on_toy_writes_every_output_and_finds_part_detectors(tmp_path, cach
         assert (out / path).is_file(), path
     page = (out / "report.html").read_text()
     for heading in ("The car circuit of", "superposition", "The features of the car unit",
-                    "Steering the car feature"):
+                    "Steering the car feature", "Which units carried one car scene"):
         assert heading in page, heading
+    # the attribution graph of one car scene: exact, led by the window and wheel units
+    graph = json.loads((out / "graph" / "graph.json").read_text())
+    assert graph["metadata"]["target"]["label"] == "car"
+    assert graph["scores"]["max_residual"] < 1e-4
+    top = sorted((n for n in graph["nodes"] if n["feature_type"] == "neuron"),
+                 key=lambda n: -n["influence"])[:6]
+    assert {"mixed4a:37", "mixed4a:63"} <= {n["label"] for n in top}
+    assert "graph/graph.png" in page and "graph/graph.html" in page
     steer = json.loads((out / "steer" / "steer.json").read_text())
     assert steer["supported_classes"] == ["car"]
     level = {lv["strength"]: lv for lv in steer["levels"]}

@@ -107,3 +107,70 @@ def test_intervening_on_a_node_the_graph_does_not_have(scene_dir, tmp_path, monk
     res = run("graph", scene_dir / "car.png", "-m", "toy", *FAST, "--intervene",
               "mixed4a:500=0")
     assert_clean_error(res, "mixed4a", "160 units")
+
+
+def test_class_graph_over_a_folder_and_atlas_links(scene_dir, tmp_path, monkeypatch):
+    """--images: the unit graphs of several car scenes averaged; --atlas: nodes point at the
+    atlas's unit pages and feature visualizations that exist."""
+    monkeypatch.chdir(tmp_path)
+    cars = tmp_path / "cars"
+    cars.mkdir()
+    for i in range(3):
+        img, _ = world.make_scene(100 + i, "car")
+        Image.fromarray(img).save(cars / f"car{i}.png")
+    atlas = tmp_path / "atlas"
+    (atlas / "units" / "mixed4a").mkdir(parents=True)
+    (atlas / "img" / "mixed4a" / "37").mkdir(parents=True)
+    (atlas / "index.html").write_text("<html></html>")
+    (atlas / "units" / "mixed4a" / "37.html").write_text("<html>unit 37</html>")
+    Image.new("RGB", (8, 8)).save(atlas / "img" / "mixed4a" / "37" / "fv.png")
+    res = run("graph", "--images", "cars", "-m", "toy", "--target", "car", *FAST,
+              "--max-nodes", "150", "--batch-size", "75", "--atlas", "atlas", "--out", "class")
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "class" / "graph.json").read_text())
+    assert data["metadata"]["images"] == 3
+    assert len(data["scores"]["faithfulness_per_image"]) == 3
+    by_id = {n["node_id"]: n for n in data["nodes"]}
+    window = by_id["mixed4a:37"]
+    assert window["atlas"] == "../atlas/units/mixed4a/37.html"
+    assert (tmp_path / "class" / window["thumbnail"]).is_file()
+    assert all(n["atlas"] is None for k, n in by_id.items() if k != "mixed4a:37")
+    top = max((n for n in data["nodes"] if n["feature_type"] == "neuron"),
+              key=lambda n: n["influence"])
+    assert top["label"] in ("mixed4a:37", "mixed4a:63")
+    # the same folder as IMAGE, and an intervention on a class graph, are refused
+    assert_clean_error(run("graph", "cars", "-m", "toy"), "is a folder")
+    assert_clean_error(run("graph", "--images", "cars", "-m", "toy", "--intervene",
+                           "mixed4a:37=0"), "one IMAGE")
+    assert_clean_error(run("graph", "-m", "toy"), "name one IMAGE")
+    assert_clean_error(run("graph", "--images", "cars", "-m", "toy", "--atlas", "cars"),
+                       "not an atlas")
+
+
+def test_a_graph_through_an_sae_has_features_and_error_nodes(scene_dir, tmp_path, monkeypatch):
+    """--sae LAYER=FOLDER: the layer's nodes are the SAE's features plus one error node per
+    position; the decomposition stays exact (a random TopK dictionary: what it misses is
+    carried by the error nodes)."""
+    import torch
+
+    from circuits_cli.sae.model import SAE
+
+    monkeypatch.chdir(tmp_path)
+    SAE(160, 320, arch="topk", k=8).init_weights(torch.Generator().manual_seed(0)).save("sae4a")
+    res = run("graph", scene_dir / "car.png", "-m", "toy", "--target", "car", *FAST,
+              "--sae", "mixed4a=sae4a", "--json", "--node-threshold", "0.95",
+              "--intervene", "mixed4a:f3=0")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    types = {n["feature_type"] for n in data["nodes"]}
+    assert {"sae_feature", "error"} & types and "neuron" in types
+    assert all(":f" in n["node_id"] for n in data["nodes"]
+               if n["layer"] == "mixed4a" and n["feature_type"] != "error")
+    assert data["scores"]["max_residual"] < 1e-4
+    assert 0.0 <= data["scores"]["replacement"] < 1.0  # the error nodes carry influence
+    assert data["metadata"]["sae"] == {"mixed4a": "sae4a"}
+    assert "SAE's active set" in " ".join(data["metadata"]["frozen"]) or \
+        any("SAE" in f for f in data["metadata"]["frozen"])
+    assert_clean_error(run("graph", scene_dir / "car.png", "-m", "toy", *FAST,
+                           "--sae", "mixed4a=sae4a", "--intervene", "mixed4a:3=0"),
+                       "SAE features")
