@@ -302,6 +302,24 @@ def node_unit(model: LoadedModel, node: Node) -> Unit:
     return parse_unit(node.id, model)
 
 
+def circuit_node_set(model: LoadedModel, circuit: Circuit):
+    """The circuit as a node set for :mod:`circuits_cli.quality`: ``({layer: (C,) mask}, order)``
+    over the layers of its inputs (the target's own layer is what is measured, not ablated),
+    ``order`` the nodes as traced (hop by hop, strongest first). Neurons only: a circuit of
+    directions or features is a :class:`CircuitsError`."""
+    from .quality import node_set
+
+    nodes = [n for n in circuit.nodes if n.depth > 0]
+    if not nodes:
+        raise CircuitsError("the circuit has no inputs to measure")
+    if any(n.channel is None for n in nodes):
+        raise CircuitsError("circuit quality is measured on neurons; this circuit holds "
+                            "directions or dictionary features")
+    order = [(model.layer(n.layer).name, n.channel) for n in nodes]
+    channels = {layer: model.layer(layer).channels for layer, _ in order}
+    return node_set(order, channels), order
+
+
 def _node(model: LoadedModel, unit: Unit, depth: int) -> Node:
     channel = unit.channel if is_neuron(unit) else None
     branch = model.layer(unit.layer).branch_of(channel) if channel is not None else None

@@ -518,6 +518,9 @@ class CircuitQuality:
     nodes: list[str]
     layers: list[str]
     seed: int = 0
+    #: faithfulness of the circuit cut after its first d layers (the deeper ones kept whole),
+    #: d = 1, 2, ...: where a circuit traced hop by hop stops being faithful
+    by_depth: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict:
         def r(v):
@@ -528,6 +531,8 @@ class CircuitQuality:
                 "seed": self.seed, "layers": self.layers, "nodes": self.nodes,
                 "F_model": r(self.f_model), "F_empty": r(self.f_empty),
                 "F_circuit": r(self.f_circuit), "faithfulness": r(self.faithfulness),
+                "faithfulness_by_depth": [{"layers": self.layers[:d + 1], "faithfulness": r(v)}
+                                          for d, v in enumerate(self.by_depth)],
                 "completeness": {"gaps": {k: r(v) for k, v in self.completeness.gaps.items()},
                                  "max_gap": r(self.completeness.max_gap),
                                  "circuit_gap": r(self.completeness.circuit_gap)},
@@ -544,7 +549,10 @@ class CircuitQuality:
             f"Circuit quality on {self.target} ({self.ablation} ablation of everything else at "
             f"{', '.join(self.layers)}; {self.n_images} images):",
             f"  faithfulness {self.faithfulness:.3f}  (F(C) {self.f_circuit:.4g}, model "
-            f"{self.f_model:.4g}, empty {self.f_empty:.4g})",
+            f"{self.f_model:.4g}, empty {self.f_empty:.4g})"
+            + ("" if len(self.by_depth) < 2 else "; cut after each layer: " + ", ".join(
+                f"{layer} {v:.3f}" for layer, v in zip(self.layers, self.by_depth,
+                                                       strict=True))),
             f"  completeness gap: {self.completeness.circuit_gap:.3f} removing the whole "
             f"circuit, at most {self.completeness.max_gap:.3f} over single nodes and the circuit",
             f"  minimality: smallest drops in faithfulness without one node: {least}",
@@ -565,8 +573,26 @@ def circuit_quality(model, images: torch.Tensor, target: Target, circuit: NodeSe
     comp = completeness(model, images, target, circuit, evaluator_=ev)
     mins = minimality(model, images, target, circuit, evaluator_=ev)
     curve = faithfulness_curve(model, images, target, circuit, order, evaluator_=ev)
+    by_depth = [float(faithfulness(model, images, target, circuit, evaluator_=ev))]
+    if len(circuit) > 1:
+        by_depth = [float(v) for v in _by_depth(ev, circuit)]
     return CircuitQuality(target=str(target), ablation=ablation, n_images=len(images),
                           f_model=float(fm), f_empty=float(fe), f_circuit=float(fc),
                           faithfulness=_ratio(fc, fe, fm), completeness=comp, minimality=mins,
                           curve=curve, nodes=[_name(v) for v in nodes_of(circuit)],
-                          layers=list(circuit), seed=seed)
+                          layers=list(circuit), seed=seed, by_depth=by_depth)
+
+
+def _by_depth(ev: Evaluator, circuit: NodeSet) -> list[float]:
+    """Faithfulness of the circuit cut after each of its layers (in the dict's order), the
+    layers after the cut kept whole, against the empty circuit cut the same way."""
+    layers = list(circuit)
+    variants = [None]
+    for d in range(1, len(layers) + 1):
+        head = layers[:d]
+        cut = {k: (circuit[k] if k in head else torch.ones_like(circuit[k])) for k in layers}
+        empty = {k: (torch.zeros_like(circuit[k]) if k in head else torch.ones_like(circuit[k]))
+                 for k in layers}
+        variants += [cut, empty]
+    f = ev.F(variants)
+    return [_ratio(f[1 + 2 * i], f[2 + 2 * i], f[0]) for i in range(len(layers))]
