@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -160,3 +161,39 @@ def test_node_set_and_bad_input():
     with pytest.raises(CircuitsError, match="at least two images"):
         faithfulness(TwoPaths(), EQUAL[:1], B0, {"a": torch.tensor([True, True])},
                      ablation="resample")
+
+
+@pytest.mark.slow
+def test_trace_with_images_reports_the_circuit_quality(planted_world, tmp_path, monkeypatch):
+    """`circuits trace --images` on the planted network, from a working directory with the
+    default outputs/: relu3:0 sums relu2's red, green and blue square detectors (weight 1 each)
+    plus weak random inputs, so the three traced inputs alone keep most of it (zero ablation),
+    and each of them is needed."""
+    from cli_helpers import PLANTED_EVIDENCE, run
+
+    monkeypatch.chdir(tmp_path)
+    args = ["trace", "relu3:0", "-m", PLANTED_EVIDENCE, "--from", "relu2", "--depth", "1",
+            "--top-k", "3", "--no-render", "--images", str(planted_world[0]), "--draws", "0",
+            "--ablation", "zero", "--quality-images", "8"]
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    assert "faithfulness" in r.stderr and "completeness gap" in r.stderr
+    out = next((tmp_path / "outputs" / "trace").glob("*/*"))
+    q = json.loads((out / "evidence.json").read_text())["quality"]
+    assert q["ablation"] == "zero" and q["n_images"] == 8 and q["layers"] == ["relu2"]
+    assert sorted(q["nodes"]) == ["relu2:0", "relu2:1", "relu2:2"]
+    assert 0.8 < q["faithfulness"] <= 1.0 + 1e-6
+    assert q["F_empty"] <= q["F_circuit"] <= q["F_model"] + 1e-6
+    assert q["curve"]["sizes"] == [0, 1, 2, 3]
+    assert q["curve"]["faithfulness"][-1] == pytest.approx(q["faithfulness"])
+    assert q["curve"]["faithfulness"][0] == pytest.approx(0.0)
+    page = (out / "report.html").read_text()
+    assert "Circuit quality" in page and "faithfulness curve" in page
+    # a second run into the same default folder works and gives the same numbers
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "evidence.json").read_text())["quality"] == q
+    # --quality-images 0 skips it
+    r = run(*args[:-1], "0", "--out", "q0")
+    assert r.exit_code == 0 and json.loads(
+        (tmp_path / "q0" / "evidence.json").read_text())["quality"] is None

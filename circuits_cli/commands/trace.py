@@ -49,7 +49,7 @@ from .options import (
                    "report.html and evidence.json.")
 @click.option("--draws", type=click.IntRange(0, 10000), default=50, show_default=True,
               help="With --images: random draws of the ablation baseline.")
-@click.option("--quality-images", type=click.IntRange(min=0), default=32, show_default=True,
+@click.option("--quality-images", type=click.IntRange(min=0), default=16, show_default=True,
               help="With --images: measure the circuit's faithfulness, completeness and "
                    "minimality on the N images where UNIT is most active (0: skip).")
 @click.option("--ablation", "quality_ablation", type=click.Choice(["mean", "zero", "resample"]),
@@ -179,7 +179,7 @@ def trace_steering(out: Path, model, target, images, *, strengths, mode: str, qu
 
 def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = False,
                    cache_dir: Path | None = None, steered: bool = False,
-                   quality_images: int = 32, quality_ablation: str = "mean") -> None:
+                   quality_images: int = 16, quality_ablation: str = "mean") -> None:
     """For ``circuits trace``: add dataset examples and the ablation of the target's traced inputs
     to the output folder when ``images`` (an ImageSet) is given, and write ``report.html`` (with
     the steering section when ``steered``)."""

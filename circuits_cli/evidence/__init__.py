@@ -114,7 +114,7 @@ def gather_evidence(model, circuit, images: str | Path | Sequence[str | Path] | 
                     top_images: int | None = 100, reduce: str = "mean", seed: int = 0,
                     all_nodes: bool = False, cache_dir: str | Path | None = None,
                     batch_size: int = 16, progress: bool = False,
-                    quality_images: int | None = 32, quality_ablation: str = "mean",
+                    quality_images: int | None = None, quality_ablation: str = "mean",
                     quality_reference: int = 64) -> Evidence:
     """Dataset examples of every node of ``circuit`` (a :class:`circuits_cli.trace.Circuit`)
     and the ablation of the target's traced inputs, excitatory and inhibitory separately

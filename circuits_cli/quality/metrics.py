@@ -178,6 +178,7 @@ class Evaluator:
     preprocess: bool = True
     fills: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     perm: np.ndarray | None = field(default=None, repr=False)
+    memo: dict = field(default_factory=dict, repr=False)  # node set -> (N,) values
 
     def __post_init__(self):
         if self.ablation not in ABLATIONS:
@@ -297,8 +298,26 @@ class Evaluator:
         return out
 
     def F(self, variants: Sequence[NodeSet | None]) -> np.ndarray:
-        """(V,) the target averaged over the images, per node set."""
-        return self.values(variants).mean(axis=1)
+        """(V,) the target averaged over the images, per node set. Node sets measured before
+        by this evaluator are not run again (the measures share M, the empty circuit, C and
+        C without each node)."""
+        keys = [_key(v, self.layers) for v in variants]
+        todo = {}
+        for k, v in zip(keys, variants, strict=True):
+            if k not in self.memo and k not in todo:
+                todo[k] = v
+        if todo:
+            vals = self.values(list(todo.values()))
+            for k, row in zip(todo, vals, strict=True):
+                self.memo[k] = row
+        return np.array([self.memo[k].mean() for k in keys])
+
+
+def _key(v: NodeSet | None, layers: list[str]):
+    if v is None:
+        return None
+    return tuple((layer, tuple(v[layer].shape), v[layer].numpy().tobytes()) if layer in v
+                 else (layer, None, None) for layer in layers)
 
 
 class _Unstackable(Exception):
