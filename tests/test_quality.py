@@ -197,3 +197,39 @@ def test_trace_with_images_reports_the_circuit_quality(planted_world, tmp_path, 
     r = run(*args[:-1], "0", "--out", "q0")
     assert r.exit_code == 0 and json.loads(
         (tmp_path / "q0" / "evidence.json").read_text())["quality"] is None
+
+
+def test_ablate_resample_takes_another_images_activations(planted_evidence_model,
+                                                          planted_world):
+    """`ablate --ablation resample`: each image's inputs become their activations on another
+    image of the set; recomputed here with a plain hook from the same seeded draw."""
+    from circuits_cli.evidence import ablate
+    from circuits_cli.evidence.activations import default_resize
+    from circuits_cli.hooks import capture, run_with_cache
+    from circuits_cli.images import find_images, load_images
+
+    model = planted_evidence_model
+    target, inputs = Unit("relu3", 0), [Unit("relu2", c) for c in (0, 1, 2)]
+    res = {m: ablate(model, target, inputs, planted_world[0], mode=m, draws=0, seed=4)
+           for m in ("zero", "mean", "resample")}
+    r = res["resample"]
+    assert r.mode == "resample" and r.to_json()["mode"] == "resample"
+    paths = sorted(find_images([planted_world[0]])[0])
+    assert [p.resolve() for p in r.images] == [p.resolve() for p in paths]
+    n = len(paths)
+    pick = np.random.default_rng(4).integers(0, n - 1, size=n)
+    pick = pick + (pick >= np.arange(n))
+    assert (pick != np.arange(n)).all()
+    x, _, _ = load_images(paths, size=model.input_size,
+                          resize=default_resize(model.input_size))
+    donor = capture(model, x[pick], "relu2")["relu2"]
+
+    def swap(a, _hook):
+        a = a.clone()
+        a[:, :3] = donor[:, :3]
+        return a
+
+    _, cache = run_with_cache(model, x, "relu3", fwd_hooks=[("relu2", swap)])
+    expected = cache["relu3"][:, 0].mean(dim=(1, 2)).double().numpy()
+    np.testing.assert_allclose(r.per_image["ablated"], expected, rtol=1e-4, atol=1e-6)
+    assert len({round(v.ablated, 5) for v in res.values()}) == 3  # three different answers

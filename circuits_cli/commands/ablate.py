@@ -25,8 +25,10 @@ from .options import (
               help="Input units to ablate, all of one earlier layer: 'inception_4d:203,302' "
                    "(a bare channel or range belongs to the layer named before it).")
 @images_option()
-@click.option("--mode", type=click.Choice(["zero", "mean"]), default="zero", show_default=True,
-              help="Replace the inputs by zero, or by their mean over the images.")
+@click.option("--ablation", "--mode", "mode", type=click.Choice(["zero", "mean", "resample"]),
+              default="zero", show_default=True,
+              help="Replace the inputs by zero, by their mean over the images, or by their "
+                   "activation on another image of the set (resample, seeded by --seed).")
 @click.option("--draws", default=50, show_default=True, type=click.IntRange(min=0),
               help="Random draws of as many units of the same layer, for the baseline.")
 @click.option("--top-images", default=100, show_default=True, type=click.IntRange(min=0),
