@@ -95,18 +95,19 @@ def quality_png(q: dict) -> bytes:
 
     sizes = q["curve"]["sizes"]
     vals = [np.nan if v is None else v for v in q["curve"]["faithfulness"]]
-    fig = Figure(figsize=(5.2, 2.6), dpi=100)
+    fig = Figure(figsize=(5.6, 3.0), dpi=100)
     ax = fig.add_subplot()
     ax.axhline(1, color="#999", lw=0.8, ls="--")
     ax.axhline(0, color="#999", lw=0.8)
     ax.plot(sizes, vals, "o-", color="#d62728", ms=3,
             label=f"nodes added in trace order (area {_fmt(q['curve']['area'], 3)})")
-    ax.set_xlabel("nodes kept (the rest of their layers ablated)")
+    ax.set_xlabel("units kept, added in trace order (the rest of their layers ablated)")
     ax.set_ylabel("faithfulness")
     order = q["curve"]["order"]
     if len(order) <= 12:
         ax.set_xticks(sizes)
-        ax.set_xticklabels(["∅"] + [o.split(":")[-1] for o in order], fontsize=7)
+        ax.set_xticklabels(["∅"] + [f"+{o}" for o in order], fontsize=7, rotation=35,
+                           ha="right")
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     fig.tight_layout()
     buf = io.BytesIO()
