@@ -193,10 +193,6 @@ def test_trace_with_images_reports_the_circuit_quality(planted_world, tmp_path, 
     r = run(*args)
     assert r.exit_code == 0, r.output
     assert json.loads((out / "evidence.json").read_text())["quality"] == q
-    # --quality-images 0 skips it
-    r = run(*args[:-1], "0", "--out", "q0")
-    assert r.exit_code == 0 and json.loads(
-        (tmp_path / "q0" / "evidence.json").read_text())["quality"] is None
 
 
 def test_ablate_resample_takes_another_images_activations(planted_evidence_model,
