@@ -189,10 +189,12 @@ def test_trace_with_images_reports_the_circuit_quality(planted_world, tmp_path, 
     assert q["curve"]["faithfulness"][0] == pytest.approx(0.0)
     page = (out / "report.html").read_text()
     assert "Circuit quality" in page and "faithfulness curve" in page
-    # a second run into the same default folder works and gives the same numbers
-    r = run(*args)
+    # a second run into the same default folder works and gives the same numbers, also in
+    # the --json output
+    r = run(*args, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads((out / "evidence.json").read_text())["quality"] == q
+    assert json.loads(r.stdout)["quality"]["faithfulness"] == pytest.approx(q["faithfulness"])
 
 
 def test_ablate_resample_takes_another_images_activations(planted_evidence_model,

@@ -144,7 +144,7 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
         steering = trace_steering(out, model, target, image_set, strengths=steer_strengths,
                                   mode=steer_mode, quiet=quiet or as_json,
                                   cache_dir=activation_cache(cache_dir) if cache_dir else None)
-    trace_evidence(out, model, image_set, draws=draws, quiet=quiet or as_json,
+    ev = trace_evidence(out, model, image_set, draws=draws, quiet=quiet or as_json,
                    cache_dir=activation_cache(cache_dir) if cache_dir else None,
                    steered=steering is not None, quality_images=quality_images,
                    quality_ablation=quality_ablation)
@@ -152,6 +152,8 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
         data = circuit.to_json()
         if steering is not None:
             data["steering"] = steering.to_json()
+        if ev is not None and ev.quality is not None:
+            data["quality"] = ev.quality.to_json()
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(render_tree(circuit))
@@ -179,10 +181,10 @@ def trace_steering(out: Path, model, target, images, *, strengths, mode: str, qu
 
 def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = False,
                    cache_dir: Path | None = None, steered: bool = False,
-                   quality_images: int = 16, quality_ablation: str = "mean") -> None:
+                   quality_images: int = 16, quality_ablation: str = "mean"):
     """For ``circuits trace``: add dataset examples and the ablation of the target's traced inputs
     to the output folder when ``images`` (an ImageSet) is given, and write ``report.html`` (with
-    the steering section when ``steered``)."""
+    the steering section when ``steered``); returns the Evidence (None without images)."""
     if images is None:
         from ..reports.html import write_report
 
@@ -190,7 +192,7 @@ def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = F
         if not quiet:
             click.echo(f"Report: {path} (add --images DIR for dataset examples and ablation)",
                        err=True)
-        return
+        return None
     from ..reports.evidence import add_evidence
 
     if not quiet:
@@ -202,7 +204,7 @@ def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = F
                           quality_images=quality_images or None,
                           quality_ablation=quality_ablation)
     if quiet:
-        return
+        return ev
     for a in ev.ablations:
         r = a.result
         names = ", ".join(str(u) for u in r.inputs)
@@ -216,3 +218,4 @@ def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = F
     elif ev.quality_note:
         click.echo(f"Circuit quality not measured: {ev.quality_note}", err=True)
     click.echo(f"Report: {ev.html}", err=True)
+    return ev
