@@ -13,6 +13,7 @@ from torch import nn
 
 from circuits_cli.errors import CircuitsError
 from circuits_cli.quality import (
+    Features,
     circuit_quality,
     completeness,
     evaluator,
@@ -231,3 +232,26 @@ def test_ablate_resample_takes_another_images_activations(planted_evidence_model
     expected = cache["relu3"][:, 0].mean(dim=(1, 2)).double().numpy()
     np.testing.assert_allclose(r.per_image["ablated"], expected, rtol=1e-4, atol=1e-6)
     assert len({round(v.ablated, 5) for v in res.values()}) == 3  # three different answers
+
+
+def test_directions_as_nodes():
+    """A layer seen as two directions, (1, 1) and (1, -1) over a0, a1. The target a0 + a1 reads
+    only the first: keeping it alone is faithful (1), keeping the second alone is not (0). A
+    dictionary of the layer's own neurons gives exactly what channel masks give."""
+    from circuits_cli.units import direction
+
+    net = TwoPaths()
+    x = images([1, 2, 3, 4], [4, 3, 2, 1])
+    plus, minus = direction("a", [1, 1]), direction("a", [1, -1])
+    assert faithfulness(net, x, B0, {"a": Features([plus, minus], [True, False])},
+                        ablation="zero") == pytest.approx(1.0)
+    assert faithfulness(net, x, B0, {"a": Features([plus, minus], [False, True])},
+                        ablation="zero") == pytest.approx(0.0, abs=1e-6)
+    uneven = TwoPaths(w=(3.0, 1.0), bias=-8.0, relu=True)
+    neurons = [Unit("a", 0), Unit("a", 1)]
+    for ablation in ("zero", "mean", "resample"):
+        as_units = circuit_quality(uneven, x, B0, {"a": Features(neurons, [True, False])},
+                                   ablation=ablation, reference=x.flip(0) + 0.5)
+        as_mask = circuit_quality(uneven, x, B0, {"a": torch.tensor([True, False])},
+                                  ablation=ablation, reference=x.flip(0) + 0.5)
+        assert as_units.to_json() == as_mask.to_json()

@@ -1,7 +1,8 @@
 """How good is a circuit? Faithfulness, completeness and minimality of a node set, and the
 discovery methods a circuit benchmark compares.
 
-- :mod:`.metrics`: node sets (``{layer: mask}``), targets (a class logit, the probability of a
+- :mod:`.metrics`: node sets (``{layer: mask}``, or ``{layer: Features(units, keep)}`` for a
+  layer seen as directions or SAE features), targets (a class logit, the probability of a
   set of classes, a unit's activation), ablation (``mean``, ``zero``, ``resample``) and the
   measures: :func:`faithfulness`, :func:`completeness`, :func:`minimality`,
   :func:`faithfulness_curve` and all of them at once, :func:`circuit_quality`.
@@ -19,6 +20,7 @@ from .metrics import (
     Completeness,
     Curve,
     Evaluator,
+    Features,
     NodeSet,
     Target,
     circuit_quality,
@@ -35,7 +37,7 @@ from .metrics import (
     unit_target,
 )
 
-__all__ = ["ABLATIONS", "CircuitQuality", "Completeness", "Curve", "Evaluator", "NodeSet",
-           "Target", "circuit_quality", "completeness", "curve_area", "evaluator",
+__all__ = ["ABLATIONS", "CircuitQuality", "Completeness", "Curve", "Evaluator", "Features",
+           "NodeSet", "Target", "circuit_quality", "completeness", "curve_area", "evaluator",
            "faithfulness", "faithfulness_curve", "logit", "minimality", "node_set", "nodes_of",
            "probability", "unit_target"]

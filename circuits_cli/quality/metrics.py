@@ -42,8 +42,53 @@ from ..errors import CircuitsError
 
 ABLATIONS = ("mean", "zero", "resample")
 
-NodeSet = dict[str, torch.Tensor]
+NodeSet = dict[str, "torch.Tensor | Features"]
 Node = tuple[str, int]
+
+
+class Features:
+    """A layer seen as a dictionary of units (directions, SAE features: anything with
+    :class:`~circuits_cli.units.Unit`'s ``read`` and ``write``) with the ones in the circuit
+    marked in ``keep``. Ablating a unit outside the circuit writes its activation to its
+    ablated value along its decoder: ``x - sum_u (read_u(x) - fill_u) dec_u`` (with a complete
+    dictionary and zero ablation of every unit, what the dictionary does not explain stays:
+    the error term of a feature circuit)."""
+
+    def __init__(self, units, keep=None):
+        self.units = list(units)
+        n = len(self.units)
+        self.keep = (torch.zeros(n, dtype=torch.bool) if keep is None
+                     else torch.as_tensor(keep, dtype=torch.bool).clone())
+        if self.keep.shape != (n,):
+            raise CircuitsError(f"{n} units but a keep mask of shape {tuple(self.keep.shape)}")
+
+    def clone(self) -> Features:
+        return Features(self.units, self.keep)
+
+    def full(self, value: bool) -> Features:
+        return Features(self.units, torch.full_like(self.keep, value))
+
+    def dim(self) -> int:
+        return 1
+
+    @property
+    def shape(self):
+        return self.keep.shape
+
+    def numpy(self):
+        return self.keep.numpy()
+
+    def __getitem__(self, i):
+        return self.keep[i]
+
+    def __setitem__(self, i, value) -> None:
+        self.keep[i] = value
+
+
+def _full(m, value: bool):
+    if isinstance(m, Features):
+        return m.full(value)
+    return torch.ones_like(m) if value else torch.zeros_like(m)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +162,7 @@ def nodes_of(circuit: NodeSet) -> list[Node]:
     """The circuit's nodes ``(layer, channel)``: each channel kept at one position or more."""
     out = []
     for layer, mask in circuit.items():
-        m = torch.as_tensor(mask, dtype=torch.bool)
+        m = mask.keep if isinstance(mask, Features) else torch.as_tensor(mask, dtype=torch.bool)
         kept = m.flatten(1).any(1) if m.dim() > 1 else m
         out += [(layer, int(c)) for c in torch.nonzero(kept).flatten()]
     return out
@@ -128,6 +173,9 @@ def _check(circuit: NodeSet) -> NodeSet:
         raise CircuitsError("the circuit names no layer; give {layer: mask}")
     out = {}
     for layer, mask in circuit.items():
+        if isinstance(mask, Features):
+            out[layer] = mask
+            continue
         m = torch.as_tensor(mask).bool().cpu()
         if m.dim() not in (1, 3):
             raise CircuitsError(f"the mask of {layer!r} has shape {tuple(m.shape)}; give (C,) "
@@ -146,12 +194,12 @@ def without(circuit: NodeSet, drop: Sequence[Node]) -> NodeSet:
 
 def everything(circuit: NodeSet) -> NodeSet:
     """The whole model over the circuit's layers (every mask all True)."""
-    return {layer: torch.ones_like(m) for layer, m in circuit.items()}
+    return {layer: _full(m, True) for layer, m in circuit.items()}
 
 
 def nothing(circuit: NodeSet) -> NodeSet:
     """The empty circuit over the same layers."""
-    return {layer: torch.zeros_like(m) for layer, m in circuit.items()}
+    return {layer: _full(m, False) for layer, m in circuit.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +227,9 @@ class Evaluator:
     fills: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     perm: np.ndarray | None = field(default=None, repr=False)
     memo: dict = field(default_factory=dict, repr=False)  # node set -> (N,) values
+    #: layers seen as dictionaries of units ({layer: [Unit, ...]}, from :class:`Features`)
+    features: dict = field(default_factory=dict, repr=False)
+    unit_fills: dict = field(default_factory=dict, repr=False)  # layer -> (U, N or 1, H, W)
 
     def __post_init__(self):
         if self.ablation not in ABLATIONS:
@@ -190,8 +241,11 @@ class Evaluator:
             return
         ref = self.images if self.reference is None else self.reference
         acts = self._capture(ref)
+        reads = {k: torch.stack([u.read(acts[k]) for u in units])
+                 for k, units in self.features.items()}  # (U, N_ref, H, W)
         if self.ablation == "mean":
             self.fills = {k: v.mean(0, keepdim=True) for k, v in acts.items()}
+            self.unit_fills = {k: r.mean(1, keepdim=True) for k, r in reads.items()}
             return
         n, m = len(self.images), len(ref)
         rng = np.random.default_rng(self.seed)
@@ -206,6 +260,7 @@ class Evaluator:
             perm = rng.choice(m, size=n, replace=m < n)
         self.perm = perm
         self.fills = {k: v[torch.from_numpy(perm)] for k, v in acts.items()}
+        self.unit_fills = {k: r[:, torch.from_numpy(perm)] for k, r in reads.items()}
 
     @torch.no_grad()
     def _capture(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -262,6 +317,8 @@ class Evaluator:
                 masks = keeps[layer][v0:v1]
                 if all(m is None for m in masks):
                     return x if x is not o else None
+                if layer in self.features:
+                    return self._ablate_units(layer, x, masks, k, n, state["rows"])
                 keep = torch.stack([torch.ones(x.shape[1:], dtype=torch.bool)
                                     if m is None else _expand(m, x.shape[1:], layer)
                                     for m in masks]).to(x.device)
@@ -296,6 +353,26 @@ class Evaluator:
                                                     acts.get(_canon(self.model, t_layer)))
                             out[v, i0:i1] = val.cpu().double().numpy()
         return out
+
+    def _ablate_units(self, layer: str, x: torch.Tensor, masks: list, k: int, n: int,
+                      rows: slice) -> torch.Tensor:
+        """``x`` (k * n, C, H, W) with each variant's units outside its keep mask written to
+        their ablated value along their decoders."""
+        units = self.features[layer]
+        c = x.shape[1]
+        dec = torch.stack([u.decoder(c) for u in units]).to(x.device, x.dtype)  # (U, C)
+        xv = x.reshape(k, n, *x.shape[1:])
+        reads = torch.stack([u.read(xv[i]) for i in range(k) for u in units]).reshape(
+            k, len(units), n, *x.shape[2:])  # (k, U, n, H, W)
+        if self.ablation == "zero":
+            fill = torch.zeros((), dtype=x.dtype, device=x.device)
+        else:
+            fill = self.unit_fills[layer]
+            fill = (fill[:, rows] if self.ablation == "resample" else fill).to(x.device, x.dtype)
+        drop = torch.stack([torch.zeros(len(units), dtype=torch.bool) if m is None else ~m.keep
+                            for m in masks]).to(x.device, x.dtype)  # (k, U)
+        delta = torch.einsum("ku,kunhw,uc->knchw", drop, reads - fill, dec)
+        return (xv - delta).reshape(k * n, *x.shape[1:])
 
     def F(self, variants: Sequence[NodeSet | None]) -> np.ndarray:
         """(V,) the target averaged over the images, per node set. Node sets measured before
@@ -353,9 +430,11 @@ def evaluator(model, images: torch.Tensor, target: Target, circuit: NodeSet, *,
 
     if preprocess is None:
         preprocess = not isinstance(model, nn.Module)
-    return Evaluator(model, images, target, list(_check(circuit)), ablation=ablation,
+    circuit = _check(circuit)
+    features = {k: m.units for k, m in circuit.items() if isinstance(m, Features)}
+    return Evaluator(model, images, target, list(circuit), ablation=ablation,
                      reference=reference, seed=seed, batch_rows=batch_rows,
-                     preprocess=preprocess)
+                     preprocess=preprocess, features=features)
 
 
 def _ratio(fc: float, fe: float, fm: float) -> float:
@@ -609,9 +688,8 @@ def _by_depth(ev: Evaluator, circuit: NodeSet) -> list[float]:
     variants = [None]
     for d in range(1, len(layers) + 1):
         head = layers[:d]
-        cut = {k: (circuit[k] if k in head else torch.ones_like(circuit[k])) for k in layers}
-        empty = {k: (torch.zeros_like(circuit[k]) if k in head else torch.ones_like(circuit[k]))
-                 for k in layers}
+        cut = {k: (circuit[k] if k in head else _full(circuit[k], True)) for k in layers}
+        empty = {k: _full(circuit[k], k not in head) for k in layers}
         variants += [cut, empty]
     f = ev.F(variants)
     return [_ratio(f[1 + 2 * i], f[2 + 2 * i], f[0]) for i in range(len(layers))]
