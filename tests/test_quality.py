@@ -255,3 +255,33 @@ def test_directions_as_nodes():
         as_mask = circuit_quality(uneven, x, B0, {"a": torch.tensor([True, False])},
                                   ablation=ablation, reference=x.flip(0) + 0.5)
         assert as_units.to_json() == as_mask.to_json()
+
+
+def test_a_traced_circuit_of_directions_is_a_dictionary_node_set(planted_evidence_model,
+                                                                  tmp_path):
+    """Direction nodes of a circuit become a Features layer over every row of their file, the
+    traced rows kept; measured, keeping the rows that hold relu3:0's inputs is faithful."""
+    from circuits_cli.trace import Circuit, Node, circuit_node_set
+
+    model = planted_evidence_model
+    rows = np.zeros((3, 16), dtype=np.float32)
+    rows[0, [0, 1, 2]] = 1  # the red, green and blue square detectors together
+    rows[1, 5] = 1
+    rows[2, 9] = 1
+    np.save(tmp_path / "dirs.npy", rows)
+    f = str(tmp_path / "dirs.npy")
+    circuit = Circuit(model=model.name, weights_id=model.weights_id, target="relu3:0", depth=1,
+                      top_k=2, method="auto",
+                      nodes=[Node("relu3:0", "relu3", 0, 0),
+                             Node(f"relu2@{f}#0", "relu2", None, 1),
+                             Node(f"relu2@{f}#2", "relu2", None, 1)])
+    nodes, order = circuit_node_set(model, circuit)
+    assert order == [("relu2", 0), ("relu2", 2)]
+    assert isinstance(nodes["relu2"], Features) and nodes["relu2"].keep.tolist() == [
+        True, False, True]
+    x = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x[:, 0, 20:34, 20:34] = 1.0  # a red square in each image
+    x[:, 1:, 20:34, 20:34] = 0.0
+    q = circuit_quality(model, x, unit_target(Unit("relu3", 0)), nodes, order, ablation="zero")
+    assert q.faithfulness > 0.8
+    assert q.minimality["relu2:0"] > 0.5  # the row holding the square detectors is needed
