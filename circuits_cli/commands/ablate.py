@@ -69,6 +69,8 @@ def ablate(unit, inputs, images, mode, draws, top_images, top_by, exclude, reduc
           -m googlenet-bvlc --images ../shared/images/imagenet-samples
       circuits ablate mixed4b:64 --inputs mixed4a:136,68,89 --top-by inputs \\
           --exclude mixed4a:37,63 -m toy --images outputs/demo/scenes   # inhibitors
+      circuits ablate mixed4b:64 --inputs mixed4a:37,63 --ablation resample \\
+          -m toy --images outputs/demo/scenes   # each image takes another's inputs
     """
     from ..errors import CircuitsError
     from ..evidence import ablate as run_ablation

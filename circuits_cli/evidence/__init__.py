@@ -182,7 +182,7 @@ def measure_quality(model, circuit, target, acts: dict, n_images: int, *,
     """(CircuitQuality or None, note): the quality of a traced circuit on its target's
     activation over the ``n_images`` images where the target is most active (by its spatial
     max in ``acts``, the layers' activations over the image set), ablating from ``reference``
-    images spread evenly over the set."""
+    images spread evenly over the set (for ``resample``, over the images not measured)."""
     import numpy as np
 
     from ..errors import CircuitsError
@@ -199,7 +199,14 @@ def measure_quality(model, circuit, target, acts: dict, n_images: int, *,
     score = unit_activations(model, target, t_acts, batch_size=batch_size).column("max")
     rows = np.sort(np.argsort(-score, kind="stable")[:n_images])
     n_all = t_acts.n_images
-    ref_rows = np.unique(np.linspace(0, n_all - 1, min(reference, n_all)).round().astype(int))
+    pool = np.arange(n_all)
+    if ablation == "resample":  # donors are other images than the measured ones
+        pool = np.setdiff1d(pool, rows)
+    if len(pool) == 0:
+        return None, ("resample ablation needs images besides the ones measured; give more "
+                      "images or fewer --quality-images")
+    ref_rows = pool[np.unique(np.linspace(0, len(pool) - 1,
+                                          min(reference, len(pool))).round().astype(int))]
     size = int(t_acts.preprocessing.get("size", 224))
     resize = t_acts.preprocessing.get("resize")
 
