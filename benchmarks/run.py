@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-BENCHES = ("connections", "evidence", "visualize", "visualize_gpu", "sae", "atlas", "graph")
+BENCHES = ("connections", "evidence", "visualize", "visualize_gpu", "sae", "atlas", "graph",
+           "discovery")
 
 
 def machine() -> dict:

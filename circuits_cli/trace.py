@@ -302,6 +302,53 @@ def node_unit(model: LoadedModel, node: Node) -> Unit:
     return parse_unit(node.id, model)
 
 
+def circuit_node_set(model: LoadedModel, circuit: Circuit):
+    """The circuit as a node set for :mod:`circuits_cli.quality`: ``({layer: mask}, order)``
+    over the layers of its inputs (the target's own layer is what is measured, not ablated),
+    ``order`` the nodes as traced (hop by hop, strongest first). A layer of neurons is a (C,)
+    channel mask; a layer of directions or dictionary features is a
+    :class:`~circuits_cli.quality.Features` over every row of the file or SAE they come from
+    (the dictionary the circuit was picked from), ``order`` then naming rows."""
+    from .quality import Features, node_set
+    from .units import units_from_file
+
+    nodes = [n for n in circuit.nodes if n.depth > 0]
+    if not nodes:
+        raise CircuitsError("the circuit has no inputs to measure")
+    order, dictionaries = [], {}
+    for n in nodes:
+        layer = model.layer(n.layer).name
+        if n.channel is not None:
+            order.append((layer, n.channel))
+            continue
+        unit = node_unit(model, n)
+        if layer not in dictionaries:
+            dictionaries[layer] = units_from_file(model, layer, unit.source)
+        order.append((layer, unit.index))
+    mixed = [layer for layer in dictionaries if any(lay == layer and n.channel is not None
+                                                    for n, (lay, _) in zip(nodes, order,
+                                                                           strict=True))]
+    if mixed:
+        raise CircuitsError(f"layer {mixed[0]!r} holds both neurons and features in the "
+                            "circuit; measure one kind per layer")
+    channels = {layer: model.layer(layer).channels for layer, _ in order
+                if layer not in dictionaries}
+    masks = node_set([v for v in order if v[0] not in dictionaries], channels)
+    out = {}
+    for layer, _ in order:  # layers in trace order
+        if layer in out:
+            continue
+        if layer in dictionaries:
+            keep = torch.zeros(len(dictionaries[layer]), dtype=torch.bool)
+            for lay, i in order:
+                if lay == layer:
+                    keep[i] = True
+            out[layer] = Features(dictionaries[layer], keep)
+        else:
+            out[layer] = masks[layer]
+    return out, order
+
+
 def _node(model: LoadedModel, unit: Unit, depth: int) -> Node:
     channel = unit.channel if is_neuron(unit) else None
     branch = model.layer(unit.layer).branch_of(channel) if channel is not None else None

@@ -25,8 +25,10 @@ from .options import (
               help="Input units to ablate, all of one earlier layer: 'inception_4d:203,302' "
                    "(a bare channel or range belongs to the layer named before it).")
 @images_option()
-@click.option("--mode", type=click.Choice(["zero", "mean"]), default="zero", show_default=True,
-              help="Replace the inputs by zero, or by their mean over the images.")
+@click.option("--ablation", "--mode", "mode", type=click.Choice(["zero", "mean", "resample"]),
+              default="zero", show_default=True,
+              help="Replace the inputs by zero, by their mean over the images, or by their "
+                   "activation on another image of the set (resample, seeded by --seed).")
 @click.option("--draws", default=50, show_default=True, type=click.IntRange(min=0),
               help="Random draws of as many units of the same layer, for the baseline.")
 @click.option("--top-images", default=100, show_default=True, type=click.IntRange(min=0),
@@ -67,6 +69,8 @@ def ablate(unit, inputs, images, mode, draws, top_images, top_by, exclude, reduc
           -m googlenet-bvlc --images ../shared/images/imagenet-samples
       circuits ablate mixed4b:64 --inputs mixed4a:136,68,89 --top-by inputs \\
           --exclude mixed4a:37,63 -m toy --images outputs/demo/scenes   # inhibitors
+      circuits ablate mixed4b:64 --inputs mixed4a:37,63 --ablation resample \\
+          -m toy --images outputs/demo/scenes   # each image takes another's inputs
     """
     from ..errors import CircuitsError
     from ..evidence import ablate as run_ablation

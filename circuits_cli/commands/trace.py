@@ -49,6 +49,13 @@ from .options import (
                    "report.html and evidence.json.")
 @click.option("--draws", type=click.IntRange(0, 10000), default=50, show_default=True,
               help="With --images: random draws of the ablation baseline.")
+@click.option("--quality-images", type=click.IntRange(min=0), default=16, show_default=True,
+              help="With --images: measure the circuit's faithfulness, completeness and "
+                   "minimality on the N images where UNIT is most active (0: skip).")
+@click.option("--ablation", "quality_ablation", type=click.Choice(["mean", "zero", "resample"]),
+              default="mean", show_default=True,
+              help="With --images: what the units outside the circuit become when its quality "
+                   "is measured (mean over the images, zero, or their value on another image).")
 @click.option("--sae", "saes", multiple=True, type=click.Path(path_type=Path), metavar="FOLDER",
               help="An SAE folder (from 'circuits sae train'; repeatable): hops into its layer "
                    "rank its dictionary features instead of neurons (a feature circuit).")
@@ -61,8 +68,8 @@ from .options import (
               show_default=True, help="With --steer: " + STEER_MODE_HELP)
 @cache_option
 def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, param, no_render,
-          out_dir, as_json, quiet, image_dirs, draws, saes, steer_strengths, steer_mode,
-          cache_dir):
+          out_dir, as_json, quiet, image_dirs, draws, quality_images, quality_ablation, saes,
+          steer_strengths, steer_mode, cache_dir):
     """Trace the circuit of UNIT (LAYER:CHANNEL) back through the weights.
 
     From UNIT, find its TOP-K strongest inputs in the previous layer by expanded weights (L2
@@ -137,13 +144,16 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
         steering = trace_steering(out, model, target, image_set, strengths=steer_strengths,
                                   mode=steer_mode, quiet=quiet or as_json,
                                   cache_dir=activation_cache(cache_dir) if cache_dir else None)
-    trace_evidence(out, model, image_set, draws=draws, quiet=quiet or as_json,
+    ev = trace_evidence(out, model, image_set, draws=draws, quiet=quiet or as_json,
                    cache_dir=activation_cache(cache_dir) if cache_dir else None,
-                   steered=steering is not None)
+                   steered=steering is not None, quality_images=quality_images,
+                   quality_ablation=quality_ablation)
     if as_json:
         data = circuit.to_json()
         if steering is not None:
             data["steering"] = steering.to_json()
+        if ev is not None and ev.quality is not None:
+            data["quality"] = ev.quality.to_json()
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(render_tree(circuit))
@@ -170,10 +180,11 @@ def trace_steering(out: Path, model, target, images, *, strengths, mode: str, qu
 
 
 def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = False,
-                   cache_dir: Path | None = None, steered: bool = False) -> None:
+                   cache_dir: Path | None = None, steered: bool = False,
+                   quality_images: int = 16, quality_ablation: str = "mean"):
     """For ``circuits trace``: add dataset examples and the ablation of the target's traced inputs
     to the output folder when ``images`` (an ImageSet) is given, and write ``report.html`` (with
-    the steering section when ``steered``)."""
+    the steering section when ``steered``); returns the Evidence (None without images)."""
     if images is None:
         from ..reports.html import write_report
 
@@ -181,7 +192,7 @@ def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = F
         if not quiet:
             click.echo(f"Report: {path} (add --images DIR for dataset examples and ablation)",
                        err=True)
-        return
+        return None
     from ..reports.evidence import add_evidence
 
     if not quiet:
@@ -189,9 +200,11 @@ def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = F
                    err=True)
     with warnings_to_stderr():
         ev = add_evidence(out, model, images, draws=draws, progress=not quiet,
-                          cache_dir=cache_dir, steering=steered)
+                          cache_dir=cache_dir, steering=steered,
+                          quality_images=quality_images or None,
+                          quality_ablation=quality_ablation)
     if quiet:
-        return
+        return ev
     for a in ev.ablations:
         r = a.result
         names = ", ".join(str(u) for u in r.inputs)
@@ -200,4 +213,9 @@ def trace_evidence(out: Path, model, images, *, draws: int = 50, quiet: bool = F
                    f"{100 * r.random_relative_mean:+.1f}% (z = {r.z_score:.1f}, "
                    f"p = {a.p_expected:.3g}): weights predict a {a.expected}; "
                    f"{'agrees' if a.agrees else 'not shown'}", err=True)
+    if ev.quality is not None:
+        click.echo(ev.quality.summary(), err=True)
+    elif ev.quality_note:
+        click.echo(f"Circuit quality not measured: {ev.quality_note}", err=True)
     click.echo(f"Report: {ev.html}", err=True)
+    return ev

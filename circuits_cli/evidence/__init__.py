@@ -36,7 +36,7 @@ __all__ = ["AblationResult", "ablate", "parse_inputs", "ImageSet", "LayerActivat
            "Example", "ExampleSet", "dataset_examples", "examples_sheet", "FindResult",
            "UnitScore", "find_units", "lookup_class", "ReceptiveField",
            "Evidence", "CircuitAblation", "gather_evidence", "check_evidence_outputs",
-           "EVIDENCE_FILE"]
+           "EVIDENCE_FILE", "measure_quality"]
 
 EVIDENCE_FILE = "evidence.json"
 EVIDENCE_FORMAT = "circuits-evidence/1"
@@ -82,6 +82,8 @@ class Evidence:
     n_images: int = 0
     n_skipped: int = 0
     settings: dict | None = None  # the ablation's settings, None without ablation
+    quality: object = None  # a circuits_cli.quality.CircuitQuality, None when not measured
+    quality_note: str = ""  # why quality was not measured, when it was asked for
     model: str = ""
     weights_id: str = ""
     directory: Path | None = None  # where it was written, if it was
@@ -102,14 +104,18 @@ class Evidence:
                                    "summary": exs.summary}
                              for nid, exs in self.examples.items()},
                 "ablation": [a.to_json() for a in self.ablations],
-                "ablation_settings": self.settings}
+                "ablation_settings": self.settings,
+                "quality": self.quality.to_json() if self.quality is not None else None,
+                **({"quality_note": self.quality_note} if self.quality_note else {})}
 
 
 def gather_evidence(model, circuit, images: str | Path | Sequence[str | Path] | ImageSet, *,
                     top: int = 9, ablation: bool = True, mode: str = "zero", draws: int = 50,
                     top_images: int | None = 100, reduce: str = "mean", seed: int = 0,
                     all_nodes: bool = False, cache_dir: str | Path | None = None,
-                    batch_size: int = 16, progress: bool = False) -> Evidence:
+                    batch_size: int = 16, progress: bool = False,
+                    quality_images: int | None = None, quality_ablation: str = "mean",
+                    quality_reference: int = 64) -> Evidence:
     """Dataset examples of every node of ``circuit`` (a :class:`circuits_cli.trace.Circuit`)
     and the ablation of the target's traced inputs, excitatory and inhibitory separately
     (``all_nodes``: of every node with traced inputs), against ``draws`` random draws of as
@@ -119,7 +125,13 @@ def gather_evidence(model, circuit, images: str | Path | Sequence[str | Path] | 
     effect: the excitatory inputs where the target is most active, the inhibitory ones where
     they are (an inhibitor is mostly silent on the images its target fires on most, which is
     why the target fires there, so zeroing it there changes little). The random draws never
-    take one of the node's traced inputs, whose own effects would blur the chance baseline."""
+    take one of the node's traced inputs, whose own effects would blur the chance baseline.
+
+    ``quality_images`` (None or 0: skip) measures the circuit's faithfulness, completeness and
+    minimality and its faithfulness curve (:func:`circuits_cli.quality.circuit_quality`) on the
+    target's activation over the images where the target is most active, everything else at
+    the circuit's layers ablated by ``quality_ablation`` (``mean``/``resample``: from
+    ``quality_reference`` images spread over the whole set)."""
     from ..errors import CircuitsError
     from ..trace import node_unit
 
@@ -156,7 +168,60 @@ def gather_evidence(model, circuit, images: str | Path | Sequence[str | Path] | 
                              exclude=traced, cache_dir=cache_dir, batch_size=batch_size,
                              progress=progress)
                 ev.ablations.append(CircuitAblation(node_id, group, expected, res))
+    if quality_images:
+        ev.quality, ev.quality_note = measure_quality(
+            model, circuit, units[circuit.target], acts, quality_images,
+            ablation=quality_ablation, reference=quality_reference, seed=seed,
+            batch_size=batch_size)
     return ev
+
+
+def measure_quality(model, circuit, target, acts: dict, n_images: int, *,
+                    ablation: str = "mean", reference: int = 64, seed: int = 0,
+                    batch_size: int = 16):
+    """(CircuitQuality or None, note): the quality of a traced circuit on its target's
+    activation over the ``n_images`` images where the target is most active (by its spatial
+    max in ``acts``, the layers' activations over the image set), ablating from ``reference``
+    images spread evenly over the set (for ``resample``, over the images not measured)."""
+    import numpy as np
+
+    from ..errors import CircuitsError
+    from ..images import load_image
+    from ..quality import circuit_quality, unit_target
+    from ..trace import circuit_node_set
+    from .activations import unit_activations
+
+    try:
+        nodes, order = circuit_node_set(model, circuit)
+    except CircuitsError as err:
+        return None, str(err)
+    t_acts = acts[target.layer]
+    score = unit_activations(model, target, t_acts, batch_size=batch_size).column("max")
+    rows = np.sort(np.argsort(-score, kind="stable")[:n_images])
+    n_all = t_acts.n_images
+    pool = np.arange(n_all)
+    if ablation == "resample":  # donors are other images than the measured ones
+        pool = np.setdiff1d(pool, rows)
+    if len(pool) == 0:
+        return None, ("resample ablation needs images besides the ones measured; give more "
+                      "images or fewer --quality-images")
+    ref_rows = pool[np.unique(np.linspace(0, len(pool) - 1,
+                                          min(reference, len(pool))).round().astype(int))]
+    size = int(t_acts.preprocessing.get("size", 224))
+    resize = t_acts.preprocessing.get("resize")
+
+    def load(idx):
+        import torch
+
+        return torch.stack([load_image(t_acts.paths[i], size=size, resize=resize) for i in idx])
+
+    images = load(rows)
+    ref = None if ablation == "zero" else load(ref_rows)
+    if ablation == "resample" and len(ref) < 2:
+        return None, "resample ablation needs at least two reference images"
+    q = circuit_quality(model, images, unit_target(target), nodes, order, ablation=ablation,
+                        reference=ref, seed=seed, batch_rows=max(16, 8 * batch_size))
+    return q, ""
 
 
 def check_evidence_outputs(directory: str | Path, circuit, model, *,

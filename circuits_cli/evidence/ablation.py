@@ -15,6 +15,10 @@ excitatory inputs do their work; or where the ablated inputs are (``"inputs"``),
 inhibitors can act: on the target's best images they are mostly silent, so zeroing them there
 changes little whatever their weights.
 
+``resample`` replaces each image's units by their activation on another image of the set (drawn
+with the seed, never the image itself): the activations the units really take, where zero and
+the mean may be values they never take on any one image.
+
 The ablation is a forward hook on the input layer that replaces its output. All variants of an
 image (no ablation, the given units, each random draw) share one forward pass: the hook stacks
 them along the batch, so the layers before the input layer run once per image. Networks where
@@ -43,7 +47,7 @@ from ..zoo.base import LoadedModel
 from .activations import ImageSet, layers_activations, unit_activations
 
 REDUCES = ("mean", "max", "center")
-MODES = ("zero", "mean")
+MODES = ("zero", "mean", "resample")
 #: Which images ``top_images`` keeps: those where the target is most active, or those where the
 #: ablated inputs are (where inhibitors act: on the target's top images they are mostly silent).
 TOP_BY = ("target", "inputs")
@@ -235,7 +239,7 @@ def ablate(model: LoadedModel, target: Unit, inputs: Sequence[Unit],
     if not inputs:
         raise CircuitsError("no input units to ablate; pass --inputs LAYER:C,...")
     if mode not in MODES:
-        raise CircuitsError(f"unknown ablation mode {mode!r}; use zero or mean")
+        raise CircuitsError(f"unknown ablation mode {mode!r}; use {', '.join(MODES)}")
     if reduce not in REDUCES:
         raise CircuitsError(f"unknown reduction {reduce!r}; use {', '.join(REDUCES)}")
     if top_by not in TOP_BY:
@@ -285,6 +289,16 @@ def ablate(model: LoadedModel, target: Unit, inputs: Sequence[Unit],
     paths = [t_acts.paths[i] for i in rows]
 
     rng = np.random.default_rng(seed)
+    donor = None
+    if mode == "resample":  # each measured image takes the inputs of another image of the set
+        if t_acts.n_images < 2:
+            raise CircuitsError("resample ablation needs at least two images")
+        pick = rng.integers(0, t_acts.n_images - 1, size=len(rows))
+        pick = pick + (pick >= rows)  # never the image itself
+        donor = _donor_activations(model, in_info.name, [t_acts.paths[i] for i in pick],
+                                   size=int(t_acts.preprocessing["size"]),
+                                   resize=t_acts.preprocessing.get("resize"),
+                                   batch_size=batch_size)
     if neurons:
         masks = np.ones((2 + draws, in_info.channels), dtype=np.float32)
         masks[1, [u.channel for u in inputs]] = 0
@@ -294,12 +308,12 @@ def ablate(model: LoadedModel, target: Unit, inputs: Sequence[Unit],
         if mode == "mean":  # each channel's mean over the images and positions
             fill = np.asarray(acts[in_info.name].stats["mean"], dtype=np.float64).mean(0)
             fill = fill.astype(np.float32)
-        variants = _MaskVariants(torch.from_numpy(masks), torch.from_numpy(fill))
+        variants = _MaskVariants(torch.from_numpy(masks), torch.from_numpy(fill), donor)
     else:
         sets = [[], inputs] + [random_directions(in_info.name, in_info.channels, k, rng)
                                for _ in range(draws)]
         in_acts = acts[in_info.name] if mode == "mean" else None
-        variants = _UnitVariants(sets, in_info.channels, model, in_acts, batch_size)
+        variants = _UnitVariants(sets, in_info.channels, model, in_acts, batch_size, donor)
 
     values = _run_variants(model, in_info.name, t_info.name, target, paths, variants,
                            reduce=reduce, size=int(t_acts.preprocessing["size"]),
@@ -313,6 +327,24 @@ def ablate(model: LoadedModel, target: Unit, inputs: Sequence[Unit],
                           random_drops=[float(means[0] - m) for m in means[2:]], seed=seed,
                           top_by=top_by, excluded=excluded, images=paths,
                           per_image={"baseline": base, "ablated": values[1]})
+
+
+@torch.no_grad()
+def _donor_activations(model: LoadedModel, layer: str, paths: list[Path], *, size: int,
+                       resize: int | None, batch_size: int) -> torch.Tensor:
+    """(N, C, H, W) activations of ``layer`` on ``paths`` (the resample ablation's donors)."""
+    from ..hooks import capture
+    from ..images import iter_batches
+
+    out = []
+    for x, ok, _ in iter_batches(paths, batch=batch_size, size=size, resize=resize):
+        if len(ok):
+            out.append(capture(model, x.to(model.device), layer)[layer].float().cpu())
+    acts = torch.cat(out)
+    if len(acts) != len(paths):
+        raise CircuitsError(f"{len(paths) - len(acts)} image(s) could not be read any more; "
+                            "re-run to refresh the activation cache")
+    return acts
 
 
 def _reduce(t: torch.Tensor, how: str) -> torch.Tensor:
@@ -335,15 +367,21 @@ def random_directions(layer: str, channels: int, k: int, rng: np.random.Generato
 
 class _MaskVariants:
     """Neuron ablation: variant ``v`` keeps the channels where ``masks[v]`` is 1 and replaces the
-    others by ``fill`` (zero or their mean)."""
+    others by ``fill`` (zero or their mean) or, with ``donor`` (resample), by the activations of
+    each image's donor image (rows ``cols`` of ``donor`` for the current batch)."""
 
-    def __init__(self, masks: torch.Tensor, fill: torch.Tensor):
+    def __init__(self, masks: torch.Tensor, fill: torch.Tensor,
+                 donor: torch.Tensor | None = None):
         self.masks, self.fill, self.n = masks, fill, masks.shape[0]
+        self.donor, self.cols = donor, slice(None)
 
     def apply(self, o: torch.Tensor, v0: int, v1: int) -> torch.Tensor:
         """(V * n, C, H, W): variants ``v0:v1`` of the batch ``o``, stacked variant-major."""
         keep = self.masks[v0:v1].to(o.device, o.dtype)[:, None, :, None, None]
-        f = self.fill.to(o.device, o.dtype)[None, None, :, None, None]
+        if self.donor is not None:
+            f = self.donor[self.cols].to(o.device, o.dtype)[None]
+        else:
+            f = self.fill.to(o.device, o.dtype)[None, None, :, None, None]
         return (o[None] * keep + (1 - keep) * f).reshape(-1, *o.shape[1:])
 
 
@@ -352,8 +390,10 @@ class _UnitVariants:
     unit's activation (read from the clean layer) replaced by zero or its mean along its decoder
     direction: ``a - sum_u (read_u(a) - fill_u) * dec_u``. For neurons this is the mask above."""
 
-    def __init__(self, sets: list[list], channels: int, model, in_acts, batch_size: int):
+    def __init__(self, sets: list[list], channels: int, model, in_acts, batch_size: int,
+                 donor: torch.Tensor | None = None):
         self.sets, self.n = sets, len(sets)
+        self.donor, self.cols = donor, slice(None)
         self.fill: list[list[float]] = []
         for units in sets:
             fills = []
@@ -370,6 +410,8 @@ class _UnitVariants:
         for v in range(v0, v1):
             x = o
             for u, f in zip(self.sets[v], self.fill[v], strict=True):
+                if self.donor is not None:  # resample: the unit's map on the donor image
+                    f = u.read(self.donor[self.cols].to(o.device, o.dtype))
                 x = u.write(x, f - u.read(o))
             out.append(x)
         return torch.cat(out)
@@ -411,6 +453,7 @@ def _run_variants(model: LoadedModel, in_layer: str, t_layer: str, target: Unit,
                     continue
                 x = model.preprocess(x.to(device))
                 n = x.shape[0]
+                variants.cols = slice(col, col + n)
                 for v0 in range(0, n_var, var_chunk):
                     v1 = min(n_var, v0 + var_chunk)
                     out[v0:v1, col:col + n] = _forward(model, x, t_layer, target, v0, v1,

@@ -9,6 +9,7 @@ mailed or archived on its own. :func:`report_context` computes what the page sho
 template ``templates/report.html`` lays it out.
 
 Sections: the circuit diagram (the folder's PNG figures); the ablation test against random units;
+the circuit's quality (faithfulness, completeness, minimality and the faithfulness curve);
 steering the target (dose-response table and figure, top-5 before and after); the units layer by
 layer, each with its feature visualization, dataset examples and statistics; the connections with
 their expanded-weight kernels (red excitation, blue inhibition, white zero, normalised by the
@@ -85,6 +86,52 @@ def ablation_png(result: dict) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")  # embedded in the page, not a file
     return buf.getvalue()
+
+
+def quality_png(q: dict) -> bytes:
+    """The faithfulness curve of a circuit (``evidence.json``'s ``quality``): faithfulness of
+    its first k nodes in trace order, with the whole circuit's marked."""
+    from matplotlib.figure import Figure
+
+    sizes = q["curve"]["sizes"]
+    vals = [np.nan if v is None else v for v in q["curve"]["faithfulness"]]
+    fig = Figure(figsize=(5.6, 3.0), dpi=100)
+    ax = fig.add_subplot()
+    ax.axhline(1, color="#999", lw=0.8, ls="--")
+    ax.axhline(0, color="#999", lw=0.8)
+    ax.plot(sizes, vals, "o-", color="#d62728", ms=3,
+            label=f"nodes added in trace order (area {_fmt(q['curve']['area'], 3)})")
+    ax.set_xlabel("units kept, added in trace order (the rest of their layers ablated)")
+    ax.set_ylabel("faithfulness")
+    order = q["curve"]["order"]
+    if len(order) <= 12:
+        ax.set_xticks(sizes)
+        ax.set_xticklabels(["∅"] + [f"+{o}" for o in order], fontsize=7, rotation=35,
+                           ha="right")
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", facecolor="white")  # embedded in the page, not a file
+    return buf.getvalue()
+
+
+def _quality(ev: dict) -> dict | None:
+    q = ev.get("quality")
+    if not q:
+        return {"note": ev["quality_note"]} if ev.get("quality_note") else None
+    comp = q["completeness"]
+    gaps = comp["gaps"]
+    return {"target": q["target"], "ablation": q["ablation"], "n_images": q["n_images"],
+            "layers": ", ".join(q["layers"]), "faithfulness": _fmt(q["faithfulness"], 3),
+            "by_depth": [(", ".join(d["layers"]), _fmt(d["faithfulness"], 3))
+                         for d in q.get("faithfulness_by_depth", [])]
+            if len(q.get("faithfulness_by_depth", [])) > 1 else [],
+            "f_model": _fmt(q["F_model"]), "f_empty": _fmt(q["F_empty"]),
+            "f_circuit": _fmt(q["F_circuit"]), "circuit_gap": _fmt(comp["circuit_gap"], 3),
+            "max_gap": _fmt(comp["max_gap"], 3), "area": _fmt(q["curve"]["area"], 3),
+            "rows": [{"node": k, "drop": _fmt(v, 3), "gap": _fmt(gaps.get(k), 3)}
+                     for k, v in q["minimality"].items()],
+            "figure": _uri_png_bytes(quality_png(q))}
 
 
 def _fmt(v, digits=4) -> str:
@@ -170,6 +217,7 @@ def report_context(directory: Path, steering: bool | None = None) -> dict:
             "weights_id": str(c["weights_id"])[:16], "n_nodes": len(nodes),
             "n_edges": len(edges), "ev": ev, "figures": figures,
             "ablation": _ablation(ev) if ev and ev.get("ablation") else None,
+            "quality": _quality(ev) if ev else None,
             "units": units, "connections": connections,
             "labelled": any(n.get("label") for n in nodes),
             "steering": _steering(st, directory) if st else None}
