@@ -111,8 +111,17 @@ def table(results: list[dict]) -> list[str]:
     return lines
 
 
+def register_graph() -> None:
+    """The attribution graph as a discovery method (circuits_cli.graph.discovery)."""
+    from circuits_cli.graph.discovery import graph_method
+    from circuits_cli.quality.discovery import register_method
+
+    register_method("graph", graph_method)
+
+
 def main(out: Path, quick: bool = False) -> dict:
     torch.set_num_threads(THREADS)
+    register_graph()
     results = []
     for folder in sorted(p for p in CASES.iterdir() if (p / "case.json").is_file()):
         case = load_case(folder)

@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 CASES = REPO / "benchmarks" / "discovery_cases"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_discovery import load_case, run_case  # noqa: E402
+from bench_discovery import load_case, register_graph, run_case  # noqa: E402
+
+register_graph()
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,11 @@ def test_methods_on_the_planted_case(planted):
     assert set(m) >= {"weights", "patching", "gradient_x_activation", "random"}
     assert m["patching"]["recall"] == 1.0 and m["patching"]["precision"] == 1.0
     assert m["gradient_x_activation"]["recall"] == 1.0
+    # the attribution graph reads edges through the image's frozen gates: it finds the four
+    # excitatory units and misses the inhibitory unit 2, whose effect patching sees (the
+    # target shut by it passes no gradient: attribution graphs' known blind spot)
+    assert m["graph"]["recall"] == pytest.approx(0.8)
+    assert "units:2" not in m["graph"]["top"][:5]
     assert m["weights"]["recall"] == pytest.approx(0.8)
     assert m["weights"]["top"][0] == "units:3"  # the dead unit has the largest weight
     # the strongest unit and the polysemantic one rank below the known circuit for patching
@@ -77,6 +84,8 @@ def test_patching_recovers_the_toy_car_circuit(toy):
     assert score(r, case["known_nodes"])["recall"] >= 0.9
     g = rank("gradient_x_activation", toy, images, case["target"], case["source"])
     assert score(g, case["known_nodes"])["recall"] >= 0.9
+    a = rank("graph", toy, images, case["target"], case["source"])
+    assert score(a, case["known_nodes"])["recall"] >= 0.9
 
 
 def test_score_and_registry():
