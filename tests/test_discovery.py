@@ -62,7 +62,7 @@ def test_methods_on_the_planted_case(planted):
     assert m["gradient_x_activation"]["recall"] == 1.0
     # the attribution graph reads edges through the image's frozen gates: it finds the four
     # excitatory units and misses the inhibitory unit 2, whose effect patching sees (the
-    # target shut by it passes no gradient: attribution graphs' known blind spot)
+    # target is shut wherever unit 2 is active, all 1458 positions, so no gradient passes)
     assert m["graph"]["recall"] == pytest.approx(0.8)
     assert "units:2" not in m["graph"]["top"][:5]
     assert m["weights"]["recall"] == pytest.approx(0.8)
