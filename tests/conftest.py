@@ -102,3 +102,29 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _chromium():
+    """Debian's chromium (or $CIRCUITS_CHROMIUM), or None."""
+    import os
+    import shutil
+
+    for cand in (os.environ.get("CIRCUITS_CHROMIUM"), "chromium", "chromium-browser"):
+        if cand and (shutil.which(cand) or Path(cand).is_file()):
+            return shutil.which(cand) or cand
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless chromium driven by Playwright, pointed at the system browser (Playwright
+    never downloads one here); the test is skipped with a reason where either is missing."""
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install playwright)")
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no chromium browser installed (apt-get install chromium; .ci/run does)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()

@@ -8,8 +8,6 @@ driver binary that must match the browser's version), and it reports page errors
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -17,26 +15,6 @@ import pytest
 from atlas_site import CAR, toy_atlas_fixture
 
 toy_atlas = toy_atlas_fixture()
-
-
-def _chromium() -> str | None:
-    for cand in (os.environ.get("CIRCUITS_CHROMIUM"), "chromium", "chromium-browser"):
-        if cand and (shutil.which(cand) or Path(cand).is_file()):
-            return shutil.which(cand) or cand
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (pip install playwright)")
-    exe = _chromium()
-    if exe is None:
-        pytest.skip("no chromium browser installed (apt-get install chromium; .ci/run does)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
 
 
 @pytest.fixture

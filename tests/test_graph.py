@@ -25,14 +25,14 @@ B_BIAS = torch.tensor([0.1, -0.2, 0.3])
 
 
 class Planted(nn.Module):
-    def __init__(self, pool: str = "none", lrn: bool = False):
+    def __init__(self, pool: str = "none", lrn: bool = False, act=nn.ReLU):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         self.conv_a = nn.Conv2d(3, 4, 3, padding=1)
         with torch.no_grad():
             self.conv_a.weight.copy_(torch.randn(4, 3, 3, 3, generator=g) * 0.5)
             self.conv_a.bias.copy_(torch.tensor([0.2, 0.1, -0.1, 0.3]))
-        self.relu_a = nn.ReLU()
+        self.relu_a = act()
         self.pool = {"max": nn.MaxPool2d(3, 2, padding=1, ceil_mode=True),
                      "none": nn.Identity()}[pool]
         self.norm = nn.LocalResponseNorm(3, alpha=0.5, beta=0.75, k=1.0) if lrn else nn.Identity()
@@ -52,8 +52,8 @@ class Planted(nn.Module):
         return self.fc(b.mean((2, 3)))
 
 
-def _model(pool="none", lrn=False) -> LoadedModel:
-    net = Planted(pool, lrn).eval()
+def _model(pool="none", lrn=False, act=nn.ReLU) -> LoadedModel:
+    net = Planted(pool, lrn, act).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     paths = {"A": "norm" if lrn else ("pool" if pool != "none" else "relu_a"), "B": "relu_b"}
@@ -103,12 +103,15 @@ def test_every_edge_is_the_planted_weight_times_the_activation():
     assert checked > 100 and negative > 10  # inhibitory paths come out negative
 
 
-@pytest.mark.parametrize("pool,lrn", [("max", False), ("none", True), ("max", True)])
-def test_completeness_is_exact_through_max_pools_and_lrn(pool, lrn):
-    """Frozen max-pool selections and LRN denominators: each node's edges plus its bias (from
-    an independent pass of the replacement model with every source at zero) equal its
-    activation, and the frozen map's value equals the network's."""
-    model = _model(pool, lrn)
+@pytest.mark.parametrize("pool,lrn,act", [
+    ("max", False, nn.ReLU), ("none", True, nn.ReLU), ("max", True, nn.ReLU),
+    ("none", False, lambda: nn.LeakyReLU(0.1, inplace=True)), ("max", False, nn.GELU)])
+def test_completeness_is_exact_through_max_pools_and_lrn(pool, lrn, act):
+    """Frozen max-pool selections, LRN denominators and activation gates (an in-place leaky
+    ReLU, GELU as f(x)/x): each node's edges plus its bias (from an independent pass of the
+    replacement model with every source at zero) equal its activation, and the frozen map's
+    value equals the network's."""
+    model = _model(pool, lrn, act)
     x = _image(2, 13)
     att = attribute(model, x, Target("logit", 1), ["A", "B"], max_nodes=10_000, batch_size=16)
     logits = model.module(x)[0]
@@ -116,6 +119,7 @@ def test_completeness_is_exact_through_max_pools_and_lrn(pool, lrn):
     for n, r in zip(att.row_nodes.tolist(), att.rows, strict=True):
         assert abs(float(r.sum() + att.bias[n] - att.value[n])) < 1e-5
     assert ("lrn" in att.frozen) == lrn and ("maxpool" in att.frozen) == (pool == "max")
+    assert ("smooth" in att.frozen) == (act is nn.GELU)
 
 
 def test_inception_blocks_are_exact_too():

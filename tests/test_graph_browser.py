@@ -10,8 +10,6 @@ look at.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -19,26 +17,6 @@ import pytest
 from graph_fixture import ATLAS_PAGE, CAR_NODE, INHIBITORY, INTERVENTIONS, make_graph
 
 from circuits_cli.reports.graph_page import write_graph_page
-
-
-def _chromium() -> str | None:
-    for cand in (os.environ.get("CIRCUITS_CHROMIUM"), "chromium", "chromium-browser"):
-        if cand and (shutil.which(cand) or Path(cand).is_file()):
-            return shutil.which(cand) or cand
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (pip install playwright)")
-    exe = _chromium()
-    if exe is None:
-        pytest.skip("no chromium browser installed (apt-get install chromium; .ci/run does)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

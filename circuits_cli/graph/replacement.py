@@ -117,28 +117,8 @@ class _Mode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = _name(func)
-        if name in _RELU:
-            x = args[0]
-            if self.replaying:
-                return x * self._next("relu")
-            out = func(*args, **kwargs)
-            # the gate as a factor: 1 where the unit passed its input, the slope elsewhere
-            # (leaky ReLU), 0 where it was cut (or clipped, for ReLU6 / hardtanh)
-            with torch.no_grad():
-                gate = torch.where(x != 0, out / torch.where(x != 0, x, torch.ones_like(x)),
-                                   torch.zeros_like(x))
-            self._keep("relu", gate.detach())
-            return out
-        if name in _SMOOTH:
-            x = args[0]
-            if self.replaying:
-                return x * self._next("smooth")
-            out = func(*args, **kwargs)
-            with torch.no_grad():
-                gate = torch.where(x != 0, out / torch.where(x != 0, x, torch.ones_like(x)),
-                                   torch.zeros_like(x))
-            self._keep("smooth", gate.detach())
-            return out
+        if name in _RELU or name in _SMOOTH:
+            return self._gate("relu" if name in _RELU else "smooth", func, name, args, kwargs)
         if name in _CONSTANT:
             if self.replaying:
                 return self._next("constant")
@@ -163,6 +143,22 @@ class _Mode(TorchFunctionMode):
         if not self.replaying and name and name not in _KNOWN_LINEAR and _nonlinear_guess(name):
             self.frozen.unfrozen.add(name)
         return func(*args, **kwargs)
+
+    def _gate(self, kind, func, name, args, kwargs):
+        """An elementwise activation as a factor on its input: 1 where a ReLU passed its input,
+        the slope elsewhere (leaky ReLU), 0 where it was cut (or clipped, for ReLU6 and
+        hardtanh); for smooth activations f(x)/x at the point."""
+        x = args[0]
+        if self.replaying:
+            return x * self._next(kind)
+        if name.endswith("_") or kwargs.get("inplace") or (len(args) > 1 and args[-1] is True):
+            x = x.clone()  # an in-place activation overwrites the input it is a factor on
+        out = func(*args, **kwargs)
+        with torch.no_grad():
+            gate = torch.where(x != 0, out / torch.where(x != 0, x, torch.ones_like(x)),
+                               torch.zeros_like(x))
+        self._keep(kind, gate.detach())
+        return out
 
     def _maxpool(self, func, name, args, kwargs):
         x = args[0]
