@@ -32,7 +32,8 @@ bench: setup
 	$(BIN)/python benchmarks/run.py --out outputs/bench
 
 # The documentation site, offline and strict (a broken link, a missing page or an unresolved
-# reference fails); open outputs/docs/index.html. The figures are committed under docs/figures/;
+# reference fails); open outputs/docs/index.html (the search box needs a server:
+# python3 -m http.server -d outputs/docs). The figures are committed under docs/figures/;
 # docs-figures makes them again with the tool itself (about 4 CPU minutes from nothing).
 docs: setup
 	$(BIN)/python -m mkdocs build --strict -d outputs/docs
