@@ -63,8 +63,10 @@ def chromium() -> str | None:
     return None
 
 
-def screenshots(pages: dict[str, Path], width: int = 1280, height: int = 900) -> None:
-    """Photograph each HTML page (the top ``height`` pixels) into docs/figures/NAME.png."""
+def screenshots(pages: dict[str, tuple[Path, str | None]], width: int = 1280,
+                height: int = 900) -> None:
+    """Photograph each HTML page into docs/figures/NAME.png: ``height`` pixels from its top, or
+    from the ``<h2>`` holding the given text."""
     exe = chromium()
     if exe is None:
         print("no chromium: screenshots skipped (apt-get install chromium)", file=sys.stderr)
@@ -74,9 +76,12 @@ def screenshots(pages: dict[str, Path], width: int = 1280, height: int = 900) ->
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": width, "height": height})
-        for name, html in pages.items():
+        for name, (html, heading) in pages.items():
             page.goto((ROOT / html).resolve().as_uri())
             page.wait_for_load_state("networkidle")
+            if heading:
+                page.locator("h2", has_text=heading).first.evaluate(
+                    "e => window.scrollTo(0, e.getBoundingClientRect().top + window.scrollY - 16)")
             shot = FIGURES / f"{name}.full.png"
             page.screenshot(path=str(shot))
             shrink(shot, FIGURES / f"{name}.png", 960)
@@ -84,11 +89,27 @@ def screenshots(pages: dict[str, Path], width: int = 1280, height: int = 900) ->
         browser.close()
 
 
+def sae_page(work: Path) -> Path:
+    """The page of ``circuits sae features``: the layer's most polysemantic neuron."""
+    return next((ROOT / work / "sae-features").glob("neuron-*.html"))
+
+
+def pages(work: Path) -> dict[str, tuple[Path, str | None]]:
+    """The HTML pages the figures photograph, with the section each starts at."""
+    demo = work / "demo"
+    return {"report": (demo / "trace" / "report.html", "Ablation"),
+            "atlas-unit": (work / "atlas" / "units" / "mixed4b" / "64.html", None),
+            "sae-page": (sae_page(work), None),
+            "story": (demo / "report.html", None)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "docs-figures",
                         help="where the commands write (default outputs/docs-figures)")
     parser.add_argument("--no-screenshots", action="store_true")
+    parser.add_argument("--screenshots-only", action="store_true",
+                        help="photograph the pages of an earlier run again, running nothing")
     args = parser.parse_args()
     work = args.work.resolve()
     if work.is_relative_to(ROOT):  # relative paths, so that no local folder shows in the figures
@@ -96,6 +117,8 @@ def main() -> None:
     demo = work / "demo"
     FIGURES.mkdir(parents=True, exist_ok=True)
 
+    if args.screenshots_only:
+        return screenshots(pages(work))
     # The whole story on the toy model: the car circuit, evidence, superposition, SAE, steering.
     circuits("demo", "-m", "toy", "--out", str(demo), work=work)
     scenes = str(demo / "scenes")
@@ -110,7 +133,6 @@ def main() -> None:
     # the most polysemantic neuron of the layer (the most live features writing into it)
     circuits("sae", "features", str(demo / "sae"), "-m", "toy", "--images", scenes,
              "--out", str(work / "sae-features"), work=work)
-    sae_page = next((ROOT / work / "sae-features").glob("neuron-*.html"))
 
     shrink(ROOT / work / "trace-1hop" / "circuit.png", FIGURES / "car-circuit.png", 900,
            colours=256)
@@ -123,14 +145,9 @@ def main() -> None:
            colours=256)
     shrink(ROOT / demo / "superposition" / "wtw_sweep.png", FIGURES / "superposition-wtw.png", 1000)
     shrink(ROOT / demo / "steer" / "steer.png", FIGURES / "steer.png", 1000)
-    shrink(sae_page.with_suffix(".png"), FIGURES / "sae-neuron.png", 1000, colours=256)
+    shrink(sae_page(work).with_suffix(".png"), FIGURES / "sae-neuron.png", 1000, colours=256)
     if not args.no_screenshots:
-        screenshots({
-            "report": demo / "trace" / "report.html",
-            "atlas-unit": work / "atlas" / "units" / "mixed4b" / "64.html",
-            "sae-page": sae_page,
-            "story": demo / "report.html",
-        })
+        screenshots(pages(work))
     for png in sorted(FIGURES.glob("*.png")):
         print(f"{png.relative_to(ROOT)}  {png.stat().st_size // 1024} kB")
 
