@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # torchvision on PyPI is a CUDA build: it needs the regular (CUDA) torch wheel, which runs on CPU.
 TORCH  := torch==2.14.1 torchvision==0.29.2
 
-.PHONY: setup test test-fast demo bench lint clean
+.PHONY: setup test test-fast demo bench docs docs-figures lint clean
 
 setup: $(STAMP)
 
@@ -31,8 +31,18 @@ demo: setup
 bench: setup
 	$(BIN)/python benchmarks/run.py --out outputs/bench
 
+# The documentation site, offline and strict (a broken link, a missing page or an unresolved
+# reference fails); open outputs/docs/index.html (the search box needs a server:
+# python3 -m http.server -d outputs/docs). The figures are committed under docs/figures/;
+# docs-figures makes them again with the tool itself (about 4 CPU minutes from nothing).
+docs: setup
+	$(BIN)/python -m mkdocs build --strict -d outputs/docs
+
+docs-figures: setup
+	$(BIN)/python docs/make_figures.py
+
 lint: setup
-	$(BIN)/ruff check circuits_cli tests benchmarks
+	$(BIN)/ruff check circuits_cli tests benchmarks docs/make_figures.py docs/hooks.py
 	$(BIN)/lint-imports
 
 clean:
