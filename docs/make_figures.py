@@ -145,6 +145,8 @@ def main() -> None:
            colours=256)
     shrink(ROOT / demo / "superposition" / "wtw_sweep.png", FIGURES / "superposition-wtw.png", 1000)
     shrink(ROOT / demo / "steer" / "steer.png", FIGURES / "steer.png", 1000)
+    # the demo's attribution graph of one car scene (circuits graph's figure)
+    shrink(ROOT / demo / "graph" / "graph.png", FIGURES / "graph.png", 1000, colours=256)
     shrink(sae_page(work).with_suffix(".png"), FIGURES / "sae-neuron.png", 1000, colours=256)
     if not args.no_screenshots:
         screenshots(pages(work))

@@ -49,7 +49,7 @@ def test_every_readme_command_is_in_a_tour_that_the_suite_runs():
     assert len(commands) >= 10, commands
     untested = [c for c in commands if c not in tour("toy") + tour("googlenet-bvlc")]
     assert not untested, f"README commands no test runs: {untested}"
-    assert len(tour("toy")) == 5 and len(tour("googlenet-bvlc")) == 5
+    assert len(tour("toy")) == 6 and len(tour("googlenet-bvlc")) == 5
 
 
 def test_getting_started_shows_the_readme_tours():
@@ -69,11 +69,19 @@ def _run_tour(commands, workdir: Path, monkeypatch):
     return outputs
 
 
-@pytest.mark.slow  # about 40 s on 2 cores: five commands, renders and an ablation
-def test_readme_toy_tour(tmp_path, monkeypatch, toy_scenes_140, one_torch_thread):
+@pytest.fixture(scope="module")
+def demo_scenes(tmp_path_factory):
+    """The 240 scenes ``make demo`` writes to outputs/demo/scenes (the README names one)."""
+    from circuits_cli.demo import write_scenes
+
+    return write_scenes(tmp_path_factory.mktemp("demo") / "scenes", 240)
+
+
+@pytest.mark.slow  # about 50 s on 2 cores: six commands, renders, an ablation, a graph
+def test_readme_toy_tour(tmp_path, monkeypatch, demo_scenes, one_torch_thread):
     work = tmp_path / "checkout"
     (work / "outputs" / "demo").mkdir(parents=True)
-    (work / "outputs" / "demo" / "scenes").symlink_to(toy_scenes_140, target_is_directory=True)
+    (work / "outputs" / "demo" / "scenes").symlink_to(demo_scenes, target_is_directory=True)
     out = _run_tour(tour("toy"), work, monkeypatch)
 
     assert "mixed4b" in out[0] and "mixed4a" in out[0]                      # layers
@@ -92,6 +100,12 @@ def test_readme_toy_tour(tmp_path, monkeypatch, toy_scenes_140, one_torch_thread
     excitatory = next(a for a in evidence["ablation"] if a["group"] == "excitatory")
     assert set(excitatory["inputs"]) == {"mixed4a:37", "mixed4a:63"}
     assert excitatory["relative_drop"] > 0.95 and excitatory["z_score"] > 10  # "silences it"
+    graph = json.loads((work / "outputs/graph/toy/0127_car-car/graph.json").read_text())
+    units = sorted((n for n in graph["nodes"] if n["layer"] == "mixed4a"),
+                   key=lambda n: -n["influence"])
+    assert units[0]["label"] == "mixed4a:37"                  # the window unit, where windows are
+    wheel = next(n for n in units if n["label"] == "mixed4a:63")
+    assert wheel["ctx_idx"][0] > units[0]["ctx_idx"][0]       # the wheel unit below it
 
 
 @pytest.mark.slow
