@@ -265,6 +265,17 @@ def test_frozen_interventions_are_the_graphs_linear_prediction():
     gate = (b[0, :, ya, xa] > 0).float()
     moved = maps["B"][0, :, ya, xa] - b[0, :, ya, xa]
     assert torch.allclose(moved, gate * W_AB[:, c] * a[0, c, ya, xa], atol=1e-5)
+    # the same through the graph's own method, with string node names
+    g = to_graph(att)
+    res = g.intervene(f"A:{c}@{ya},{xa}*2")
+    assert res["change"] == pytest.approx(float(intervene_frozen(
+        att, [(NodeRef("A", c, ya, xa), "scale", 2.0)])[0] - att.value[-1]), abs=1e-6)
+    for d in range(3):
+        node = f"B:{d}@{ya},{xa}"
+        if node in res["nodes"]:
+            assert res["nodes"][node] == pytest.approx(float(maps["B"][0, d, ya, xa]), abs=1e-5)
+    assert g.intervene("B:0=0", frozen=False)["change"] == pytest.approx(
+        intervene_free(att, [(NodeRef("B", 0), "set", 0.0)]) - float(att.value[-1]), abs=1e-6)
 
 
 def test_faithfulness_of_the_whole_and_the_empty_graph():

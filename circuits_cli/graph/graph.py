@@ -155,6 +155,31 @@ class Graph:
         return Graph(nodes=nodes, adjacency=adj, metadata=meta, scores=dict(self.scores),
                      interventions=list(self.interventions), attribution=self.attribution)
 
+    def intervene(self, *edits: str, frozen: bool = True) -> dict:
+        """Set or scale nodes (``"mixed4a:37@3,5=0"``, ``"mixed4a:37*2"``: a unit at every
+        position) and see the target move: in the replacement model (``frozen``, gates held,
+        with every node's new value) or in the network (gates recomputed). Returns
+        ``{"target": new value, "change": ..., "nodes": {node id: new value}}`` (``nodes`` for
+        frozen interventions only). Needs the graph's attribution (a graph just built)."""
+        from .interventions import intervene_free, intervene_frozen, parse_edit
+
+        if self.attribution is None:
+            raise ValueError("this graph was read from a file: interventions need the model; "
+                             "build it again with build_graph")
+        att = self.attribution
+        parsed = [parse_edit(e, att) for e in edits]
+        base = float(att.value[-1])
+        if not frozen:
+            value = intervene_free(att, parsed)
+            return {"target": value, "change": value - base, "nodes": {}}
+        value, maps = intervene_frozen(att, parsed)
+        nodes = {}
+        for n in self.nodes:
+            if n["feature_type"] in ("neuron", "sae_feature") and n["ctx_idx"] is not None:
+                y, x = n["ctx_idx"]
+                nodes[n["node_id"]] = float(maps[n["layer"]][0, n["feature"], y, x])
+        return {"target": value, "change": value - base, "nodes": nodes}
+
     def node_ids(self) -> list[str]:
         return [n["node_id"] for n in self.nodes]
 
