@@ -171,6 +171,22 @@ class Attribution:
 # The replacement model's runs
 
 
+def as_map(a: torch.Tensor, layer: str = "") -> torch.Tensor:
+    """A layer's activation as a node map (N, units, H, W): feature maps as they are, token
+    sequences (N, T, D) as (N, D, 1, T) — a node per channel of the stream and token."""
+    if a.dim() == 4:
+        return a
+    if a.dim() == 3:
+        return a.transpose(1, 2).unsqueeze(2)
+    raise CircuitsError(f"layer {layer!r} gives a {a.dim()}-d activation; attribution graphs "
+                        "need feature maps (N, C, H, W) or token sequences (N, T, D)")
+
+
+def from_map(m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A node map back in the layout of ``like`` (the layer's own activation)."""
+    return m if like.dim() == 4 else m.squeeze(2).transpose(1, 2)
+
+
 class _Runner:
     """Record once; then run the replacement model with leaves at every chosen layer."""
 
@@ -224,10 +240,7 @@ class _Runner:
                                     "logits; target a unit (--target LAYER:UNIT) instead")
             self.acts["__target__"] = logits.detach()
         for name in self.layers:
-            act = self.acts[name]
-            if act.dim() != 4:
-                raise CircuitsError(f"layer {name!r} is not a feature map (N, C, H, W); "
-                                    "attribution graphs need convolutional layers")
+            act = as_map(self.acts[name], name)
             sae = self.saes.get(name)
             if sae is None:
                 self.values[name] = (act, None)
@@ -244,7 +257,7 @@ class _Runner:
         t = self.target
         if t.layer is None:
             return out[:, t.index]
-        ch = out[:, t.index]
+        ch = as_map(out, t.layer)[:, t.index]
         if t.position is not None:
             return ch[:, t.position[0], t.position[1]]
         return ch.flatten(1).mean(1)
@@ -272,7 +285,8 @@ class _Runner:
         def cut(name):
             sae = self.saes.get(name)
 
-            def fn(out, _hook):
+            def fn(raw, _hook):
+                out = as_map(raw, name)
                 if sae is None:
                     precut[name] = out
                 else:
@@ -287,7 +301,7 @@ class _Runner:
                 if e is not None:
                     err = e.expand(batch, *e.shape[1:]).clone().requires_grad_(grad)
                 leaves[name] = (node, err)
-                return node if sae is None else self._decode(sae, node) + err
+                return from_map(node if sae is None else self._decode(sae, node) + err, raw)
             return fn
 
         def grab(out, _hook):

@@ -43,6 +43,9 @@ def _boxes(model: LoadedModel, layers: list[str], image_size: tuple[int, int]) -
                                       stop_at=name):
             forward(model, x)
         a = acts[name]
+        if a.dim() != 4:  # a token sequence: no spatial receptive field to draw
+            out[name] = None
+            continue
         gh, gw = a.shape[-2:]
         g, = torch.autograd.grad(a[0, :, gh // 2, gw // 2].sum(), x)
         m = g.abs().sum((0, 1)) > 0
@@ -52,7 +55,9 @@ def _boxes(model: LoadedModel, layers: list[str], image_size: tuple[int, int]) -
     return out
 
 
-def _box(geo, y: int, x: int, image_size) -> list[float]:
+def _box(geo, y: int, x: int, image_size) -> list[float] | None:
+    if geo is None:
+        return None
     (sh, sw), (ry, rx) = geo
     cy, cx = (y + 0.5) * ry, (x + 0.5) * rx
     h, w = image_size

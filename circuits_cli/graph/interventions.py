@@ -21,7 +21,7 @@ import torch
 
 from ..errors import CircuitsError
 from ..hooks import forward, hooks
-from .attribution import Attribution
+from .attribution import Attribution, as_map, from_map
 
 _NODE = re.compile(r"^(?P<layer>[^:@]+):(?P<f>f)?(?P<unit>\d+)(?:@(?P<y>\d+),(?P<x>\d+))?$")
 
@@ -143,12 +143,13 @@ def intervene_free(att: Attribution, edits: list[tuple[NodeRef, str, float]]) ->
     def edit(name, fn):
         sae = runner.saes.get(name)
 
-        def hook(out, _hook):
+        def hook(raw, _hook):
+            out = as_map(raw, name)
             if sae is None:
-                return fn(out)
+                return from_map(fn(out), raw)
             f = sae.encode_map(out)
             err = out - runner._decode(sae, f)
-            return runner._decode(sae, fn(f)) + err
+            return from_map(runner._decode(sae, fn(f)) + err, raw)
         return hook
 
     return _free(att, [(name, edit(name, fn)) for name, fn in _editor(edits).items()])
@@ -187,7 +188,7 @@ def reference_means(att: Attribution, images01: torch.Tensor | None, batch: int 
                                     stop_at=runner.layers[-1]):
             forward(att.model, x)
         for name in runner.layers:
-            a = acts[name]
+            a = as_map(acts[name], name)
             if a.shape[1:] != runner.values[name][0].shape[1:] and runner.saes.get(name) is None:
                 raise CircuitsError(f"reference images give {name!r} a different shape "
                                     f"{tuple(a.shape[1:])}; use images of the graph image's "

@@ -140,6 +140,8 @@ class _Mode(TorchFunctionMode):
             return self._norm(func, name, args, kwargs)
         if name == "scaled_dot_product_attention":
             return self._attention(func, args, kwargs)
+        if name == "multi_head_attention_forward" and _plain_mha(args, kwargs):
+            return self._mha(func, args, kwargs)
         if not self.replaying and name and name not in _KNOWN_LINEAR and _nonlinear_guess(name):
             self.frozen.unfrozen.add(name)
         return func(*args, **kwargs)
@@ -221,6 +223,37 @@ class _Mode(TorchFunctionMode):
             out = out * weight.view(view)
         return out + bias.view(view) if bias is not None else out
 
+    def _mha(self, func, args, kwargs):
+        """nn.MultiheadAttention's functional form with its attention pattern held: the output
+        is out_proj(pattern @ v_proj(value)), linear in the value."""
+        a = _mha_args(args, kwargs)
+        value, heads = a["value"], int(a["num_heads"])
+        s, n, e = value.shape
+        if self.replaying:
+            pattern = self._next("constant")  # (1, heads, L, S)
+            w_v = a["in_proj_weight"][2 * e:]
+            b_v = a["in_proj_bias"][2 * e:] if a.get("in_proj_bias") is not None else None
+            v = F.linear(value, w_v, b_v)  # (S, N, E)
+            v = v.reshape(s, n * heads, e // heads).transpose(0, 1)  # (N*heads, S, hd)
+            p = pattern.expand(n, *pattern.shape[1:]).reshape(n * heads, *pattern.shape[2:])
+            out = (p @ v).transpose(0, 1).reshape(-1, n, e)  # (L, N, E)
+            out = F.linear(out, a["out_proj_weight"], a["out_proj_bias"])
+            return out, (pattern if a.get("need_weights") else None)
+        kw = dict(kwargs)
+        call = list(args)
+        for key, val in (("need_weights", True), ("average_attn_weights", False)):
+            i = _MHA_ARGS.index(key)
+            if i < len(call):
+                call[i] = val
+            else:
+                kw[key] = val
+        out, weights = func(*call, **kw)
+        self._keep("constant", weights.detach())  # (N, heads, L, S)
+        keep = a.get("need_weights", True)
+        if keep and a.get("average_attn_weights", True):
+            weights = weights.mean(1)
+        return out, (weights if keep else None)
+
     def _attention(self, func, args, kwargs):
         q, k, v = args[:3]
         if self.replaying:
@@ -239,6 +272,29 @@ class _Mode(TorchFunctionMode):
             pattern = s.softmax(-1)
         self._keep("constant", pattern.detach())
         return func(*args, **kwargs)
+
+
+_MHA_ARGS = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight",
+             "in_proj_bias", "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight",
+             "out_proj_bias", "training", "key_padding_mask", "need_weights", "attn_mask",
+             "use_separate_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+             "static_k", "static_v", "average_attn_weights", "is_causal")
+
+
+def _mha_args(args, kwargs) -> dict:
+    a = dict(zip(_MHA_ARGS, args, strict=False))
+    a.update(kwargs)
+    return a
+
+
+def _plain_mha(args, kwargs) -> bool:
+    """nn.MultiheadAttention as ViTs use it: packed projections, no extra key/value biases,
+    no dropout in eval; the pattern can then be frozen exactly."""
+    a = _mha_args(args, kwargs)
+    return (not a.get("use_separate_proj_weight") and a.get("bias_k") is None
+            and a.get("bias_v") is None and not a.get("add_zero_attn")
+            and a.get("static_k") is None and a.get("static_v") is None
+            and not (a.get("training") and a.get("dropout_p")))
 
 
 def _nonlinear_guess(name: str) -> bool:
