@@ -280,6 +280,8 @@ def warnings_to_stderr():
         try:
             yield
         finally:
-            for w in caught:
-                if issubclass(w.category, UserWarning):
+            shown = set()
+            for w in caught:  # each once: several passes over one folder skip the same files
+                if issubclass(w.category, UserWarning) and str(w.message) not in shown:
+                    shown.add(str(w.message))
                     click.echo(f"Warning: {w.message}", err=True)

@@ -364,4 +364,7 @@ def dose_response_figure(result: SteeringResult, samples: int = 4):
 
 
 def _short(text: str, n: int = 16) -> str:
+    from ..images import display_name
+
+    text = display_name(text)
     return text if len(text) <= n else text[:n - 1] + "…"
