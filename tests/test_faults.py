@@ -626,7 +626,8 @@ def base_args(command: str, images: Path, tmp_path: Path) -> list:
             "toy train": ["toy", "train", "--out", out],
             "sae train": ["sae", "train", "mixed3b", "--images", images, *TOY, "--out", out],
             "steer": ["steer", "mixed4b:1", "--images", images, *TOY, "--out", out],
-            "superposition": ["superposition", "--out", out]}[command]
+            "superposition": ["superposition", "--out", out],
+            "atlas": ["atlas", "--layers", "mixed4b", *TOY, "--out", out]}[command]
 
 
 @HYP
@@ -679,6 +680,9 @@ OTHER_BAD = [
     ("steer", ["--strengths", "-1e5,1"], "out of range"),
     ("trace", ["--steer", "0,1e308"], "out of range"),
     ("superposition", ["--steps", "99999999999999999999"], "--steps"),
+    # messages that name what the user named
+    ("atlas", ["--sae", "empty.npz"], "'empty.npz' is a file, not an SAE folder"),
+    ("atlas", ["--features", "empty"], "'empty' is a folder; --features takes a JSON file"),
 ]
 
 
@@ -714,6 +718,20 @@ def test_a_diverging_sae_training_is_one_line_and_saves_nothing(images, tmp_path
     left = set(files_under(out)) - {"circuits-outputs.jsonl"}
     assert not left, left
     no_temporaries(tmp_path)
+
+
+def test_classify_names_the_files_it_skips(images, tmp_path):
+    """"skipped 1 file(s)" said which one only in examples: classify names them too."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sorted(images.iterdir())[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken photo.jpg").write_bytes(b"\xff\xd8 not really")
+    res = run("classify", folder, *TOY, "-q")
+    assert res.exit_code == 0, res.output
+    warn = [ln for ln in res.stderr.splitlines() if ln.startswith("Warning")]
+    assert warn == ["Warning: skipped 1 file(s): 1 unreadable ('broken photo.jpg')."], res.stderr
+    CASES["skipped files named"] += 1
 
 
 def test_usage_errors_are_one_line(tmp_path):
