@@ -75,7 +75,8 @@ def contents(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("where", ["default", "relative"])
-@pytest.mark.parametrize("name", list(commands(Path("x"))))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "steer" else n
+                                  for n in commands(Path("x"))])  # steer: 10 s a run
 def test_a_second_run_from_the_working_directory_succeeds_and_resumes(name, where, scenes,
                                                                        tmp_path):
     args = commands(scenes)[name] + (["--out", "runs/one"] if where == "relative" else [])
