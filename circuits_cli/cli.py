@@ -128,6 +128,10 @@ def cli():
 
 
 def main(argv=None):
+    # a file name that is not valid UTF-8 prints with its odd bytes as \xNN, never a crash
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     cli.main(args=argv, prog_name="circuits")
 
 

@@ -379,14 +379,29 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    """UTF-8; a file name that is not valid UTF-8 (read by Python as lone surrogates) is written
+    back as its own bytes, so that a report naming it never fails."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8",
+                                                               errors="surrogateescape"))
 
 
 def write_json(path: str | Path, data, indent: int = 2) -> Path:
     return write_text(path, json.dumps(data, indent=indent) + "\n")
 
 
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
-    """A matplotlib figure as PNG, on a white background."""
+    """A matplotlib figure as PNG, on a white background. Text holding a file name that is not
+    valid UTF-8 (lone surrogates, which the font engine refuses) is drawn with those bytes as
+    ``\\xNN``."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        label = text.get_text()
+        if isinstance(label, str) and _SURROGATE.search(label):
+            text.set_text(label.encode("utf-8", "surrogateescape")
+                          .decode("utf-8", "backslashreplace"))
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png",
                                                       facecolor="white"))

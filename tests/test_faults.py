@@ -623,7 +623,11 @@ def base_args(command: str, images: Path, tmp_path: Path) -> list:
             "find": ["find", "--class", "car", "--layer", "mixed4b", *TOY],
             "classify": ["classify", images, *TOY],
             "demo": ["demo", *TOY, "--out", out],
-            "toy train": ["toy", "train", "--out", out]}[command]
+            "toy train": ["toy", "train", "--out", out],
+            "sae train": ["sae", "train", "mixed3b", "--images", images, *TOY, "--out", out],
+            "steer": ["steer", "mixed4b:1", "--images", images, *TOY, "--out", out],
+            "superposition": ["superposition", "--out", out],
+            "atlas": ["atlas", "--layers", "mixed4b", *TOY, "--out", out]}[command]
 
 
 @HYP
@@ -666,6 +670,19 @@ OTHER_BAD = [
     ("layers", ["-m", "googlenet-bvlc", "--weights", "empty.npz"], "empty.npz"),
     ("layers", ["-m", "toy", "--weights", "empty.npz"], "toy-model checkpoint"),
     ("layers", ["-m", "raises.py:ok", "--weights", "junk.pth"], "state dict of ok()"),
+    # extreme values: refused before the work, never a NaN file or the kernel's OOM killer
+    ("sae train", ["--lr", "inf"], "--lr must be a finite positive number"),
+    ("sae train", ["--lr", "nan"], "--lr must be a finite positive number"),
+    ("sae train", ["--l1", "inf", "--arch", "relu"], "--l1 must be a finite number"),
+    ("sae train", ["--expansion", "100000"], "lower --expansion or --batch-size"),
+    ("sae train", ["--batch-size", "100000000"], "lower --expansion or --batch-size"),
+    ("steer", ["--strengths", "0,1e308"], "out of range"),
+    ("steer", ["--strengths", "-1e5,1"], "out of range"),
+    ("trace", ["--steer", "0,1e308"], "out of range"),
+    ("superposition", ["--steps", "99999999999999999999"], "--steps"),
+    # messages that name what the user named
+    ("atlas", ["--sae", "empty.npz"], "'empty.npz' is a file, not an SAE folder"),
+    ("atlas", ["--features", "empty"], "'empty' is a folder; --features takes a JSON file"),
 ]
 
 
@@ -688,6 +705,33 @@ def test_other_bad_values(command, extra, needle, images, tmp_path):
     res = run(*(["layers"] if command == "layers" else args), *extra)
     check_error(res, "bad option value", needle)
     _nothing_written(tmp_path)
+
+
+def test_a_diverging_sae_training_is_one_line_and_saves_nothing(images, tmp_path):
+    """--lr 1e30 (finite, so accepted) blows the weights up at once: the NaN is caught, the
+    run stops with one line, and no SAE (nor a checkpoint full of NaN) is written."""
+    out = tmp_path / "out"
+    res = run("sae", "train", "mixed3b", "--images", images, *TOY, "--steps", "60",
+              "--expansion", "2", "--k", "4", "--threads", "1", "--no-fidelity", "--lr", "1e30",
+              "--out", out)
+    check_error(res, "extreme value", "diverged", "lower --lr")
+    left = set(files_under(out)) - {"circuits-outputs.jsonl"}
+    assert not left, left
+    no_temporaries(tmp_path)
+
+
+def test_classify_names_the_files_it_skips(images, tmp_path):
+    """"skipped 1 file(s)" said which one only in examples: classify names them too."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sorted(images.iterdir())[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken photo.jpg").write_bytes(b"\xff\xd8 not really")
+    res = run("classify", folder, *TOY, "-q")
+    assert res.exit_code == 0, res.output
+    warn = [ln for ln in res.stderr.splitlines() if ln.startswith("Warning")]
+    assert warn == ["Warning: skipped 1 file(s): 1 unreadable ('broken photo.jpg')."], res.stderr
+    CASES["skipped files named"] += 1
 
 
 def test_usage_errors_are_one_line(tmp_path):

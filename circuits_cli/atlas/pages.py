@@ -17,12 +17,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..connections import rank_inputs
+from ..files import slug as file_slug
 from ..units import Unit
 from .build import AtlasPlan, image_bytes, reader_of, slug, unit_img, unit_page
 
@@ -104,9 +106,9 @@ class PageWriter:
 
     def _data_image(self, path: Path, image: np.ndarray, files: dict) -> str:
         """The dataset image as the model saw it, written once for the whole site."""
-        h = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+        h = hashlib.sha256(os.fsencode(path)).hexdigest()[:8]
         small = max(image.shape[:2]) <= 64
-        rel = f"img/data/{path.stem[:40]}-{h}.{'png' if small else 'jpg'}"
+        rel = f"img/data/{file_slug(path.stem)[:40]}-{h}.{'png' if small else 'jpg'}"
         if rel not in self._data_written:
             if not (rel in self.site.files and (self.site.root / rel).is_file()):
                 files[rel] = image_bytes(image, "png" if small else "jpeg", max_side=256)
@@ -216,7 +218,7 @@ class PageWriter:
                   "shape": info.shape, "channels": info.channels},
             pictures=pictures, notes=notes, examples=examples, inputs=inputs, outputs=outputs,
             classes=classes, features=features, nav=nav, images=self._images_info())
-        files[page] = html.encode("utf-8")
+        files[page] = html.encode("utf-8", "surrogateescape")
         self.site.claim(list(files))
         for rel, data in files.items():
             self.site.write_bytes(rel, data)

@@ -162,7 +162,7 @@ class Site:
         self._dirty = True
 
     def write_text(self, rel: str, text: str) -> None:
-        self.write_bytes(rel, text.encode("utf-8"))
+        self.write_bytes(rel, text.encode("utf-8", "surrogateescape"))
 
     def finish_unit(self, unit_id: str, record: dict) -> None:
         self.units_done[unit_id] = record

@@ -90,7 +90,9 @@ def atlas(load_model, layers_spec, units_specs, images, out_dir, steps, size, se
     shard = parse_shard(shard_spec)
     kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
     if features_file is not None and not features_file.is_file():
-        raise CircuitsError(f"features file {str(features_file)!r} does not exist")
+        why = ("is a folder; --features takes a JSON file (format circuits-atlas-features/1)"
+               if features_file.is_dir() else "does not exist")
+        raise CircuitsError(f"features file {str(features_file)!r} {why}")
     if threads is not None:
         import torch
 

@@ -28,12 +28,13 @@ class Prediction:
 
 
 def classify_files(model, files: list[Path], top: int = 5, batch: int = 32,
-                   progress: bool = False) -> tuple[list[Prediction], int]:
+                   progress: bool = False, failed: list[Path] | None = None
+                   ) -> tuple[list[Prediction], int]:
     """Classify image ``files`` with a :class:`~circuits_cli.zoo.base.LoadedModel`.
 
     Returns the predictions of the files that could be read, in order, and the number of files
-    that could not. ``true_rank`` is filled from ``n\\d{8}`` file-name prefixes when the model has
-    ``class_ids``.
+    that could not (appended to ``failed`` when given). ``true_rank`` is filled from
+    ``n\\d{8}`` file-name prefixes when the model has ``class_ids``.
     """
     import torch
 
@@ -47,7 +48,7 @@ def classify_files(model, files: list[Path], top: int = 5, batch: int = 32,
     bar = Progress(len(files), "classify", "img", enabled=progress)
     try:
         for x, ok, n_skipped in iter_batches(files, batch=batch, size=size,
-                                             resize=round(size * 256 / 224)):
+                                             resize=round(size * 256 / 224), failed=failed):
             skipped += n_skipped
             bar.update(len(ok) + n_skipped)
             if not ok:
@@ -80,10 +81,12 @@ def accuracy(predictions: list[Prediction]) -> tuple[int, float, float] | None:
 
 
 def _table(predictions: list[Prediction]) -> str:
+    from ..images import display_name
+
     lines = []
     width = max((len(t["label"]) for p in predictions for t in p.top), default=10)
     for pred in predictions:
-        lines.append(str(pred.image))
+        lines.append(display_name(pred.image))
         for rank, t in enumerate(pred.top, 1):
             mark = "  *" if t["index"] == pred.true_index else ""
             lines.append(f"  {rank:>2}. {t['prob']:7.2%}  {t['label']:<{width}}  "
@@ -112,15 +115,16 @@ def classify(images, top_k, as_json, quiet, batch, load_model):
     Example:
       circuits classify -m googlenet-bvlc ../shared/images/imagenet-samples
     """
-    from ..images import find_images
+    from ..images import find_images, skipped_note
 
     files, not_images = find_images(images)
     model = load_model()
-    predictions, unreadable = classify_files(model, files, top=top_k, batch=batch,
-                                             progress=not quiet)
-    skipped = not_images + unreadable
-    if skipped:
-        click.echo(f"Warning: skipped {skipped} file(s) that are not readable images.", err=True)
+    failed: list[Path] = []
+    predictions, _ = classify_files(model, files, top=top_k, batch=batch, progress=not quiet,
+                                    failed=failed)
+    note = skipped_note(not_images, failed)
+    if note:
+        click.echo(f"Warning: {note}.", err=True)
     if not predictions:
         from ..errors import CircuitsError
 

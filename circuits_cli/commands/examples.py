@@ -80,9 +80,11 @@ def examples(unit, images, top_k, negative, box, out_dir, as_json, quiet, batch,
     kind = "negative dataset examples" if negative else "dataset examples"
     click.echo(f"{u} ({model.name}): {kind} from {exs.n_images} images, ranked by "
                f"{exs.ranking}")
-    width = max(len(e.path.name) for e in exs.examples)
+    from ..images import display_name
+
+    width = max(len(display_name(e.path.name)) for e in exs.examples)
     for e in exs.examples:
         x0, y0, x1, y1 = e.box
-        click.echo(f"  {e.rank:>3}. {e.activation:10.4g}  {e.path.name:<{width}}  "
+        click.echo(f"  {e.rank:>3}. {e.activation:10.4g}  {display_name(e.path.name):<{width}}  "
                    f"at ({e.position[0]}, {e.position[1]})  crop x {x0}-{x1}, y {y0}-{y1}")
     click.echo(f"Sheet: {png}")

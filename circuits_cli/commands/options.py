@@ -251,6 +251,13 @@ def parse_strengths(ctx, param, value):
         raise click.BadParameter("give at least one strength, e.g. '-2,0,2,4'")
     if not all(math.isfinite(v) for v in out):  # as steer() requires, but before any work
         raise click.BadParameter(f"{value!r}: strengths must be finite numbers, e.g. '-2,0,2,4'")
+    from ..errors import CircuitsError
+    from ..evidence.steering import check_strengths
+
+    try:
+        check_strengths(out)
+    except CircuitsError as err:
+        raise click.BadParameter(str(err)) from None
     return out
 
 
@@ -280,6 +287,8 @@ def warnings_to_stderr():
         try:
             yield
         finally:
-            for w in caught:
-                if issubclass(w.category, UserWarning):
+            shown = set()
+            for w in caught:  # each once: several passes over one folder skip the same files
+                if issubclass(w.category, UserWarning) and str(w.message) not in shown:
+                    shown.add(str(w.message))
                     click.echo(f"Warning: {w.message}", err=True)

@@ -97,6 +97,7 @@ def train(layer, images, arch, expansion, k, l1, steps, batch_size, lr, holdout,
                       batch_size=batch_size, lr=lr, seed=seed)
     cfg.check()
     imgs = image_set(list(images))  # bad folders fail before the model loads
+    cfg.check_memory(1)  # absurd sizes before the model loads (the layer's width comes later)
     if out_dir is not None:
         _claim(out_dir, cache_dir)
     model = load_model()

@@ -16,7 +16,7 @@ EXPERIMENT_NAMES = ("sweep", "phase", "dimensionality")
                    "[default: outputs/superposition/toy-models/seedS]")
 @click.option("--only", "only", multiple=True, type=click.Choice(EXPERIMENT_NAMES),
               help="Run only this experiment (repeat for several).  [default: all three]")
-@click.option("--steps", type=click.IntRange(min=1), default=None, metavar="N",
+@click.option("--steps", type=click.IntRange(min=1, max=1_000_000), default=None, metavar="N",
               help="Training steps of every experiment.  [default: each experiment's own: "
                    "sweep 5000, phase 2000, dimensionality 2500]")
 @click.option("--seed", type=int, default=0, show_default=True,

@@ -78,7 +78,8 @@ class ImageSet:
         h = hashlib.sha256()
         for p in self.paths:
             st = p.stat()
-            h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            # bytes of the name as on disk: a name that is not valid UTF-8 is a fine file name
+            h.update(os.fsencode(p.resolve()) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
 
 
@@ -115,14 +116,14 @@ def check_readable(images: ImageSet) -> None:
     Reads file headers only, and stops at the first readable one: a folder of real photos costs
     one header; a folder of files that only look like images is found out before rendering or
     tracing starts. Single unreadable files are skipped (with a warning) by the pass itself."""
-    from PIL import Image, UnidentifiedImageError
+    from ..images import open_image
 
     for path in images.paths:
-        try:
-            with Image.open(path) as im:
+        try:  # over the pixel limit counts as unreadable (a decompression bomb sorted first)
+            with open_image(path) as im:
                 im.size  # noqa: B018 - the header was parsed
             return
-        except (OSError, UnidentifiedImageError, ValueError):
+        except CircuitsError:
             continue
     raise CircuitsError(f"none of the {len(images.paths)} image file(s) in {images.source} can be "
                         "read as an image; pass a folder of valid JPEG or PNG photos")
@@ -171,17 +172,10 @@ class LayerActivations:
 
     def skipped_message(self) -> str | None:
         """The warning to show when files were skipped, else None."""
-        if not self.n_skipped:
-            return None
-        parts = []
-        if self.n_not_images:
-            parts.append(f"{self.n_not_images} non-image")
-        if self.failed:
-            names = ", ".join(p.name for p in self.failed[:3]) + (", ..." if len(self.failed) > 3
-                                                                  else "")
-            parts.append(f"{len(self.failed)} unreadable ({names})")
-        return (f"skipped {self.n_skipped} file(s): {' and '.join(parts)}; "
-                f"using {self.n_images} image(s)")
+        from ..images import skipped_note
+
+        note = skipped_note(self.n_not_images, self.failed)
+        return None if note is None else f"{note}; using {self.n_images} image(s)"
 
 
 _slug = slug  # the one file-name rule (circuits_cli.files.slug)

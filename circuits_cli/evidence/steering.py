@@ -55,6 +55,21 @@ MODES = ("clamp", "add")
 DEFAULT_STRENGTHS = {"clamp": (0.0, 0.5, 1.0, 2.0, 4.0), "add": (-2.0, -1.0, 0.0, 1.0, 2.0, 4.0)}
 
 
+
+#: The largest steering strength, in multiples of the unit's largest activation. Far beyond it
+#: the network's float32 activations overflow (1e308 gave inf, NaN and a crash in the figure
+#: after the whole run); long before it the dose-response curve has saturated.
+MAX_STRENGTH = 1e4
+
+
+def check_strengths(strengths) -> None:
+    """Refuse (one line) a strength that is not finite or beyond ±:data:`MAX_STRENGTH`."""
+    bad = [s for s in strengths if not (math.isfinite(s) and abs(s) <= MAX_STRENGTH)]
+    if bad:
+        raise CircuitsError(f"steering strength {bad[0]:g} is out of range: strengths are "
+                            f"multiples of the unit's largest activation, between "
+                            f"-{MAX_STRENGTH:g} and {MAX_STRENGTH:g} (e.g. -2,0,2,4)")
+
 def image_labels(model: LoadedModel, paths: Sequence[Path]) -> np.ndarray:
     """Class index of each image from its name (``n01440764_...``, ``00012_car.png``) or parent
     folder; -1 where none is found."""
@@ -256,6 +271,7 @@ def steer(model: LoadedModel, unit: Unit, images: str | Path | Sequence[str | Pa
     strengths = list(DEFAULT_STRENGTHS[mode] if strengths is None else strengths)
     if not strengths or not all(math.isfinite(s) for s in strengths):
         raise CircuitsError("give one or more finite strengths, e.g. --strengths -2,0,2,4")
+    check_strengths(strengths)
     if reference is not None:
         if not (math.isfinite(reference) and reference > 0):
             raise CircuitsError(f"the reference activation must be positive and finite, got "
@@ -364,4 +380,7 @@ def dose_response_figure(result: SteeringResult, samples: int = 4):
 
 
 def _short(text: str, n: int = 16) -> str:
+    from ..images import display_name
+
+    text = display_name(text)
     return text if len(text) <= n else text[:n - 1] + "…"

@@ -279,6 +279,26 @@ def channels_last(model: LoadedModel, enabled: bool = True):
             model.module.to(memory_format=torch.contiguous_format)
 
 
+@contextlib.contextmanager
+def batch_invariant_threads(device: torch.device):
+    """On CPU, one intra-op thread while rendering, so that a picture does not depend on what
+    shares its batch. With several threads oneDNN splits a lone image's convolutions across
+    them but gives each image of a batch to one thread: the sums run in another order, and the
+    optimisation amplifies the last-bit differences (measured on the toy model, 2 threads,
+    mixed4a:3 after 32 steps: activation 0.532 alone, 0.542 in 0-3, pixels up to 49/255 apart).
+    With one thread every image is computed the same way in any batch (bit for bit); on a
+    shared or small machine it is also the faster setting (see docs/guides/reliability.md)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -391,7 +411,8 @@ def optimize(model: LoadedModel, objective: Objective, seeds: list[int],
     # has been above zero at once; after that the native ReLU runs, and nothing syncs per step
     redirect = True
     with (fast_modules(model) if fast_lrn else contextlib.nullcontext(),
-          channels_last(model, memory_format == "channels_last") as nhwc):
+          channels_last(model, memory_format == "channels_last") as nhwc,
+          batch_invariant_threads(device)):
         for step in range(1, steps + 1):
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)

@@ -127,6 +127,7 @@ def train_layer_sae(model, layer: str, images, out: str | Path, cfg: TrainConfig
         raise CircuitsError(f"--k {cfg.k} is more than the SAE's {cfg.expansion * info.channels} "
                             f"latents ({cfg.expansion} x {info.channels} channels); lower --k "
                             "or raise --expansion")
+    cfg.check_memory(info.channels)
     imgs = image_set(images)
     out = Path(out)
     from ..files import claim_output

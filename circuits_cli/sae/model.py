@@ -186,6 +186,11 @@ def find_sae_folder(path: str | Path) -> Path:
     if not path.exists():
         raise CircuitsError(f"{str(path)!r} does not exist; pass an SAE folder (with cfg.json "
                             f"and {WEIGHTS_FILE}) written by 'circuits sae train'")
+    if not path.is_dir() and path.name not in (CFG_FILE, WEIGHTS_FILE):
+        # a file of another name: its folder is not what the user named, so name the file
+        raise CircuitsError(f"{str(path)!r} is a file, not an SAE folder; pass the folder "
+                            f"(with {CFG_FILE} and {WEIGHTS_FILE}) written by 'circuits sae "
+                            "train' (or SAELens), or its " + WEIGHTS_FILE)
     folder = path if path.is_dir() else path.parent
     missing = [n for n in (CFG_FILE, WEIGHTS_FILE) if not (folder / n).is_file()]
     if missing:

@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -74,12 +75,53 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise CircuitsError(f"--{name.replace('_', '-')} must be at least 1, got "
                                     f"{getattr(self, name)}")
-        if not (self.lr > 0 and self.l1 >= 0 and self.aux_coeff >= 0):
-            raise CircuitsError("--lr must be positive and --l1, --aux-coeff non-negative")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise CircuitsError(f"--lr must be a finite positive number, got {self.lr}")
+        if not (math.isfinite(self.l1) and self.l1 >= 0 and math.isfinite(self.aux_coeff)
+                and self.aux_coeff >= 0):
+            raise CircuitsError(f"--l1 must be a finite number >= 0, got {self.l1}")
+
+    def memory_bytes(self, d_in: int) -> int:
+        """About how much memory training takes with ``d_in`` channels: the weights with their
+        gradients and Adam's two moments (4 copies of W_enc and W_dec), and a batch's latents
+        (pre-activations, the dense decode, their gradients: 4 x batch x d_sae floats)."""
+        d_sae = self.expansion * d_in
+        weights = 4 * (2 * d_in * d_sae + d_sae + d_in)
+        batch = 4 * self.batch_size * d_sae + 4 * self.batch_size * d_in
+        return 4 * (weights + batch)
+
+    def check_memory(self, d_in: int, available: int | None = None) -> None:
+        """Refuse (one line, before any work) a training that needs more memory than this
+        machine has free: an enormous --expansion or --batch-size was killed by the kernel after
+        minutes."""
+        available = available_memory() if available is None else available
+        need = self.memory_bytes(d_in)
+        if available is not None and need > available:
+            raise CircuitsError(
+                f"training an SAE of {self.expansion * d_in:,} latents ({self.expansion} x "
+                f"{d_in} channels) on batches of {self.batch_size:,} positions needs about "
+                f"{need / 2**30:,.1f} GiB of memory; {available / 2**30:,.1f} GiB is free: lower "
+                "--expansion or --batch-size")
 
     def key(self, data_id: str) -> str:
         text = json.dumps({"cfg": asdict(self), "data": data_id}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for a new allocation (Linux ``MemAvailable``, else physical memory),
+    or None when the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # ------------------------------------------------------------------------------------ data
@@ -372,6 +414,8 @@ def train(maps, rows: np.ndarray, cfg: TrainConfig, *, checkpoint: Path | None =
                 x = stream.batch(state.step) * state.scale
                 m = _train_step(state, x, cfg)
                 in_step = False
+                if not math.isfinite(m["loss"]):  # diverged: nothing of it is saved
+                    _diverged(state, cfg, f"the loss is {m['loss']}")
                 if state.step % 10 == 0 or state.step == cfg.steps:
                     state.history.append(m)
                 progress.update(m)
@@ -379,16 +423,21 @@ def train(maps, rows: np.ndarray, cfg: TrainConfig, *, checkpoint: Path | None =
                     callback(m)
                 if checkpoint is not None and (interrupt.hit
                                                or state.step % checkpoint_every == 0):
+                    if not _finite(state.sae):
+                        _diverged(state, cfg, "the weights are not finite")
                     _save_checkpoint(Path(checkpoint), state, key)
                 if interrupt.hit:
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         # a step cut in the middle may have half-updated weights: keep the last checkpoint
-        if checkpoint is not None and not in_step and state.step > resumed_from:
+        if (checkpoint is not None and not in_step and state.step > resumed_from
+                and _finite(state.sae)):
             _save_checkpoint(Path(checkpoint), state, key)
         raise
     finally:
         progress.close()
+    if not _finite(state.sae):
+        _diverged(state, cfg, "the weights are not finite")
     seconds = time.perf_counter() - started
     done = state.step - resumed_from
     sae = state.sae
@@ -399,6 +448,15 @@ def train(maps, rows: np.ndarray, cfg: TrainConfig, *, checkpoint: Path | None =
     return sae, {"scale": state.scale, "history": state.history, "steps": state.step,
                  "resumed_from": resumed_from, "seconds": seconds,
                  "samples_per_s": done * cfg.batch_size / seconds if seconds > 0 else None}
+
+
+def _finite(sae: SAE) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in sae.parameters())
+
+
+def _diverged(state: TrainState, cfg: TrainConfig, why: str):
+    raise CircuitsError(f"training diverged at step {state.step}/{cfg.steps} ({why}); nothing of "
+                        f"it was saved: lower --lr (it is {cfg.lr:g})")
 
 
 @contextlib.contextmanager

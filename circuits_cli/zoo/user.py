@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def build(spec: str, weights: Path | None = None, random: bool = False) -> Loade
                             "with FACTORY a function returning an nn.Module")
     if not factory_name.isidentifier():
         raise CircuitsError(f"{factory_name!r} is not a function name; write FILE.py:FACTORY")
-    mod_name = f"circuits_user_model_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+    mod_name = f"circuits_user_model_{hashlib.sha1(os.fsencode(path.resolve())).hexdigest()[:8]}"
     spec_obj = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(spec_obj)
     sys.modules[mod_name] = module
