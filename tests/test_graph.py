@@ -304,3 +304,66 @@ def test_faithfulness_of_the_whole_and_the_empty_graph():
     assert data["format"] == "circuits-graph/1"
     assert {"metadata", "nodes", "links", "qParams", "scores"} <= set(data)
     assert to_graph(att).adjacency.shape[0] >= len(data["nodes"])
+
+
+# ---------------------------------------------------------------------------------------------
+# A small vision transformer: token layers, LayerNorm, GELU and nn.MultiheadAttention
+
+
+class TinyViT(nn.Module):
+    def __init__(self, d=8, heads=2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Conv2d(3, d, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.1)
+        self.block1 = Block(d, heads)
+        self.block2 = Block(d, heads)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(len(t), -1, -1), t], 1)
+        t = self.block2(self.block1(t))
+        return self.head(self.norm(t)[:, 0])
+
+
+class Block(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, t):
+        h = self.ln1(t)
+        t = t + self.attn(h, h, h, need_weights=False)[0]
+        return t + self.mlp(self.ln2(t))
+
+
+def test_a_vision_transformer_is_exact_with_its_attention_patterns_held():
+    net = TinyViT().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    from circuits_cli.zoo.base import LayerInfo
+
+    layers = {n: LayerInfo(name=n, module=n, channels=8, kind="tokens")
+              for n in ("block1", "block2")}
+    model = LoadedModel(name="tiny-vit", module=net, layers=layers, preprocess=lambda x: x,
+                        input_size=16, labels=["a", "b", "c"], weights_id="planted")
+    x = _image(7, 16)
+    att = attribute(model, x, Target("logit", 2), ["block1", "block2"], max_nodes=10_000,
+                    batch_size=64)
+    assert att.layers[0].shape == (8, 1, 17)  # 8 channels of the stream x 17 tokens
+    assert abs(float(att.value[-1]) - float(net(x)[0, 2])) < 1e-5
+    res = [abs(float(r.sum() + att.bias[n] - att.value[n]))
+           for n, r in zip(att.row_nodes.tolist(), att.rows, strict=True)]
+    assert max(res) < 1e-4
+    assert "multi_head_attention_forward" not in att.unfrozen
+    assert {"norm", "smooth", "constant"} <= set(att.frozen)
+    # the frozen map is the replacement model: scaling a token's stream moves the logit by the
+    # graph's total effect, and the network, re-normalising and re-attending, differently
+    full = to_graph(att)
+    frozen = full.intervene("block1:3@0,5*0")["change"]
+    free = full.intervene("block1:3@0,5*0", frozen=False)["change"]
+    assert frozen != pytest.approx(0.0, abs=1e-7) and free != pytest.approx(0.0, abs=1e-7)
