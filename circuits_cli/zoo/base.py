@@ -7,6 +7,7 @@ image in [0, 1] becomes the model's input, its class labels and where its weight
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +35,11 @@ class LayerInfo:
     shape: tuple[int, int, int] | None = None
     branches: tuple[tuple[str, int], ...] = ()
     kind: str = "conv"
+    #: A token layer (a module output (N, T, D), e.g. a transformer block's residual stream) is
+    #: read as a feature map: ``("patches", P)`` the patch tokens after P prefix tokens (class,
+    #: registers) laid out on their square grid, (N, D, h, w); ``("cls", i)`` token i alone, a
+    #: 1x1 map (N, D, 1, 1). None for a feature map. :mod:`circuits_cli.hooks` does the view.
+    tokens: tuple[str, int] | None = None
 
     def branch_of(self, channel: int) -> tuple[str, int] | None:
         """(branch name, index inside the branch) of ``channel``, or None for a plain layer."""
@@ -87,6 +93,9 @@ class LoadedModel:
     #: How the weights were made, where the checkpoint records it (the toy model's training
     #: recipe, from which its initialisation can be rebuilt); None elsewhere.
     recipe: dict | None = None
+    #: Which element of the module's output holds the logits, in words (``output[0] of a tuple
+    #: of 2``), when it returns a tuple or dict (:mod:`circuits_cli.zoo.outputs`); "" otherwise.
+    output: str = ""
     #: Results that library code derives from this network and reuses (e.g. the module call
     #: order and receptive-field geometry of :mod:`circuits_cli.connections`), keyed
     #: ``"module.what"``. They belong to the model and go with it: no module-level caches. A
@@ -140,16 +149,73 @@ def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def normalizer(mean, std) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Preprocessing from [0, 1] RGB with the per-channel ``mean`` and ``std`` of a model's
+    config (timm's data config, a user model's ``mean``/``std`` attributes)."""
+    mean_t = torch.as_tensor([float(m) for m in mean]).view(1, 3, 1, 1)
+    std_t = torch.as_tensor([float(s) for s in std]).view(1, 3, 1, 1)
+    if torch.allclose(mean_t, torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) and \
+            torch.allclose(std_t, torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)):
+        return imagenet_normalize
+
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        return (x - mean_t.to(x.device, x.dtype)) / std_t.to(x.device, x.dtype)
+
+    return normalize
+
+
+def _grid(tokens: int, prefix: int | None) -> int | None:
+    """The number of prefix tokens of a sequence of ``tokens`` whose rest is a square grid of
+    patches (``prefix`` when known, else 0 or 1 tried in turn), None when there is none."""
+    for p in ([prefix] if prefix is not None else [0, 1]):
+        n = tokens - p
+        if n > 1 and math.isqrt(n) ** 2 == n:
+            return p
+    return None
+
+
+def _stacked(module: nn.Module, path: str) -> bool:
+    """Whether ``path`` is an element of a stack of blocks (its parent a Sequential or
+    ModuleList): the residual stream between transformer blocks, not a branch inside one."""
+    parent = path.rpartition(".")[0]
+    holder = module.get_submodule(parent) if parent else module
+    return isinstance(holder, (nn.Sequential, nn.ModuleList))
+
+
 def discover_layers(module: nn.Module, input_size: int,
-                    keep: Callable[[str, nn.Module], bool]) -> dict[str, LayerInfo]:
+                    keep: Callable[[str, nn.Module], bool],
+                    prefix_tokens: int | None = None) -> dict[str, LayerInfo]:
     """Layers of an arbitrary network: the modules ``keep`` accepts, in the order they run,
-    with their output shapes, found by one forward pass on a zero image."""
+    with their output shapes, found by one forward pass on a zero image.
+
+    Feature maps (N, C, H, W) are layers as they are. Token sequences (N, T, D) output by the
+    elements of a stack of blocks (the residual stream of a transformer) are layers too, read
+    over their patch tokens as a (D, h, w) map (``tokens=("patches", P)``; ``prefix_tokens``
+    P is the number of class/register tokens before the patches, guessed as 0 or 1 when None);
+    with a class token, ``NAME/cls`` is the class token alone, a (D, 1, 1) layer."""
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     paths = [path for path, sub in module.named_modules() if path and keep(path, sub)]
     shapes = probe(module, torch.zeros(1, 3, input_size, input_size, device=device), paths)
-    order = [(path, shape) for path, shape in shapes.items() if shape is not None
-             and len(shape) == 3]
-    kinds = {path: type(module.get_submodule(path)).__name__ for path, _ in order}
-    return {path: LayerInfo(name=path, module=path, channels=shape[0], shape=shape,
-                            kind="conv" if kinds[path] == "Conv2d" else "block")
-            for path, shape in order}
+    layers: dict[str, LayerInfo] = {}
+    for path, shape in shapes.items():
+        if shape is None:
+            continue
+        if len(shape) == 3:
+            kind = "conv" if type(module.get_submodule(path)).__name__ == "Conv2d" else "block"
+            layers[path] = LayerInfo(name=path, module=path, channels=shape[0], shape=shape,
+                                     kind=kind)
+            continue
+        if len(shape) != 2 or not _stacked(module, path):
+            continue
+        tokens, dim = shape
+        prefix = _grid(tokens, prefix_tokens)
+        if prefix is None:
+            continue
+        side = math.isqrt(tokens - prefix)
+        layers[path] = LayerInfo(name=path, module=path, channels=dim, shape=(dim, side, side),
+                                 kind="tokens", tokens=("patches", prefix))
+        if prefix >= 1:
+            layers[f"{path}/cls"] = LayerInfo(name=f"{path}/cls", module=path, channels=dim,
+                                              shape=(dim, 1, 1), kind="token",
+                                              tokens=("cls", 0))
+    return layers
