@@ -6,7 +6,9 @@ The expanded weight from channel ``i`` of an earlier (source) layer to a unit ``
 ``[n_targets, C_in, h, w]``, for many targets at once. Two methods:
 
 ``exact``
-    Multiply the kernels out. Between a conv layer and the conv that reads it, the kernel itself.
+    Multiply the kernels out. Between a conv layer and the conv that reads it, the kernel itself,
+    with any eval-mode BatchNorm between them folded in (``gamma / sqrt(var + eps)`` per channel,
+    on the conv's input or output side; its shift is the operating point, not a weight).
     Across an Inception block (``model.blocks``: block input -> block output), per branch: the 1x1
     kernel; for 3x3/5x5 branches the 3x3/5x5 kernel composed with its 1x1 bottleneck
     (``E[j, i] = sum_k W3x3[j, k] * W1x1[k, i]``), ignoring the ReLU between them. The pool branch
@@ -20,10 +22,13 @@ The expanded weight from channel ``i`` of an earlier (source) layer to a unit ``
     several blocks, and up to the class logits): ReLUs become the identity and max-pools become
     average pools with the same geometry (averaging over the window's valid, non-padded entries);
     other non-linearities (local response normalisation) keep their gradient at the operating
-    point. The expanded weight is the gradient of the target unit's centre activation with respect
-    to the source layer, taken at a zero source. Targets are batched: one batch of zero sources,
-    one backward pass per chunk, the source map shrunk to the receptive field where the path keeps
-    the spatial size (checked against the full-size map before it is used).
+    point. A residual addition passes both of its paths, so the skip connection of a block is
+    an input like its convs (the identity kernel; exact where the block is linear once its ReLUs
+    are, otherwise as approximate as the rest). The expanded weight is the gradient of the
+    target unit's centre activation with respect to the source layer, taken at a zero source.
+    Targets are batched: one batch of zero sources, one backward pass per chunk, the source
+    map shrunk to the receptive field where the path keeps the spatial size (checked against
+    the full-size map before it is used).
 
 ``auto`` (default) is ``exact`` where the path is a conv or an Inception block, ``linear``
 otherwise. As the papers say, the linear approximation is exact where the layers in between are
@@ -61,6 +66,7 @@ LOGITS = "logits"
 METHODS = ("auto", "exact", "linear")
 _MARGINS = (0, 2)  # source positions kept around the receptive field when the map is shrunk
 _SMALL_IMAGE = 64  # input side tried for the layers before a shrunk source
+_ZERO = 1e-9  # an input weaker than this fraction of the strongest is no input (rounding)
 _ELEMENT_BUDGET = 12_000_000  # source-gradient elements per batch (activations scale with it)
 
 
@@ -87,7 +93,8 @@ class Connection:
 def rank_inputs(kernels, top_k: int | None = None) -> list[Connection]:
     """The inputs of one target, strongest first. ``kernels`` is ``[C_in, h, w]`` (a row of
     :func:`expanded_weights`), torch or numpy; ``top_k`` None keeps them all. Ties keep channel
-    order."""
+    order. Inputs of strength 0 (below 1e-9 of the strongest: rounding) are left out, so fewer
+    than ``top_k`` may come back."""
     k = kernels.detach().cpu().numpy() if isinstance(kernels, torch.Tensor) else np.asarray(kernels)
     if k.ndim != 3:
         raise ValueError(f"rank_inputs expects kernels [C_in, h, w], got shape {k.shape}")
@@ -96,6 +103,9 @@ def rank_inputs(kernels, top_k: int | None = None) -> list[Connection]:
     k = k.astype(np.float64)
     strength = np.sqrt((k ** 2).sum(axis=(1, 2)))
     order = np.argsort(-strength, kind="stable")
+    # an input of strength 0 is no input (a channel that the path does not reach): never listed
+    floor = _ZERO * float(strength.max()) if strength.size else 0.0
+    order = order[strength[order] > floor]
     if top_k is not None:
         order = order[:top_k]
     return [Connection(channel=int(c), strength=float(strength[c]),
@@ -270,8 +280,7 @@ def _exact(model: LoadedModel, src: LayerInfo, tgt: LayerInfo, chans: list[int])
         block = model.blocks.get(tgt.name)
         if block is not None and model.layer(block.input).name == src.name:
             return _exact_block(model, block, src, tgt, chans)
-        conv = _adjacent_conv(model, src.name, tgt.name)
-        return conv.weight[chans].detach().clone()
+        return _adjacent_conv(model, src.name, tgt.name)[chans].detach().clone()
 
 
 def _exact_block(model: LoadedModel, block: InceptionBlock, src: LayerInfo, tgt: LayerInfo,
@@ -325,9 +334,22 @@ def _is_relu(module: nn.Module) -> bool:
     return "relu" in type(module).__name__.lower() and not list(module.parameters())
 
 
-def _adjacent_conv(model: LoadedModel, source: str, target: str) -> nn.Conv2d | None:
-    """The conv between ``source`` and ``target`` when nothing but that conv and ReLUs run
-    between their hook points (module-wise), else None."""
+def _bn_scale(bn: nn.Module) -> torch.Tensor | None:
+    """The per-channel scale ``gamma / sqrt(var + eps)`` of an eval-mode BatchNorm2d (its shift
+    is the operating point, not a weight), None for one without running statistics."""
+    if getattr(bn, "running_var", None) is None:
+        return None
+    scale = 1.0 / torch.sqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    return scale.detach()
+
+
+def _adjacent_conv(model: LoadedModel, source: str, target: str) -> torch.Tensor | None:
+    """The kernel ``[C_out, C_in, kh, kw]`` from ``source`` to ``target`` when nothing but one
+    conv, ReLUs and BatchNorms run between their hook points (module-wise), the BatchNorms folded
+    in (before the conv: ``W[:, i] * s_i``; after it: ``W[o] * s_o``, with ``s`` = gamma /
+    sqrt(var + eps)); else None."""
     src, tgt = model.layer(source), model.layer(target)
     order = _call_order(model)
     if src.module not in order or tgt.module not in order:
@@ -338,13 +360,25 @@ def _adjacent_conv(model: LoadedModel, source: str, target: str) -> nn.Conv2d | 
     between = [p for p in order[a + 1:b + 1]
                if not list(model.module.get_submodule(p).children())]
     convs = [p for p in between if isinstance(model.module.get_submodule(p), nn.Conv2d)]
-    others = [p for p in between if p not in convs and not _is_relu(model.module.get_submodule(p))]
+    norms = [p for p in between if isinstance(model.module.get_submodule(p), nn.BatchNorm2d)]
+    others = [p for p in between if p not in convs and p not in norms
+              and not _is_relu(model.module.get_submodule(p))]
     if len(convs) != 1 or others:
         return None
     conv = _conv(model, convs[0])
     if conv is None or conv.in_channels != src.channels or conv.out_channels != tgt.channels:
         return None
-    return conv
+    kernel = conv.weight.detach()
+    for path in norms:
+        bn = model.module.get_submodule(path)
+        scale = _bn_scale(bn)
+        if scale is None:
+            return None
+        before = between.index(path) < between.index(convs[0])
+        if bn.num_features != (conv.in_channels if before else conv.out_channels):
+            return None
+        kernel = kernel * (scale.view(1, -1, 1, 1) if before else scale.view(-1, 1, 1, 1))
+    return kernel
 
 
 # ---------------------------------------------------------------------------------------------

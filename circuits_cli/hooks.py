@@ -258,3 +258,25 @@ def select_output(module: nn.Module, key: int | str) -> Any:
         return out[key]
 
     return module.register_forward_hook(pick)
+
+
+@torch.no_grad()
+def dataflow(module: nn.Module, inputs: torch.Tensor, paths: Sequence[str]
+             ) -> list[tuple[str, torch.Tensor | None, torch.Tensor | None]]:
+    """One forward pass of ``module`` recording, in call order, ``(path, output, first input)``
+    of each module in ``paths`` the first time it runs (None where not a tensor). The tensors
+    are kept alive, so two entries holding the same tensor (a block and its last module, an
+    in-place ReLU and the conv before it) can be recognised by identity."""
+    seen: dict[str, tuple] = {}
+
+    def record(path):
+        def fn(out, hook):
+            if path not in seen:
+                first = hook.inputs[0] if hook.inputs else None
+                seen[path] = (out if isinstance(out, torch.Tensor) else None,
+                              first if isinstance(first, torch.Tensor) else None)
+        return fn
+
+    with hooks(module, [(p, record(p)) for p in paths]):
+        forward(module, inputs)
+    return [(path, out, first) for path, (out, first) in seen.items()]

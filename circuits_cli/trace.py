@@ -38,6 +38,9 @@ from .zoo.base import LoadedModel
 
 FORMAT = "circuits-circuit/1"
 SKIPPED_KINDS = ("pool", "norm")  # layers a hop reads through, never stops at
+#: What each method of a hop means, said under the circuit: only ``exact`` is the weights alone.
+HOP_NOTES = {"linear": "the linear approximation: ReLUs as identity, max-pools as average "
+                       "pools; a residual block's skip path is an input like its convs"}
 
 
 @dataclass
@@ -175,17 +178,41 @@ def previous_layer(model: LoadedModel, layer: str) -> str | None:
     if block is not None:
         prev = model.layer(block.input).name
     else:
-        prev = None
-        for cand in reversed(names[:names.index(name)]):
-            if model.layers[cand].kind in ("conv", "block"):
-                prev = cand
-                break
-        return prev
+        return _previous_in_order(model, canonical_layer(model, name))
     while prev is not None and model.layers[prev].kind in SKIPPED_KINDS:
         i = names.index(prev)
         prev = next((c for c in reversed(names[:i]) if model.layers[c].kind not in SKIPPED_KINDS
                      and model.layers[c].kind != "branch"), None)
     return prev
+
+
+def canonical_layer(model: LoadedModel, layer: str) -> str:
+    """The layer ``layer`` collapses into for tracing (itself unless it is an alias: a block
+    and its last block hold one tensor; conv, BatchNorm and ReLU are one layer)."""
+    info = model.layer(layer)
+    return info.alias_of or info.name
+
+
+def _previous_in_order(model: LoadedModel, name: str) -> str | None:
+    """The previous layer in forward order that a hop reads: aliases and class-token views are
+    skipped, and so is everything inside the target when it is a block (so a residual block
+    reads the block before it, the identity path included, and a conv inside a block reads the
+    conv before it)."""
+    names = list(model.layers)
+    members = [name] + [n for n, i in model.layers.items() if i.alias_of == name]
+    own = model.layers[name].module
+    inside = [model.layers[m].module for m in members
+              if list(model.module.get_submodule(model.layers[m].module).children())
+              and not own.startswith(model.layers[m].module + ".")]
+    scope = max(inside, key=lambda p: p.count(".")) if inside else None
+    for cand in reversed(names[:names.index(name)]):
+        info = model.layers[cand]
+        if info.kind not in ("conv", "block", "tokens") or info.alias_of:
+            continue
+        if scope is not None and info.module.startswith(scope + "."):
+            continue
+        return cand
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +255,7 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int | Sequence[
     if depth < 1:
         raise CircuitsError(f"depth must be at least 1, got {depth}")
     ks = hop_top_k(top_k, depth)
-    info = model.layer(unit.layer)
+    info = model.layer(canonical_layer(model, unit.layer))
     if is_neuron(unit):
         if not 0 <= unit.channel < info.channels:
             raise CircuitsError(f"channel {unit.channel} is out of range for layer "
@@ -334,8 +361,9 @@ def render_tree(circuit: Circuit) -> str:
     lines = [f"Circuit of {circuit.target} ({circuit.model}), {len(circuit.hops)} hop(s), "
              f"{circuit.breadth()}"]
     for hop in circuit.hops:
+        how = HOP_NOTES.get(hop.method, "")
         lines.append(f"  {hop.source} -> {hop.target}: {hop.method} expanded weights, kernels "
-                     f"{hop.kernel_size[0]}x{hop.kernel_size[1]}")
+                     f"{hop.kernel_size[0]}x{hop.kernel_size[1]}" + (f" ({how})" if how else ""))
 
     def walk(node_id: str, indent: int, seen: set[str]) -> None:
         for edge in circuit.inputs(node_id):

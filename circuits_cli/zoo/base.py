@@ -7,15 +7,16 @@ image in [0, 1] becomes the model's input, its class labels and where its weight
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from ..errors import CircuitsError, suggest
-from ..hooks import probe
+from ..hooks import dataflow
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class LayerInfo:
     #: registers) laid out on their square grid, (N, D, h, w); ``("cls", i)`` token i alone, a
     #: 1x1 map (N, D, 1, 1). None for a feature map. :mod:`circuits_cli.hooks` does the view.
     tokens: tuple[str, int] | None = None
+    #: The layer this one collapses into for tracing, when it holds the same tensor (a block
+    #: and its last module) or only a per-channel BatchNorm / activation of it (conv, then
+    #: BatchNorm, then ReLU: the ReLU's output is the layer): see :func:`collapse_aliases`.
+    alias_of: str | None = None
 
     def branch_of(self, channel: int) -> tuple[str, int] | None:
         """(branch name, index inside the branch) of ``channel``, or None for a plain layer."""
@@ -195,11 +200,12 @@ def discover_layers(module: nn.Module, input_size: int,
     with a class token, ``NAME/cls`` is the class token alone, a (D, 1, 1) layer."""
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     paths = [path for path, sub in module.named_modules() if path and keep(path, sub)]
-    shapes = probe(module, torch.zeros(1, 3, input_size, input_size, device=device), paths)
+    flow = dataflow(module, torch.zeros(1, 3, input_size, input_size, device=device), paths)
     layers: dict[str, LayerInfo] = {}
-    for path, shape in shapes.items():
-        if shape is None:
+    for path, out, _ in flow:
+        if out is None:
             continue
+        shape = tuple(out.shape[1:])
         if len(shape) == 3:
             kind = "conv" if type(module.get_submodule(path)).__name__ == "Conv2d" else "block"
             layers[path] = LayerInfo(name=path, module=path, channels=shape[0], shape=shape,
@@ -218,4 +224,66 @@ def discover_layers(module: nn.Module, input_size: int,
             layers[f"{path}/cls"] = LayerInfo(name=f"{path}/cls", module=path, channels=dim,
                                               shape=(dim, 1, 1), kind="token",
                                               tokens=("cls", 0))
-    return layers
+    return collapse_aliases(module, layers, flow)
+
+
+#: Modules that act per channel (or per element) on one input: their output is the layer they
+#: read, rescaled or rectified, and collapses into it for tracing.
+_PER_CHANNEL = ("BatchNorm", "ReLU", "ReLU6", "GELU", "SiLU", "LeakyReLU", "ELU", "Hardswish",
+                "Sigmoid", "Tanh", "Identity", "Dropout", "Dropout2d", "FrozenBatchNorm2d",
+                "Mish", "Softplus", "StochasticDepth", "DropPath")
+
+
+def _per_channel(sub: nn.Module) -> bool:
+    name = type(sub).__name__
+    return any(name.startswith(p) for p in _PER_CHANNEL) and not list(sub.children())
+
+
+def collapse_aliases(module: nn.Module, layers: dict[str, LayerInfo],
+                     flow: list[tuple[str, torch.Tensor | None, torch.Tensor | None]]
+                     ) -> dict[str, LayerInfo]:
+    """Mark aliases (``LayerInfo.alias_of``): layers that hold the same tensor as another (a
+    block and its last block or module; an in-place ReLU and the conv before it), and layers
+    that are a per-channel module (BatchNorm, ReLU, ...) applied to another layer. Each group
+    is one layer for tracing, named by its shallowest member (the last of those in call order):
+    ``layer4`` for ``layer4`` and ``layer4.1``; the ReLU for conv -> BatchNorm -> ReLU (also
+    when a Sequential ends with them: the Sequential holds earlier layers too)."""
+    group: dict[str, int] = {}  # layer -> group id
+    by_tensor: dict[tuple, int] = {}
+    new_ids = itertools.count()
+
+    def key(t: torch.Tensor) -> tuple:
+        return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+
+    for path, out, first in flow:
+        if path not in layers or layers[path].tokens is not None or out is None:
+            continue
+        gid = by_tensor.get(key(out))
+        if gid is None and first is not None and _per_channel(module.get_submodule(path)) \
+                and first.shape == out.shape:
+            gid = by_tensor.get(key(first))
+        if gid is None:
+            gid = next(new_ids)
+        group[path] = gid
+        by_tensor[key(out)] = gid
+    members: dict[int, list[str]] = {}
+    for path in layers:  # call order
+        if path in group:
+            members.setdefault(group[path], []).append(path)
+    out_layers = dict(layers)
+    for names in members.values():
+        if len(names) < 2:
+            continue
+        # a Sequential ending in conv -> BatchNorm -> ReLU is not that layer: it holds the
+        # earlier ones too. A block ending in a ReLU of its sum, or a stage ending in a block,
+        # is its output (and named for it).
+        start = module.get_submodule(layers[names[0]].module)
+        leaf_op = not list(start.children()) and not _per_channel(start)
+        eligible = [n for n in names if not (leaf_op and layers[names[0]].module.startswith(
+            layers[n].module + "."))]
+        depth = min(n.count(".") for n in eligible)
+        canonical = [n for n in eligible if n.count(".") == depth][-1]
+        for n in names:
+            if n != canonical:
+                out_layers[n] = replace(layers[n], alias_of=canonical)
+    return out_layers
