@@ -119,13 +119,18 @@ def rank_inputs(kernels, top_k: int | None = None) -> list[Connection]:
 
 def expanded_weights(model: LoadedModel, source: str, target: str,
                      channels: Sequence[int] | None = None, method: str = "auto", *,
-                     batch_size: int | None = None) -> torch.Tensor:
+                     batch_size: int | None = None,
+                     images: torch.Tensor | None = None) -> torch.Tensor:
     """Expanded weights ``[n_targets, C_in, h, w]`` from layer ``source`` to the units
     ``channels`` of layer ``target`` (all of them when None), on the model's device, detached.
 
     ``target`` may be ``"logits"`` (channels = class indices; linear method; the kernels then
     cover the whole source map). ``method``: ``auto``, ``exact`` or ``linear`` (module docstring).
     ``batch_size`` caps the targets per backward pass of the linear method (default: by memory).
+    Through a token layer (a transformer's residual stream) the linear method freezes attention
+    patterns, LayerNorm scales and activation gates on ``images`` ([0, 1] RGB; default a
+    mid-grey image), :func:`frozen`: the kernels then span the whole token grid, to the target's
+    centre patch (or its class token).
     """
     if method not in METHODS:
         raise CircuitsError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -135,6 +140,8 @@ def expanded_weights(model: LoadedModel, source: str, target: str,
             raise CircuitsError("the exact method has no path to the logits; use method "
                                 "'linear' (or 'auto')")
         chans = _check_channels(channels, _n_logits(model), "logits")
+        if src.tokens is not None:
+            return _frozen_linear(model, src, None, chans, images)
         return _linear(model, src, None, chans, batch_size)
     tgt = model.layer(target)
     if model.layer_index(src.name) >= model.layer_index(tgt.name):
@@ -143,10 +150,13 @@ def expanded_weights(model: LoadedModel, source: str, target: str,
     chans = _check_channels(channels, tgt.channels, tgt.name)
     if resolve_method(model, src.name, tgt.name, method) == "exact":
         return _exact(model, src, tgt, chans)
+    if through_tokens(model, src.name, tgt.name):
+        return _frozen_linear(model, src, tgt, chans, images)
     return _linear(model, src, tgt, chans, batch_size)
 
 
-def unit_weights(model: LoadedModel, source: str, target, method: str = "auto") -> torch.Tensor:
+def unit_weights(model: LoadedModel, source: str, target, method: str = "auto", *,
+                 images: torch.Tensor | None = None) -> torch.Tensor:
     """Expanded weights ``[C_in, h, w]`` from layer ``source`` into one unit of any kind: a
     neuron's own kernels, or for a direction / dictionary feature its encoder direction applied
     to the expanded weights of every channel of its layer (``sum_j enc_j E[j]``, the linear part
@@ -154,10 +164,11 @@ def unit_weights(model: LoadedModel, source: str, target, method: str = "auto") 
     from .units import is_neuron
 
     if is_neuron(target):
-        return expanded_weights(model, source, target.layer, [target.channel], method)[0]
+        return expanded_weights(model, source, target.layer, [target.channel], method,
+                                images=images)[0]
     info = model.layer(target.layer)
     enc = target.encoder(info.channels)
-    kernels = expanded_weights(model, source, info.name, None, method)
+    kernels = expanded_weights(model, source, info.name, None, method, images=images)
     return torch.einsum("j,jchw->chw", enc.to(kernels.device, kernels.dtype), kernels)
 
 
@@ -212,8 +223,17 @@ def resolve_method(model: LoadedModel, source: str, target: str, method: str = "
     return "exact" if available else "linear"
 
 
+def through_tokens(model: LoadedModel, source: str, target: str) -> bool:
+    """Whether a hop from ``source`` to ``target`` reads or writes a token layer: its linear
+    method freezes attention on the operating-point images (:func:`frozen`)."""
+    return model.layer(source).tokens is not None or (
+        target != LOGITS and model.layer(target).tokens is not None)
+
+
 def exact_available(model: LoadedModel, source: str, target: str) -> bool:
     """Whether the exact method covers ``source`` -> ``target``."""
+    if through_tokens(model, source, target):
+        return False
     src, tgt = model.layer(source).name, model.layer(target).name
     block = model.blocks.get(tgt)
     if block is not None and model.layer(block.input).name == src:
@@ -623,4 +643,167 @@ def _linear(model: LoadedModel, src: LayerInfo, tgt: LayerInfo | None, chans: li
         coef[torch.arange(len(part), device=model.device), part] = 1.0
         g, _ = _grad(model, src, tgt, coef, geo.size, geo.side)
         out.append(g[..., geo.window[0], geo.window[1]].detach())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through attention: nonlinearities frozen at the operating point
+
+_GATED = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu6,
+          F.gelu, F.silu, F.hardswish, F.mish, F.elu, F.leaky_relu, F.leaky_relu_}
+
+
+def _frozen_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                 enable_gqa=False):
+    """Scaled dot-product attention with its pattern (the softmax) detached: linear in v."""
+    s = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    if enable_gqa and k.shape[-3] != q.shape[-3]:
+        rep = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
+    scores = (q @ k.transpose(-2, -1)) * s
+    if is_causal:
+        L, S = scores.shape[-2:]
+        causal = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+            else scores + attn_mask
+    return scores.softmax(-1).detach() @ v
+
+
+class _Freeze(TorchFunctionMode):
+    """The network made linear in its activations at the operating point: attention patterns
+    (softmax, scaled dot-product attention) detached, LayerNorm dividing by its detached
+    standard deviation, each activation function a detached gate times its input."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return _frozen_sdpa(*args, **kwargs)
+        if func in (F.softmax, torch.softmax, torch.Tensor.softmax):
+            return func(*args, **kwargs).detach()
+        if func is F.layer_norm:
+            x, shape = args[0], args[1]
+            weight = args[2] if len(args) > 2 else kwargs.get("weight")
+            bias = args[3] if len(args) > 3 else kwargs.get("bias")
+            eps = args[4] if len(args) > 4 else kwargs.get("eps", 1e-5)
+            dims = tuple(range(-len(shape), 0))
+            mean = x.mean(dims, keepdim=True)
+            std = torch.sqrt(x.var(dims, unbiased=False, keepdim=True) + eps).detach()
+            y = (x - mean) / std
+            y = y * weight if weight is not None else y
+            return y + bias if bias is not None else y
+        if func in _GATED:
+            x = args[0]
+            inplace = func in (torch.relu_, torch.Tensor.relu_, F.leaky_relu_) \
+                or kwargs.get("inplace", False) or (len(args) > 1 and args[-1] is True)
+            with torch.no_grad():
+                y = func(x.clone(), *args[1:], **kwargs) if inplace else \
+                    func(*args, **kwargs)
+                gate = torch.where(x != 0, y / torch.where(x != 0, x, 1), 0)
+            return x * gate
+        if func is F.multi_head_attention_forward:
+            frozen_mha = _frozen_mha(*args, **kwargs)
+            if frozen_mha is not None:
+                return frozen_mha
+        return func(*args, **kwargs)
+
+
+def _frozen_mha(*args, **kwargs):
+    """``F.multi_head_attention_forward`` (nn.MultiheadAttention, torchvision's ViT) with its
+    attention pattern detached, for plain self-attention (packed in-projection, no masks or
+    extra key/value biases); None for other uses (then run as it is)."""
+    import inspect
+
+    a = inspect.signature(F.multi_head_attention_forward).bind(*args, **kwargs)
+    a.apply_defaults()
+    p = a.arguments
+    if (p["bias_k"] is not None or p["bias_v"] is not None or p["add_zero_attn"]
+            or p["key_padding_mask"] is not None or p["attn_mask"] is not None
+            or p["use_separate_proj_weight"] or p["static_k"] is not None
+            or p["static_v"] is not None or p["is_causal"]):
+        return None
+    q_in, k_in, v_in = p["query"], p["key"], p["value"]  # (L, N, E)
+    heads, w, b = p["num_heads"], p["in_proj_weight"], p["in_proj_bias"]
+    E = q_in.shape[-1]
+    wq, wk, wv = w.chunk(3)
+    bq, bk, bv = b.chunk(3) if b is not None else (None, None, None)
+    L, N = q_in.shape[:2]
+
+    def split(t):  # (L, N, E) -> (N, heads, L, E / heads)
+        return t.reshape(t.shape[0], N, heads, E // heads).permute(1, 2, 0, 3)
+
+    q = split(F.linear(q_in, wq, bq))
+    k = split(F.linear(k_in, wk, bk))
+    v = split(F.linear(v_in, wv, bv))
+    pattern = ((q @ k.transpose(-2, -1)) / math.sqrt(E // heads)).softmax(-1).detach()
+    out = (pattern @ v).permute(2, 0, 1, 3).reshape(L, N, E)
+    out = F.linear(out, p["out_proj_weight"], p["out_proj_bias"])
+    weights = None
+    if p["need_weights"]:
+        weights = pattern.mean(1) if p["average_attn_weights"] else pattern
+    return out, weights
+
+
+@contextmanager
+def frozen(model: LoadedModel):
+    """Within the block, ``model.module`` runs linear in its activations, with attention
+    patterns, LayerNorm scales and activation gates frozen at the values of the pass (what
+    attribution graphs do): the gradient of a later layer with respect to an earlier one is then
+    exactly the linear map of the frozen network, at the images run."""
+    with _Freeze():
+        yield
+
+
+def _operating_images(model: LoadedModel, images: torch.Tensor | None) -> torch.Tensor:
+    if images is None:
+        return _image(model, 1)
+    side = model.input_size
+    x = images.to(model.device, _dtype(model))
+    if x.shape[-2:] != (side, side):
+        x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+    return model.preprocess(x)
+
+
+def _frozen_linear(model: LoadedModel, src: LayerInfo, tgt: LayerInfo | None, chans: list[int],
+                   images: torch.Tensor | None) -> torch.Tensor:
+    """Expanded weights through attention: the gradient of each target's centre (or logit) with
+    respect to the whole source map, in the frozen network (:func:`frozen`), averaged over the
+    operating-point ``images``."""
+    x = _operating_images(model, images)
+    n_img = x.shape[0]
+    n_out = tgt.channels if tgt else _n_logits(model)
+    per = max(1, 32 // n_img)
+    out = []
+    for start in range(0, len(chans), per):
+        part = chans[start:start + per]
+        n = len(part)
+        coef = torch.zeros(n, n_out, dtype=_dtype(model), device=model.device)
+        coef[torch.arange(n), torch.as_tensor(part)] = 1.0 / n_img
+        state: dict = {}
+
+        def on_source(act, _hook):
+            delta = torch.zeros((n, *act.shape[1:]), dtype=act.dtype, device=act.device,
+                                requires_grad=True)
+            state["src"] = delta
+            return act.detach() + delta.repeat_interleave(n_img, dim=0)
+
+        with torch.enable_grad(), frozen(model):
+            with hooks(model, [(src.name, on_source)],
+                       stop_at=tgt.name if tgt is not None else None,
+                       capture=[tgt.name] if tgt is not None else ()) as acts:
+                logits = forward(model, x.repeat(n, 1, 1, 1))
+            value = acts[tgt.name] if tgt is not None else logits
+            if tgt is None and value.dim() != 2:
+                raise CircuitsError(f"the model's output has shape {tuple(value.shape)}, not "
+                                    "(N, classes); it has no logits to explain")
+            if value.dim() == 4:
+                value = value[:, :, value.shape[2] // 2, value.shape[3] // 2]
+            value = value.reshape(n, n_img, -1)
+            if "src" not in state or not value.requires_grad:
+                raise CircuitsError(f"{tgt.name if tgt else 'the logits'!r} does not depend on "
+                                    f"layer {src.name!r}")
+            total = (value * coef[:, None, :]).sum()
+            (grad,) = torch.autograd.grad(total, state["src"])
+        out.append(grad.detach())
     return torch.cat(out)

@@ -30,6 +30,7 @@ from .connections import (
     rank_inputs,
     resolve_method,
     through_decoders,
+    through_tokens,
     unit_weights,
 )
 from .errors import CircuitsError
@@ -40,7 +41,10 @@ FORMAT = "circuits-circuit/1"
 SKIPPED_KINDS = ("pool", "norm")  # layers a hop reads through, never stops at
 #: What each method of a hop means, said under the circuit: only ``exact`` is the weights alone.
 HOP_NOTES = {"linear": "the linear approximation: ReLUs as identity, max-pools as average "
-                       "pools; a residual block's skip path is an input like its convs"}
+                       "pools; a residual block's skip path is an input like its convs",
+             "frozen": "through attention: the linear map with attention patterns, LayerNorm "
+                       "scales and activation gates frozen on the operating-point images; "
+                       "kernels span the token grid, to the target's centre patch"}
 
 
 @dataclass
@@ -207,8 +211,8 @@ def _previous_in_order(model: LoadedModel, name: str) -> str | None:
     scope = max(inside, key=lambda p: p.count(".")) if inside else None
     for cand in reversed(names[:names.index(name)]):
         info = model.layers[cand]
-        if info.kind not in ("conv", "block", "tokens") or info.alias_of:
-            continue
+        if info.kind not in ("conv", "block", "tokens") or info.alias_of or info.module == own:
+            continue  # (the patches of the block whose class token is the target: one output)
         if scope is not None and info.module.startswith(scope + "."):
             continue
         return cand
@@ -244,14 +248,17 @@ def hop_top_k(top_k: int | Sequence[int], depth: int) -> list[int]:
 
 def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int | Sequence[int] = 3,
           source: str | None = None, method: str = "auto",
-          features: dict[str, list[Unit]] | None = None) -> Circuit:
+          features: dict[str, list[Unit]] | None = None,
+          images: torch.Tensor | None = None) -> Circuit:
     """The circuit of ``unit``: its ``top_k`` strongest inputs, theirs, ... over ``depth`` hops
     (``top_k`` one number, or one per hop). All units of one hop are computed in one batched
     call. ``features`` maps a layer to the
     dictionary features of an SAE on it (:func:`circuits_cli.units.sae_features`): a hop into
     that layer ranks its features (through their decoder directions) instead of its neurons,
     so SAEs on successive
-    layers give a feature circuit."""
+    layers give a feature circuit. A hop through token layers (a transformer's residual
+    stream) freezes attention on ``images`` ([0, 1] RGB; default a mid-grey image) and says so
+    in the circuit's note."""
     if depth < 1:
         raise CircuitsError(f"depth must be at least 1, got {depth}")
     ks = hop_top_k(top_k, depth)
@@ -277,11 +284,20 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int | Sequence[
     for hop in range(depth):
         src = source if hop == 0 and source is not None else previous_layer(model, layer)
         if src is None:
-            circuit.note = f"stopped after {hop} hop(s): {layer!r} reads the network's input"
+            circuit.note = "; ".join(x for x in (
+                circuit.note, f"stopped after {hop} hop(s): {layer!r} reads the network's "
+                              "input") if x)
             break
         used = resolve_method(model, src, layer, method)
         with torch.no_grad():
-            kernels = _frontier_weights(model, src, layer, frontier, used)
+            kernels = _frontier_weights(model, src, layer, frontier, used, images)
+        if through_tokens(model, src, layer):
+            used = "frozen"
+            where = (f"{len(images)} image(s)" if images is not None else "a mid-grey image")
+            frozen_note = (f"hops through token layers use attention patterns, LayerNorm "
+                           f"scales and activation gates frozen on {where}")
+            if frozen_note not in circuit.note:
+                circuit.note = "; ".join(x for x in (circuit.note, frozen_note) if x)
         kernels = kernels.detach().cpu().double()
         dictionary = features.get(src) if features else None
         if dictionary:  # rank the source layer's dictionary features, not its neurons
@@ -308,17 +324,18 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int | Sequence[
 
 
 def _frontier_weights(model: LoadedModel, source: str, layer: str, frontier: list[Unit],
-                      method: str) -> torch.Tensor:
+                      method: str, images: torch.Tensor | None = None) -> torch.Tensor:
     """Expanded weights ``[len(frontier), C_in, h, w]`` into the units of one hop: neurons in
     one batched call, directions and features through their encoders."""
     neurons = [u for u in frontier if is_neuron(u)]
     rows: dict[Unit, torch.Tensor] = {}
     if neurons:
-        k = expanded_weights(model, source, layer, [u.channel for u in neurons], method=method)
+        k = expanded_weights(model, source, layer, [u.channel for u in neurons], method=method,
+                             images=images)
         rows.update(zip(neurons, k, strict=True))
     for u in frontier:
         if u not in rows:
-            rows[u] = unit_weights(model, source, u, method)
+            rows[u] = unit_weights(model, source, u, method, images=images)
     return torch.stack([rows[u] for u in frontier])
 
 

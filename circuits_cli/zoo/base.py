@@ -118,6 +118,12 @@ class LoadedModel:
         self.module.to(device)
         return self
 
+    @property
+    def fixed_input_size(self) -> bool:
+        """Whether the network takes only ``input_size`` images: one with token layers (its
+        position embeddings fix the number of patches)."""
+        return any(info.tokens is not None for info in self.layers.values())
+
     def layer(self, name: str) -> LayerInfo:
         """The layer called ``name`` (or a short alias such as ``4c``); a clear error otherwise."""
         key = self.aliases.get(name, name)
