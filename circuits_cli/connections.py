@@ -43,6 +43,7 @@ kernel (its sign pattern) and the sign of its sum (excitation +1, inhibition -1)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -140,7 +141,7 @@ def expanded_weights(model: LoadedModel, source: str, target: str,
             raise CircuitsError("the exact method has no path to the logits; use method "
                                 "'linear' (or 'auto')")
         chans = _check_channels(channels, _n_logits(model), "logits")
-        if src.tokens is not None:
+        if through_tokens(model, src.name, LOGITS):
             return _frozen_linear(model, src, None, chans, images)
         return _linear(model, src, None, chans, batch_size)
     tgt = model.layer(target)
@@ -178,17 +179,21 @@ def unit_to_logits(model: LoadedModel, unit, step: float = 1e-3) -> torch.Tensor
     layer) moves each class logit in the linearized network: the expanded weights to the logits
     summed over positions and contracted with the decoder, ``sum_chw E[k, c, h, w] dec_c``. Two
     forward passes (a finite difference along the decoder at the zero-source operating point)
-    instead of a backward pass per class."""
+    instead of a backward pass per class. Through attention (a token layer, or one before
+    them) the difference is taken at the mid-grey image's own activations, in the network as
+    it is: its local linearization."""
     info = model.layer(unit.layer)
     dec = unit.decoder(info.channels).to(model.device, _dtype(model))
+    tokens = through_tokens(model, info.name, LOGITS)
 
     def source(amount):
         def fn(out, _hook):
-            return torch.zeros_like(out) + amount * dec.to(out.dtype)[None, :, None, None]
+            base = out if tokens else torch.zeros_like(out)
+            return base + amount * dec.to(out.dtype)[None, :, None, None]
         return fn
 
     image = _image(model, 1)
-    with linearized(model):
+    with contextlib.nullcontext() if tokens else linearized(model):
         outs = [run_with_hooks(model, image, [(info.name, source(a))], preprocess=False)
                 for a in (0.0, step)]
     if outs[0] is None or outs[0].dim() != 2:
@@ -224,10 +229,13 @@ def resolve_method(model: LoadedModel, source: str, target: str, method: str = "
 
 
 def through_tokens(model: LoadedModel, source: str, target: str) -> bool:
-    """Whether a hop from ``source`` to ``target`` reads or writes a token layer: its linear
-    method freezes attention on the operating-point images (:func:`frozen`)."""
-    return model.layer(source).tokens is not None or (
-        target != LOGITS and model.layer(target).tokens is not None)
+    """Whether a hop from ``source`` to ``target`` (or the logits) reads, writes or crosses a
+    token layer: its linear method freezes attention on the operating-point images
+    (:func:`frozen`)."""
+    names = list(model.layers)
+    a = names.index(model.layer(source).name)
+    b = len(names) - 1 if target == LOGITS else names.index(model.layer(target).name)
+    return any(model.layers[n].tokens is not None for n in names[a:b + 1])
 
 
 def exact_available(model: LoadedModel, source: str, target: str) -> bool:

@@ -212,6 +212,9 @@ def discover_layers(module: nn.Module, input_size: int,
         if out is None:
             continue
         shape = tuple(out.shape[1:])
+        if len(shape) == 3 and shape[0] == shape[1] != shape[2] and shape[2] > shape[0] \
+                and type(module.get_submodule(path)).__name__ != "Conv2d":
+            continue  # channels-last (N, H, W, C) inside a block (timm's ConvNeXt MLP): no map
         if len(shape) == 3:
             kind = "conv" if type(module.get_submodule(path)).__name__ == "Conv2d" else "block"
             layers[path] = LayerInfo(name=path, module=path, channels=shape[0], shape=shape,
