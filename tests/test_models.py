@@ -38,18 +38,44 @@ def test_logits_are_picked_out_of_tuples_and_dicts(planted_evidence_model, facto
 
 
 @pytest.mark.parametrize("factory, key, needles", [
-    ("scores", None, ("'scores'", "--output KEY")),
-    ("backbone", None, ("(1, 8, 32, 32)", "not (N, classes) logits")),
-    ("features_first", None, ("output[0]", "--output")),
     ("as_dict", "nope", ("'nope'", "'logits'")),
     ("as_tuple", "5", ("INDEX from 0 to 1",)),
+    ("backbone", "0", ("one tensor", "leave --output out")),
+    ("features_first", "0", ("output[0]", "(1, 8, 32, 32)", "--output KEY|INDEX")),
 ])
-def test_outputs_that_are_not_logits_are_one_line(factory, key, needles):
+def test_a_wrong_output_key_is_one_line(factory, key, needles):
     with pytest.raises(CircuitsError) as err:
         load_model(spec(factory), output=key)
     assert "\n" not in str(err.value)
     for needle in needles:
         assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("factory, needles", [
+    ("scores", ("'scores'", "--output KEY")),
+    ("backbone", ("(1, 8, 32, 32)", "not (N, classes) logits")),
+    ("features_first", ("output[0]", "--output")),
+])
+def test_a_model_without_logits_loads_and_what_needs_them_refuses(factory, needles, tmp_path,
+                                                                   planted_world):
+    """A backbone still has layers to look at (visualize, examples, trace need no logits);
+    classify, find and steer refuse in one line naming what the model returns."""
+    world = planted_world[0]
+    model = load_model(spec(factory))
+    for needle in needles:
+        assert needle in model.no_logits
+    with pytest.raises(CircuitsError, match="needs class logits"):
+        model.logits(torch.zeros(1, 3, 64, 64))
+    env = {"CIRCUITS_CACHE": str(tmp_path / "cache")}
+    assert_clean_error(run("classify", world, "-m", spec(factory), env=env),
+                       "needs class logits", *needles)
+    assert_clean_error(run("find", "--class", "0", "--layer", "relu3", "-m", spec(factory),
+                           env=env), "needs class logits")
+    assert_clean_error(run("steer", "relu3:1", "--images", world, "-m", spec(factory), env=env),
+                       "needs class logits")
+    r = run("examples", "relu3:1", "--images", world, "-k", "2", "-m", spec(factory), "--out",
+            tmp_path / "ex", env=env)
+    assert r.exit_code == 0, r.output
 
 
 def test_commands_run_on_a_tuple_model_and_find_takes_what_classify_prints(world, tmp_path,
@@ -101,7 +127,8 @@ def test_labels_file_names_the_classes(world, tmp_path):
                            tmp_path / "two.txt"), "2 names", "3 classes")
     assert_clean_error(run("classify", world, "-m", spec("as_dict"), "--labels",
                            tmp_path / "missing.txt"), "does not exist")
-    assert_clean_error(run("classify", world, "-m", spec("scores")), "--output KEY")
+    assert_clean_error(run("classify", world, "-m", spec("scores")), "--output KEY",
+                       "needs class logits")
     r = run("classify", world / "red_square", "-m", spec("scores"), "--output", "scores",
             "--json", "-q")
     assert r.exit_code == 0 and json.loads(r.stdout)[0]["top"][0]["index"] == 0

@@ -116,6 +116,7 @@ def classify(images, top_k, as_json, quiet, batch, load_model):
 
     files, not_images = find_images(images)
     model = load_model()
+    model.require_logits()
     predictions, unreadable = classify_files(model, files, top=top_k, batch=batch,
                                              progress=not quiet)
     skipped = not_images + unreadable

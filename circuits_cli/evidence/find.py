@@ -152,6 +152,7 @@ def find_units(model: LoadedModel, query: str | int, layer: str, *, top: int = 1
     ``units``: the candidates (default: every neuron of the layer), e.g. the dictionary
     features of an SAE on it; a unit's weight is its decoder direction applied to the layer's
     expanded weights to the logit, its activation its read-out."""
+    model.require_logits()
     if top < 1:
         raise CircuitsError(f"--top must be at least 1, got {top}")
     info = model.layer(layer)

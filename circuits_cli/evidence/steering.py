@@ -252,6 +252,7 @@ def steer(model: LoadedModel, unit: Unit, images: str | Path | Sequence[str | Pa
 
     ``reference``: the activation that strength 1 stands for (default: the unit's largest
     activation over ``images``)."""
+    model.require_logits()
     from ..images import iter_batches
 
     if mode not in MODES:

@@ -147,6 +147,8 @@ def load_model(name: str | None = None, weights: str | Path | None = None,
         from .outputs import check_output, read_labels
 
         check_output(model, output)
+        if labels is not None and model.no_logits:
+            raise CircuitsError(f"--labels names classes, and {model.no_logits}")
         if labels is not None:
             model.labels = read_labels(Path(labels), model.memo["zoo.n_classes"])
             model.class_ids = []

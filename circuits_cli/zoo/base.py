@@ -101,6 +101,9 @@ class LoadedModel:
     #: Which element of the module's output holds the logits, in words (``output[0] of a tuple
     #: of 2``), when it returns a tuple or dict (:mod:`circuits_cli.zoo.outputs`); "" otherwise.
     output: str = ""
+    #: Why the model has no class logits (a backbone returning feature maps), "" when it has:
+    #: :meth:`require_logits` refuses with it.
+    no_logits: str = ""
     #: Results that library code derives from this network and reuses (e.g. the module call
     #: order and receptive-field geometry of :mod:`circuits_cli.connections`), keyed
     #: ``"module.what"``. They belong to the model and go with it: no module-level caches. A
@@ -147,9 +150,15 @@ class LoadedModel:
             return self.labels[index]
         return f"class {index}"
 
+    def require_logits(self) -> None:
+        """A clear error when the model returns no class logits (checked before any work)."""
+        if self.no_logits:
+            raise CircuitsError(f"this needs class logits, and {self.no_logits}")
+
     @torch.no_grad()
     def logits(self, images01: torch.Tensor) -> torch.Tensor:
         """Class logits for a batch of RGB images in [0, 1] (N, 3, H, W)."""
+        self.require_logits()
         return self.module(self.preprocess(images01.to(self.device)))
 
 

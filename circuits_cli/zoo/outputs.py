@@ -3,8 +3,9 @@
 A user's network may return a tensor, a tuple (``(logits, features)``) or a dict
 (``{"logits": ..., "embedding": ...}``, Hugging Face's ``ModelOutput``). ``--output KEY|INDEX``
 names the element that holds the logits; without it a tuple's element 0 or a dict's ``"logits"``
-is taken when it is an (N, classes) tensor, and anything else is one clear line listing what the
-model returns. The chosen element is selected by a persistent hook on the root module
+is taken when it is an (N, classes) tensor. A model without logits (a backbone) loads for what
+needs none; the commands that need them refuse with one line listing what the model returns.
+The chosen element is selected by a persistent hook on the root module
 (:func:`circuits_cli.hooks.select_output`), so every forward pass of every command sees the
 logits alone. ``--labels FILE`` gives the class names (one per line, or a JSON list), checked
 against the number of logits.
@@ -69,15 +70,25 @@ def _key(out, key: str | None) -> tuple[int | str | None, str]:
 
 
 def check_output(model: LoadedModel, key: str | None = None) -> None:
-    """Check that ``model`` returns (N, classes) logits, picking them with ``key`` (``--output``)
-    out of a tuple or dict; one line naming what it returns otherwise. Sets ``model.output``."""
+    """Check what ``model`` returns and pick its (N, classes) logits with ``key`` (``--output``)
+    out of a tuple or dict; sets ``model.output``. A wrong ``key`` is an error (one line naming
+    what the model returns). A model whose output holds no logits (a backbone returning feature
+    maps) still loads, with ``model.no_logits`` saying why: what needs no logits (layers,
+    visualize, examples, weights, trace) works, and what does (classify, find, steer) refuses
+    with that line."""
     side = model.input_size
     p = next(model.module.parameters(), None)
     x = torch.full((1, 3, side, side), 0.5, dtype=p.dtype if p is not None else torch.float32,
                    device=model.device)
     with torch.no_grad():
         out = model.module(model.preprocess(x))
-    index, words = _key(out, key)
+    try:
+        index, words = _key(out, key)
+    except CircuitsError as err:
+        if key is not None:
+            raise
+        model.no_logits = str(err)
+        return
     chosen = out if index is None else out[index]
     if not isinstance(chosen, torch.Tensor) or chosen.dim() != 2:
         shown = _describe(chosen)
@@ -85,7 +96,11 @@ def check_output(model: LoadedModel, key: str | None = None) -> None:
             "logits with --output KEY|INDEX)" if index is not None else \
             " (a classifier returns (N, classes); --output KEY|INDEX picks them out of a " \
             "tuple or dict)"
-        raise CircuitsError(f"{words} is {shown}, not (N, classes) logits{hint}")
+        reason = f"{words} is {shown}, not (N, classes) logits{hint}"
+        if key is not None:
+            raise CircuitsError(reason)
+        model.no_logits = reason
+        return
     if index is not None:
         select_output(model.module, index)
         model.output = words
