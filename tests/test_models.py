@@ -78,6 +78,7 @@ def test_a_model_without_logits_loads_and_what_needs_them_refuses(factory, needl
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.slow
 def test_commands_run_on_a_tuple_model_and_find_takes_what_classify_prints(world, tmp_path,
                                                                            monkeypatch):
     """classify, find, steer and sae train: the four commands that read logits, on a model

@@ -104,6 +104,7 @@ def test_freezing_keeps_the_forward_values(vit, images):
     assert torch.isfinite(e).all() and e.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_commands_on_token_layers(vit, tmp_path, planted_world):
     """visualize, examples, sae train and steer on a token layer of the planted ViT; trace with
     --images freezes attention on them and says so."""
