@@ -6,7 +6,9 @@ The expanded weight from channel ``i`` of an earlier (source) layer to a unit ``
 ``[n_targets, C_in, h, w]``, for many targets at once. Two methods:
 
 ``exact``
-    Multiply the kernels out. Between a conv layer and the conv that reads it, the kernel itself.
+    Multiply the kernels out. Between a conv layer and the conv that reads it, the kernel itself,
+    with any eval-mode BatchNorm between them folded in (``gamma / sqrt(var + eps)`` per channel,
+    on the conv's input or output side; its shift is the operating point, not a weight).
     Across an Inception block (``model.blocks``: block input -> block output), per branch: the 1x1
     kernel; for 3x3/5x5 branches the 3x3/5x5 kernel composed with its 1x1 bottleneck
     (``E[j, i] = sum_k W3x3[j, k] * W1x1[k, i]``), ignoring the ReLU between them. The pool branch
@@ -20,10 +22,13 @@ The expanded weight from channel ``i`` of an earlier (source) layer to a unit ``
     several blocks, and up to the class logits): ReLUs become the identity and max-pools become
     average pools with the same geometry (averaging over the window's valid, non-padded entries);
     other non-linearities (local response normalisation) keep their gradient at the operating
-    point. The expanded weight is the gradient of the target unit's centre activation with respect
-    to the source layer, taken at a zero source. Targets are batched: one batch of zero sources,
-    one backward pass per chunk, the source map shrunk to the receptive field where the path keeps
-    the spatial size (checked against the full-size map before it is used).
+    point. A residual addition passes both of its paths, so the skip connection of a block is
+    an input like its convs (the identity kernel; exact where the block is linear once its ReLUs
+    are, otherwise as approximate as the rest). The expanded weight is the gradient of the
+    target unit's centre activation with respect to the source layer, taken at a zero source.
+    Targets are batched: one batch of zero sources, one backward pass per chunk, the source
+    map shrunk to the receptive field where the path keeps the spatial size (checked against
+    the full-size map before it is used).
 
 ``auto`` (default) is ``exact`` where the path is a conv or an Inception block, ``linear``
 otherwise. As the papers say, the linear approximation is exact where the layers in between are
@@ -38,6 +43,7 @@ kernel (its sign pattern) and the sign of its sum (excitation +1, inhibition -1)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -61,6 +67,7 @@ LOGITS = "logits"
 METHODS = ("auto", "exact", "linear")
 _MARGINS = (0, 2)  # source positions kept around the receptive field when the map is shrunk
 _SMALL_IMAGE = 64  # input side tried for the layers before a shrunk source
+_ZERO = 1e-9  # an input weaker than this fraction of the strongest is no input (rounding)
 _ELEMENT_BUDGET = 12_000_000  # source-gradient elements per batch (activations scale with it)
 
 
@@ -87,7 +94,8 @@ class Connection:
 def rank_inputs(kernels, top_k: int | None = None) -> list[Connection]:
     """The inputs of one target, strongest first. ``kernels`` is ``[C_in, h, w]`` (a row of
     :func:`expanded_weights`), torch or numpy; ``top_k`` None keeps them all. Ties keep channel
-    order."""
+    order. Inputs of strength 0 (below 1e-9 of the strongest: rounding) are left out, so fewer
+    than ``top_k`` may come back."""
     k = kernels.detach().cpu().numpy() if isinstance(kernels, torch.Tensor) else np.asarray(kernels)
     if k.ndim != 3:
         raise ValueError(f"rank_inputs expects kernels [C_in, h, w], got shape {k.shape}")
@@ -96,6 +104,9 @@ def rank_inputs(kernels, top_k: int | None = None) -> list[Connection]:
     k = k.astype(np.float64)
     strength = np.sqrt((k ** 2).sum(axis=(1, 2)))
     order = np.argsort(-strength, kind="stable")
+    # an input of strength 0 is no input (a channel that the path does not reach): never listed
+    floor = _ZERO * float(strength.max()) if strength.size else 0.0
+    order = order[strength[order] > floor]
     if top_k is not None:
         order = order[:top_k]
     return [Connection(channel=int(c), strength=float(strength[c]),
@@ -109,13 +120,18 @@ def rank_inputs(kernels, top_k: int | None = None) -> list[Connection]:
 
 def expanded_weights(model: LoadedModel, source: str, target: str,
                      channels: Sequence[int] | None = None, method: str = "auto", *,
-                     batch_size: int | None = None) -> torch.Tensor:
+                     batch_size: int | None = None,
+                     images: torch.Tensor | None = None) -> torch.Tensor:
     """Expanded weights ``[n_targets, C_in, h, w]`` from layer ``source`` to the units
     ``channels`` of layer ``target`` (all of them when None), on the model's device, detached.
 
     ``target`` may be ``"logits"`` (channels = class indices; linear method; the kernels then
     cover the whole source map). ``method``: ``auto``, ``exact`` or ``linear`` (module docstring).
     ``batch_size`` caps the targets per backward pass of the linear method (default: by memory).
+    Through a token layer (a transformer's residual stream) the linear method freezes attention
+    patterns, LayerNorm scales and activation gates on ``images`` ([0, 1] RGB; default a
+    mid-grey image), :func:`frozen`: the kernels then span the whole token grid, to the target's
+    centre patch (or its class token).
     """
     if method not in METHODS:
         raise CircuitsError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -125,6 +141,8 @@ def expanded_weights(model: LoadedModel, source: str, target: str,
             raise CircuitsError("the exact method has no path to the logits; use method "
                                 "'linear' (or 'auto')")
         chans = _check_channels(channels, _n_logits(model), "logits")
+        if through_tokens(model, src.name, LOGITS):
+            return _frozen_linear(model, src, None, chans, images)
         return _linear(model, src, None, chans, batch_size)
     tgt = model.layer(target)
     if model.layer_index(src.name) >= model.layer_index(tgt.name):
@@ -133,10 +151,13 @@ def expanded_weights(model: LoadedModel, source: str, target: str,
     chans = _check_channels(channels, tgt.channels, tgt.name)
     if resolve_method(model, src.name, tgt.name, method) == "exact":
         return _exact(model, src, tgt, chans)
+    if through_tokens(model, src.name, tgt.name):
+        return _frozen_linear(model, src, tgt, chans, images)
     return _linear(model, src, tgt, chans, batch_size)
 
 
-def unit_weights(model: LoadedModel, source: str, target, method: str = "auto") -> torch.Tensor:
+def unit_weights(model: LoadedModel, source: str, target, method: str = "auto", *,
+                 images: torch.Tensor | None = None) -> torch.Tensor:
     """Expanded weights ``[C_in, h, w]`` from layer ``source`` into one unit of any kind: a
     neuron's own kernels, or for a direction / dictionary feature its encoder direction applied
     to the expanded weights of every channel of its layer (``sum_j enc_j E[j]``, the linear part
@@ -144,10 +165,11 @@ def unit_weights(model: LoadedModel, source: str, target, method: str = "auto") 
     from .units import is_neuron
 
     if is_neuron(target):
-        return expanded_weights(model, source, target.layer, [target.channel], method)[0]
+        return expanded_weights(model, source, target.layer, [target.channel], method,
+                                images=images)[0]
     info = model.layer(target.layer)
     enc = target.encoder(info.channels)
-    kernels = expanded_weights(model, source, info.name, None, method)
+    kernels = expanded_weights(model, source, info.name, None, method, images=images)
     return torch.einsum("j,jchw->chw", enc.to(kernels.device, kernels.dtype), kernels)
 
 
@@ -157,17 +179,21 @@ def unit_to_logits(model: LoadedModel, unit, step: float = 1e-3) -> torch.Tensor
     layer) moves each class logit in the linearized network: the expanded weights to the logits
     summed over positions and contracted with the decoder, ``sum_chw E[k, c, h, w] dec_c``. Two
     forward passes (a finite difference along the decoder at the zero-source operating point)
-    instead of a backward pass per class."""
+    instead of a backward pass per class. Through attention (a token layer, or one before
+    them) the difference is taken at the mid-grey image's own activations, in the network as
+    it is: its local linearization."""
     info = model.layer(unit.layer)
     dec = unit.decoder(info.channels).to(model.device, _dtype(model))
+    tokens = through_tokens(model, info.name, LOGITS)
 
     def source(amount):
         def fn(out, _hook):
-            return torch.zeros_like(out) + amount * dec.to(out.dtype)[None, :, None, None]
+            base = out if tokens else torch.zeros_like(out)
+            return base + amount * dec.to(out.dtype)[None, :, None, None]
         return fn
 
     image = _image(model, 1)
-    with linearized(model):
+    with contextlib.nullcontext() if tokens else linearized(model):
         outs = [run_with_hooks(model, image, [(info.name, source(a))], preprocess=False)
                 for a in (0.0, step)]
     if outs[0] is None or outs[0].dim() != 2:
@@ -202,8 +228,20 @@ def resolve_method(model: LoadedModel, source: str, target: str, method: str = "
     return "exact" if available else "linear"
 
 
+def through_tokens(model: LoadedModel, source: str, target: str) -> bool:
+    """Whether a hop from ``source`` to ``target`` (or the logits) reads, writes or crosses a
+    token layer: its linear method freezes attention on the operating-point images
+    (:func:`frozen`)."""
+    names = list(model.layers)
+    a = names.index(model.layer(source).name)
+    b = len(names) - 1 if target == LOGITS else names.index(model.layer(target).name)
+    return any(model.layers[n].tokens is not None for n in names[a:b + 1])
+
+
 def exact_available(model: LoadedModel, source: str, target: str) -> bool:
     """Whether the exact method covers ``source`` -> ``target``."""
+    if through_tokens(model, source, target):
+        return False
     src, tgt = model.layer(source).name, model.layer(target).name
     block = model.blocks.get(tgt)
     if block is not None and model.layer(block.input).name == src:
@@ -270,8 +308,7 @@ def _exact(model: LoadedModel, src: LayerInfo, tgt: LayerInfo, chans: list[int])
         block = model.blocks.get(tgt.name)
         if block is not None and model.layer(block.input).name == src.name:
             return _exact_block(model, block, src, tgt, chans)
-        conv = _adjacent_conv(model, src.name, tgt.name)
-        return conv.weight[chans].detach().clone()
+        return _adjacent_conv(model, src.name, tgt.name)[chans].detach().clone()
 
 
 def _exact_block(model: LoadedModel, block: InceptionBlock, src: LayerInfo, tgt: LayerInfo,
@@ -325,9 +362,22 @@ def _is_relu(module: nn.Module) -> bool:
     return "relu" in type(module).__name__.lower() and not list(module.parameters())
 
 
-def _adjacent_conv(model: LoadedModel, source: str, target: str) -> nn.Conv2d | None:
-    """The conv between ``source`` and ``target`` when nothing but that conv and ReLUs run
-    between their hook points (module-wise), else None."""
+def _bn_scale(bn: nn.Module) -> torch.Tensor | None:
+    """The per-channel scale ``gamma / sqrt(var + eps)`` of an eval-mode BatchNorm2d (its shift
+    is the operating point, not a weight), None for one without running statistics."""
+    if getattr(bn, "running_var", None) is None:
+        return None
+    scale = 1.0 / torch.sqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    return scale.detach()
+
+
+def _adjacent_conv(model: LoadedModel, source: str, target: str) -> torch.Tensor | None:
+    """The kernel ``[C_out, C_in, kh, kw]`` from ``source`` to ``target`` when nothing but one
+    conv, ReLUs and BatchNorms run between their hook points (module-wise), the BatchNorms folded
+    in (before the conv: ``W[:, i] * s_i``; after it: ``W[o] * s_o``, with ``s`` = gamma /
+    sqrt(var + eps)); else None."""
     src, tgt = model.layer(source), model.layer(target)
     order = _call_order(model)
     if src.module not in order or tgt.module not in order:
@@ -338,13 +388,25 @@ def _adjacent_conv(model: LoadedModel, source: str, target: str) -> nn.Conv2d | 
     between = [p for p in order[a + 1:b + 1]
                if not list(model.module.get_submodule(p).children())]
     convs = [p for p in between if isinstance(model.module.get_submodule(p), nn.Conv2d)]
-    others = [p for p in between if p not in convs and not _is_relu(model.module.get_submodule(p))]
+    norms = [p for p in between if isinstance(model.module.get_submodule(p), nn.BatchNorm2d)]
+    others = [p for p in between if p not in convs and p not in norms
+              and not _is_relu(model.module.get_submodule(p))]
     if len(convs) != 1 or others:
         return None
     conv = _conv(model, convs[0])
     if conv is None or conv.in_channels != src.channels or conv.out_channels != tgt.channels:
         return None
-    return conv
+    kernel = conv.weight.detach()
+    for path in norms:
+        bn = model.module.get_submodule(path)
+        scale = _bn_scale(bn)
+        if scale is None:
+            return None
+        before = between.index(path) < between.index(convs[0])
+        if bn.num_features != (conv.in_channels if before else conv.out_channels):
+            return None
+        kernel = kernel * (scale.view(1, -1, 1, 1) if before else scale.view(-1, 1, 1, 1))
+    return kernel
 
 
 # ---------------------------------------------------------------------------------------------
@@ -589,4 +651,167 @@ def _linear(model: LoadedModel, src: LayerInfo, tgt: LayerInfo | None, chans: li
         coef[torch.arange(len(part), device=model.device), part] = 1.0
         g, _ = _grad(model, src, tgt, coef, geo.size, geo.side)
         out.append(g[..., geo.window[0], geo.window[1]].detach())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through attention: nonlinearities frozen at the operating point
+
+_GATED = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu6,
+          F.gelu, F.silu, F.hardswish, F.mish, F.elu, F.leaky_relu, F.leaky_relu_}
+
+
+def _frozen_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                 enable_gqa=False):
+    """Scaled dot-product attention with its pattern (the softmax) detached: linear in v."""
+    s = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    if enable_gqa and k.shape[-3] != q.shape[-3]:
+        rep = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
+    scores = (q @ k.transpose(-2, -1)) * s
+    if is_causal:
+        L, S = scores.shape[-2:]
+        causal = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+            else scores + attn_mask
+    return scores.softmax(-1).detach() @ v
+
+
+class _Freeze(TorchFunctionMode):
+    """The network made linear in its activations at the operating point: attention patterns
+    (softmax, scaled dot-product attention) detached, LayerNorm dividing by its detached
+    standard deviation, each activation function a detached gate times its input."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return _frozen_sdpa(*args, **kwargs)
+        if func in (F.softmax, torch.softmax, torch.Tensor.softmax):
+            return func(*args, **kwargs).detach()
+        if func is F.layer_norm:
+            x, shape = args[0], args[1]
+            weight = args[2] if len(args) > 2 else kwargs.get("weight")
+            bias = args[3] if len(args) > 3 else kwargs.get("bias")
+            eps = args[4] if len(args) > 4 else kwargs.get("eps", 1e-5)
+            dims = tuple(range(-len(shape), 0))
+            mean = x.mean(dims, keepdim=True)
+            std = torch.sqrt(x.var(dims, unbiased=False, keepdim=True) + eps).detach()
+            y = (x - mean) / std
+            y = y * weight if weight is not None else y
+            return y + bias if bias is not None else y
+        if func in _GATED:
+            x = args[0]
+            inplace = func in (torch.relu_, torch.Tensor.relu_, F.leaky_relu_) \
+                or kwargs.get("inplace", False) or (len(args) > 1 and args[-1] is True)
+            with torch.no_grad():
+                y = func(x.clone(), *args[1:], **kwargs) if inplace else \
+                    func(*args, **kwargs)
+                gate = torch.where(x != 0, y / torch.where(x != 0, x, 1), 0)
+            return x * gate
+        if func is F.multi_head_attention_forward:
+            frozen_mha = _frozen_mha(*args, **kwargs)
+            if frozen_mha is not None:
+                return frozen_mha
+        return func(*args, **kwargs)
+
+
+def _frozen_mha(*args, **kwargs):
+    """``F.multi_head_attention_forward`` (nn.MultiheadAttention, torchvision's ViT) with its
+    attention pattern detached, for plain self-attention (packed in-projection, no masks or
+    extra key/value biases); None for other uses (then run as it is)."""
+    import inspect
+
+    a = inspect.signature(F.multi_head_attention_forward).bind(*args, **kwargs)
+    a.apply_defaults()
+    p = a.arguments
+    if (p["bias_k"] is not None or p["bias_v"] is not None or p["add_zero_attn"]
+            or p["key_padding_mask"] is not None or p["attn_mask"] is not None
+            or p["use_separate_proj_weight"] or p["static_k"] is not None
+            or p["static_v"] is not None or p["is_causal"]):
+        return None
+    q_in, k_in, v_in = p["query"], p["key"], p["value"]  # (L, N, E)
+    heads, w, b = p["num_heads"], p["in_proj_weight"], p["in_proj_bias"]
+    E = q_in.shape[-1]
+    wq, wk, wv = w.chunk(3)
+    bq, bk, bv = b.chunk(3) if b is not None else (None, None, None)
+    L, N = q_in.shape[:2]
+
+    def split(t):  # (L, N, E) -> (N, heads, L, E / heads)
+        return t.reshape(t.shape[0], N, heads, E // heads).permute(1, 2, 0, 3)
+
+    q = split(F.linear(q_in, wq, bq))
+    k = split(F.linear(k_in, wk, bk))
+    v = split(F.linear(v_in, wv, bv))
+    pattern = ((q @ k.transpose(-2, -1)) / math.sqrt(E // heads)).softmax(-1).detach()
+    out = (pattern @ v).permute(2, 0, 1, 3).reshape(L, N, E)
+    out = F.linear(out, p["out_proj_weight"], p["out_proj_bias"])
+    weights = None
+    if p["need_weights"]:
+        weights = pattern.mean(1) if p["average_attn_weights"] else pattern
+    return out, weights
+
+
+@contextmanager
+def frozen(model: LoadedModel):
+    """Within the block, ``model.module`` runs linear in its activations, with attention
+    patterns, LayerNorm scales and activation gates frozen at the values of the pass (what
+    attribution graphs do): the gradient of a later layer with respect to an earlier one is then
+    exactly the linear map of the frozen network, at the images run."""
+    with _Freeze():
+        yield
+
+
+def _operating_images(model: LoadedModel, images: torch.Tensor | None) -> torch.Tensor:
+    if images is None:
+        return _image(model, 1)
+    side = model.input_size
+    x = images.to(model.device, _dtype(model))
+    if x.shape[-2:] != (side, side):
+        x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+    return model.preprocess(x)
+
+
+def _frozen_linear(model: LoadedModel, src: LayerInfo, tgt: LayerInfo | None, chans: list[int],
+                   images: torch.Tensor | None) -> torch.Tensor:
+    """Expanded weights through attention: the gradient of each target's centre (or logit) with
+    respect to the whole source map, in the frozen network (:func:`frozen`), averaged over the
+    operating-point ``images``."""
+    x = _operating_images(model, images)
+    n_img = x.shape[0]
+    n_out = tgt.channels if tgt else _n_logits(model)
+    per = max(1, 32 // n_img)
+    out = []
+    for start in range(0, len(chans), per):
+        part = chans[start:start + per]
+        n = len(part)
+        coef = torch.zeros(n, n_out, dtype=_dtype(model), device=model.device)
+        coef[torch.arange(n), torch.as_tensor(part)] = 1.0 / n_img
+        state: dict = {}
+
+        def on_source(act, _hook):
+            delta = torch.zeros((n, *act.shape[1:]), dtype=act.dtype, device=act.device,
+                                requires_grad=True)
+            state["src"] = delta
+            return act.detach() + delta.repeat_interleave(n_img, dim=0)
+
+        with torch.enable_grad(), frozen(model):
+            with hooks(model, [(src.name, on_source)],
+                       stop_at=tgt.name if tgt is not None else None,
+                       capture=[tgt.name] if tgt is not None else ()) as acts:
+                logits = forward(model, x.repeat(n, 1, 1, 1))
+            value = acts[tgt.name] if tgt is not None else logits
+            if tgt is None and value.dim() != 2:
+                raise CircuitsError(f"the model's output has shape {tuple(value.shape)}, not "
+                                    "(N, classes); it has no logits to explain")
+            if value.dim() == 4:
+                value = value[:, :, value.shape[2] // 2, value.shape[3] // 2]
+            value = value.reshape(n, n_img, -1)
+            if "src" not in state or not value.requires_grad:
+                raise CircuitsError(f"{tgt.name if tgt else 'the logits'!r} does not depend on "
+                                    f"layer {src.name!r}")
+            total = (value * coef[:, None, :]).sum()
+            (grad,) = torch.autograd.grad(total, state["src"])
+        out.append(grad.detach())
     return torch.cat(out)

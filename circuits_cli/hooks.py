@@ -20,6 +20,7 @@ it). Modelled on TransformerLens's ``HookPoint`` and ``run_with_hooks``:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,11 +41,40 @@ class HookPoint:
     """Where a hook function is attached: ``name`` as the caller wrote it resolved to the layer's
     canonical name, ``module`` the dotted path of the module whose output it is. ``inputs`` holds
     the module's positional inputs while a hook function runs (a linearized ReLU returns
-    ``hook.inputs[0]``)."""
+    ``hook.inputs[0]``). ``tokens`` is the view of a token layer (:func:`to_map`): hook
+    functions of such a point see, and return, a feature map (N, D, h, w)."""
 
     name: str
     module: str
     inputs: tuple = field(default=(), repr=False)
+    tokens: tuple[str, int] | None = None
+
+
+def to_map(x: torch.Tensor, tokens: tuple[str, int] | None) -> torch.Tensor:
+    """A token sequence (N, T, D) as a feature map: ``("patches", P)`` the tokens after the P
+    prefix tokens on their square grid (N, D, h, w); ``("cls", i)`` token i, (N, D, 1, 1)."""
+    if tokens is None:
+        return x
+    kind, k = tokens
+    if kind == "cls":
+        return x[:, k, :, None, None]
+    patches = x[:, k:, :]
+    side = math.isqrt(patches.shape[1])
+    return patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
+
+
+def from_map(x: torch.Tensor, m: torch.Tensor, tokens: tuple[str, int] | None) -> torch.Tensor:
+    """The token sequence ``x`` with the positions of :func:`to_map`'s view replaced by the map
+    ``m`` (a batch of one in ``x`` is broadcast to ``m``'s batch)."""
+    if tokens is None:
+        return m
+    if x.shape[0] != m.shape[0] and x.shape[0] == 1:
+        x = x.expand(m.shape[0], *x.shape[1:])
+    seq = m.flatten(2).transpose(1, 2).to(x.dtype)
+    kind, k = tokens
+    if kind == "cls":
+        return torch.cat([x[:, :k], seq, x[:, k + 1:]], dim=1)
+    return torch.cat([x[:, :k], seq], dim=1)
 
 
 def _root(net) -> nn.Module:
@@ -59,7 +89,7 @@ def resolve(net, point: str) -> HookPoint:
         net.get_submodule(point)  # raises AttributeError for a wrong path
         return HookPoint(point, point)
     info = net.layer(point)
-    return HookPoint(info.name, info.module)
+    return HookPoint(info.name, info.module, tokens=getattr(info, "tokens", None))
 
 
 @contextmanager
@@ -69,19 +99,25 @@ def hooks(net, fwd_hooks: Sequence[tuple[str, HookFn]] = (),
     """While active, forward passes of ``net`` run ``fwd_hooks``, stop once every ``stop_at``
     point is computed, and fill the yielded dict with the (possibly replaced) activations of the
     ``capture`` and ``stop_at`` points. Run the pass through :func:`forward` (or catch
-    :class:`StopForward` yourself). Hooks on one point run in the order given."""
+    :class:`StopForward` yourself). Hooks on one point run in the order given; several points
+    on one module (a token layer's patches and its class token) run in the order named."""
     stops = [stop_at] if isinstance(stop_at, str) else list(stop_at or [])
-    points: dict[str, HookPoint] = {}
+    points: dict[str, HookPoint] = {}  # canonical name -> point
+    by_module: dict[str, list[str]] = {}  # module path -> canonical names on it
     fns: dict[str, list[HookFn]] = {}
+    keep: set[str] = set()  # canonical names to record
+
+    def add(name: str) -> HookPoint:
+        hp = resolve(net, name)
+        if hp.name not in points:
+            points[hp.name] = hp
+            by_module.setdefault(hp.module, []).append(hp.name)
+        return points[hp.name]
+
     for name, fn in fwd_hooks:
-        hp = resolve(net, name)
-        points.setdefault(hp.module, hp)
-        fns.setdefault(hp.module, []).append(fn)
-    keep: dict[str, str] = {}  # module path -> canonical name to record
+        fns.setdefault(add(name).name, []).append(fn)
     for name in [*capture, *stops]:
-        hp = resolve(net, name)
-        points.setdefault(hp.module, hp)
-        keep[hp.module] = hp.name
+        keep.add(add(name).name)
     wanted = {resolve(net, name).name for name in stops}
     acts: dict[str, torch.Tensor] = {}
     done: set[str] = set()  # stop points computed in the current pass
@@ -89,31 +125,37 @@ def hooks(net, fwd_hooks: Sequence[tuple[str, HookFn]] = (),
     handles = []
 
     def make(path: str):
-        hp = points[path]
+        names = by_module[path]
 
         def hook(_m, inputs, out):
-            replaced = None
-            hp.inputs = inputs
-            try:
-                for fn in fns.get(path, ()):
-                    new = fn(out if replaced is None else replaced, hp)
-                    if new is not None:
-                        replaced = new
-            finally:
-                hp.inputs = ()
-            if path in keep:
-                acts[keep[path]] = out if replaced is None else replaced
-                done.add(keep[path])
+            current, changed = out, False
+            for name in names:
+                hp = points[name]
+                view = to_map(current, hp.tokens)
+                replaced = None
+                hp.inputs = inputs
+                try:
+                    for fn in fns.get(name, ()):
+                        new = fn(view if replaced is None else replaced, hp)
+                        if new is not None:
+                            replaced = new
+                finally:
+                    hp.inputs = ()
+                if replaced is not None:
+                    current, changed = from_map(current, replaced, hp.tokens), True
+                if name in keep:
+                    acts[name] = view if replaced is None else replaced
+                    done.add(name)
             if wanted and wanted.issubset(done):
                 raise StopForward
-            return replaced
+            return current if changed else None
 
         return hook
 
     try:
         if wanted:  # a new pass starts with nothing computed
             handles.append(root.register_forward_pre_hook(lambda _m, _i: done.clear()))
-        for path in points:
+        for path in by_module:
             handles.append(root.get_submodule(path).register_forward_hook(make(path)))
         yield acts
     finally:
@@ -205,3 +247,36 @@ def probe(module: nn.Module, inputs: torch.Tensor,
     with hooks(module, [(p, record(p)) for p in paths]):
         forward(module, inputs)
     return seen
+
+
+def select_output(module: nn.Module, key: int | str) -> Any:
+    """Make ``module`` return ``out[key]`` instead of its whole output (a tuple or a dict, e.g.
+    logits plus features): a persistent hook on the root, so every forward pass, hooked or not,
+    sees the logits alone. Returns the handle (``.remove()`` undoes it)."""
+
+    def pick(_m, _inputs, out):
+        return out[key]
+
+    return module.register_forward_hook(pick)
+
+
+@torch.no_grad()
+def dataflow(module: nn.Module, inputs: torch.Tensor, paths: Sequence[str]
+             ) -> list[tuple[str, torch.Tensor | None, torch.Tensor | None]]:
+    """One forward pass of ``module`` recording, in call order, ``(path, output, first input)``
+    of each module in ``paths`` the first time it runs (None where not a tensor). The tensors
+    are kept alive, so two entries holding the same tensor (a block and its last module, an
+    in-place ReLU and the conv before it) can be recognised by identity."""
+    seen: dict[str, tuple] = {}
+
+    def record(path):
+        def fn(out, hook):
+            if path not in seen:
+                first = hook.inputs[0] if hook.inputs else None
+                seen[path] = (out if isinstance(out, torch.Tensor) else None,
+                              first if isinstance(first, torch.Tensor) else None)
+        return fn
+
+    with hooks(module, [(p, record(p)) for p in paths]):
+        forward(module, inputs)
+    return [(path, out, first) for path, (out, first) in seen.items()]

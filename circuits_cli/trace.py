@@ -30,6 +30,7 @@ from .connections import (
     rank_inputs,
     resolve_method,
     through_decoders,
+    through_tokens,
     unit_weights,
 )
 from .errors import CircuitsError
@@ -38,6 +39,12 @@ from .zoo.base import LoadedModel
 
 FORMAT = "circuits-circuit/1"
 SKIPPED_KINDS = ("pool", "norm")  # layers a hop reads through, never stops at
+#: What each method of a hop means, said under the circuit: only ``exact`` is the weights alone.
+HOP_NOTES = {"linear": "the linear approximation: ReLUs as identity, max-pools as average "
+                       "pools; a residual block's skip path is an input like its convs",
+             "frozen": "through attention: the linear map with attention patterns, LayerNorm "
+                       "scales and activation gates frozen on the operating-point images; "
+                       "kernels span the token grid, to the target's centre patch"}
 
 
 @dataclass
@@ -175,17 +182,41 @@ def previous_layer(model: LoadedModel, layer: str) -> str | None:
     if block is not None:
         prev = model.layer(block.input).name
     else:
-        prev = None
-        for cand in reversed(names[:names.index(name)]):
-            if model.layers[cand].kind in ("conv", "block"):
-                prev = cand
-                break
-        return prev
+        return _previous_in_order(model, canonical_layer(model, name))
     while prev is not None and model.layers[prev].kind in SKIPPED_KINDS:
         i = names.index(prev)
         prev = next((c for c in reversed(names[:i]) if model.layers[c].kind not in SKIPPED_KINDS
                      and model.layers[c].kind != "branch"), None)
     return prev
+
+
+def canonical_layer(model: LoadedModel, layer: str) -> str:
+    """The layer ``layer`` collapses into for tracing (itself unless it is an alias: a block
+    and its last block hold one tensor; conv, BatchNorm and ReLU are one layer)."""
+    info = model.layer(layer)
+    return info.alias_of or info.name
+
+
+def _previous_in_order(model: LoadedModel, name: str) -> str | None:
+    """The previous layer in forward order that a hop reads: aliases and class-token views are
+    skipped, and so is everything inside the target when it is a block (so a residual block
+    reads the block before it, the identity path included, and a conv inside a block reads the
+    conv before it)."""
+    names = list(model.layers)
+    members = [name] + [n for n, i in model.layers.items() if i.alias_of == name]
+    own = model.layers[name].module
+    inside = [model.layers[m].module for m in members
+              if list(model.module.get_submodule(model.layers[m].module).children())
+              and not own.startswith(model.layers[m].module + ".")]
+    scope = max(inside, key=lambda p: p.count(".")) if inside else None
+    for cand in reversed(names[:names.index(name)]):
+        info = model.layers[cand]
+        if info.kind not in ("conv", "block", "tokens") or info.alias_of or info.module == own:
+            continue  # (the patches of the block whose class token is the target: one output)
+        if scope is not None and info.module.startswith(scope + "."):
+            continue
+        return cand
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,18 +248,21 @@ def hop_top_k(top_k: int | Sequence[int], depth: int) -> list[int]:
 
 def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int | Sequence[int] = 3,
           source: str | None = None, method: str = "auto",
-          features: dict[str, list[Unit]] | None = None) -> Circuit:
+          features: dict[str, list[Unit]] | None = None,
+          images: torch.Tensor | None = None) -> Circuit:
     """The circuit of ``unit``: its ``top_k`` strongest inputs, theirs, ... over ``depth`` hops
     (``top_k`` one number, or one per hop). All units of one hop are computed in one batched
     call. ``features`` maps a layer to the
     dictionary features of an SAE on it (:func:`circuits_cli.units.sae_features`): a hop into
     that layer ranks its features (through their decoder directions) instead of its neurons,
     so SAEs on successive
-    layers give a feature circuit."""
+    layers give a feature circuit. A hop through token layers (a transformer's residual
+    stream) freezes attention on ``images`` ([0, 1] RGB; default a mid-grey image) and says so
+    in the circuit's note."""
     if depth < 1:
         raise CircuitsError(f"depth must be at least 1, got {depth}")
     ks = hop_top_k(top_k, depth)
-    info = model.layer(unit.layer)
+    info = model.layer(canonical_layer(model, unit.layer))
     if is_neuron(unit):
         if not 0 <= unit.channel < info.channels:
             raise CircuitsError(f"channel {unit.channel} is out of range for layer "
@@ -250,11 +284,20 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int | Sequence[
     for hop in range(depth):
         src = source if hop == 0 and source is not None else previous_layer(model, layer)
         if src is None:
-            circuit.note = f"stopped after {hop} hop(s): {layer!r} reads the network's input"
+            circuit.note = "; ".join(x for x in (
+                circuit.note, f"stopped after {hop} hop(s): {layer!r} reads the network's "
+                              "input") if x)
             break
         used = resolve_method(model, src, layer, method)
         with torch.no_grad():
-            kernels = _frontier_weights(model, src, layer, frontier, used)
+            kernels = _frontier_weights(model, src, layer, frontier, used, images)
+        if through_tokens(model, src, layer):
+            used = "frozen"
+            where = (f"{len(images)} image(s)" if images is not None else "a mid-grey image")
+            frozen_note = (f"hops through token layers use attention patterns, LayerNorm "
+                           f"scales and activation gates frozen on {where}")
+            if frozen_note not in circuit.note:
+                circuit.note = "; ".join(x for x in (circuit.note, frozen_note) if x)
         kernels = kernels.detach().cpu().double()
         dictionary = features.get(src) if features else None
         if dictionary:  # rank the source layer's dictionary features, not its neurons
@@ -281,17 +324,18 @@ def trace(model: LoadedModel, unit: Unit, depth: int = 2, top_k: int | Sequence[
 
 
 def _frontier_weights(model: LoadedModel, source: str, layer: str, frontier: list[Unit],
-                      method: str) -> torch.Tensor:
+                      method: str, images: torch.Tensor | None = None) -> torch.Tensor:
     """Expanded weights ``[len(frontier), C_in, h, w]`` into the units of one hop: neurons in
     one batched call, directions and features through their encoders."""
     neurons = [u for u in frontier if is_neuron(u)]
     rows: dict[Unit, torch.Tensor] = {}
     if neurons:
-        k = expanded_weights(model, source, layer, [u.channel for u in neurons], method=method)
+        k = expanded_weights(model, source, layer, [u.channel for u in neurons], method=method,
+                             images=images)
         rows.update(zip(neurons, k, strict=True))
     for u in frontier:
         if u not in rows:
-            rows[u] = unit_weights(model, source, u, method)
+            rows[u] = unit_weights(model, source, u, method, images=images)
     return torch.stack([rows[u] for u in frontier])
 
 
@@ -381,8 +425,9 @@ def render_tree(circuit: Circuit) -> str:
     lines = [f"Circuit of {circuit.target} ({circuit.model}), {len(circuit.hops)} hop(s), "
              f"{circuit.breadth()}"]
     for hop in circuit.hops:
+        how = HOP_NOTES.get(hop.method, "")
         lines.append(f"  {hop.source} -> {hop.target}: {hop.method} expanded weights, kernels "
-                     f"{hop.kernel_size[0]}x{hop.kernel_size[1]}")
+                     f"{hop.kernel_size[0]}x{hop.kernel_size[1]}" + (f" ({how})" if how else ""))
 
     def walk(node_id: str, indent: int, seen: set[str]) -> None:
         for edge in circuit.inputs(node_id):

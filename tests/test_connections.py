@@ -235,7 +235,7 @@ def test_rank_inputs_orders_by_l2_norm_and_keeps_sign():
     assert ranked[0].strength == pytest.approx(3.0)
     assert isinstance(ranked[0], Connection) and ranked[0].kernel.shape == (3, 3)
     np.testing.assert_array_equal(ranked[1].kernel, k[2])
-    assert len(rank_inputs(k)) == 4
+    assert len(rank_inputs(k)) == 3  # channel 3 is all zero: not an input, never listed
     with pytest.raises(CircuitsError):
         rank_inputs(k, top_k=0)
 

@@ -22,7 +22,8 @@ PACKAGE = Path(zoo.__file__).resolve().parent
 #: Output classes of each registered model (from the papers / the checkpoints).
 NUM_CLASSES = {"inceptionv1": 1008, "googlenet-bvlc": 1000, "toy": 8}
 #: Modules that build families of models named by a pattern rather than one registered name.
-FAMILIES = {"circuits_cli.zoo.torchvision_models", "circuits_cli.zoo.user"}
+FAMILIES = {"circuits_cli.zoo.torchvision_models", "circuits_cli.zoo.timm_models",
+            "circuits_cli.zoo.user"}
 
 
 @pytest.fixture

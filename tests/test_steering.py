@@ -47,6 +47,10 @@ def test_boosting_and_suppressing_the_red_copy(planted, world, tmp_path):
     res = steer(planted, Unit("relu3", 1), world, mode="add", strengths=[0.0, 2.0],
                 cache_dir=tmp_path / "c")
     assert res.supported[0] == 0
+    # all three classes are "supported" by default: no other image can move into them
+    assert res.measures(res.levels[1])["moved_into_supported"] is None
+    res = steer(planted, Unit("relu3", 1), world, mode="add", strengths=[0.0, 2.0],
+                supported=[0], cache_dir=tmp_path / "c")
     red = np.flatnonzero(res.true == 0)
     assert len(red) == 8  # the planted red-square scenes, labelled by their folder
     clean, boosted = (res.measures(lv) for lv in res.levels)

@@ -179,7 +179,8 @@ def default_class_layers(model: LoadedModel) -> list[str]:
     last conv/block layer when it has no blocks."""
     if model.blocks:
         return list(model.blocks)[-2:]
-    convs = [n for n, i in model.layers.items() if i.kind in ("conv", "block")]
+    convs = [n for n, i in model.layers.items() if i.kind in ("conv", "block")
+             and not i.alias_of]
     return convs[-1:]
 
 
@@ -502,11 +503,22 @@ def build_atlas(plan: AtlasPlan, *, progress: bool = True,
         for layer, units in by_layer.items():
             prev = previous_layer(model, layer)
             reader = reader_of(model, layer)
+            if model.layer(layer).tokens is not None:
+                # every unit's inputs and outputs through attention would take one frozen
+                # forward pass per few units of two whole layers: 'circuits trace' does it for
+                # the units one asks about
+                if progress:
+                    echo(f"atlas: {layer} is a token layer: its pages list no inputs, outputs "
+                         "or classes (connections through attention: circuits trace UNIT)")
+                prev = reader = None
+            elif progress and (prev is not None or reader is not None):
+                echo(f"atlas: expanded weights around {layer} "
+                     f"({' and '.join(x for x in (prev, reader) if x)})...")
             if prev is not None:
                 weights.pair(prev, layer)
             if reader is not None:
                 weights.pair(layer, reader)
-            if layer in plan.class_layers:
+            if layer in plan.class_layers and model.layer(layer).tokens is None:
                 weights.classes(layer)
             with timer.phase("rendering"):
                 renders = _render_layer(plan, units, kinds_of[layer], bar)

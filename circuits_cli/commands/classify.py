@@ -119,6 +119,7 @@ def classify(images, top_k, as_json, quiet, batch, load_model):
 
     files, not_images = find_images(images)
     model = load_model()
+    model.require_logits()
     failed: list[Path] = []
     predictions, _ = classify_files(model, files, top=top_k, batch=batch, progress=not quiet,
                                     failed=failed)

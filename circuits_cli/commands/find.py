@@ -62,6 +62,7 @@ def find(class_name, layer, top_k, images, n_examples, sae, as_json, quiet, batc
 
     imgs = image_set(list(images)) if images else None
     model = load_model()
+    model.require_logits()
     if imgs is not None:
         check_cache_writable(cache_dir)
         set_interrupt_note("finished chunks of the activation pass are kept in the cache; "

@@ -25,7 +25,8 @@ import click
 
 CACHE_ENV = "CIRCUITS_CACHE"
 METHOD_HELP = ("How to compute expanded weights: exact (kernels multiplied out: a conv feeding a "
-               "conv, an Inception block's input to its output), linear (the linear "
+               "conv, BatchNorm folded in, an Inception block's input to its output), linear "
+               "(the linear "
                "approximation: ReLU as identity, max-pool as average pool; any two layers), "
                "auto (exact where it exists).")
 

@@ -164,7 +164,9 @@ def describe(s) -> str:
                      f"any image), dense {100 * m.get('dense_fraction', 0):.1f}% (fire on >10% "
                      "of positions)")
         ds = m.get("downstream") or {}
-        if ds:
+        if ds.get("skipped"):
+            lines.append(f"  downstream   not measured ({ds['skipped']})")
+        elif ds:
             rec = ds.get("kl_fraction_recovered")
             lines.append(f"  downstream   {ds['images']} images, top-1 against "
                          f"{ds['against']}: clean {ds['top1_clean']:.3f}, SAE spliced "

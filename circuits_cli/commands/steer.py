@@ -64,6 +64,7 @@ def steer(unit, images, mode, strengths, classes, n_supported, out_dir, as_json,
 
     imgs = image_set(list(images))
     model = load_model()
+    model.require_logits()
     target = parse_unit(unit, model)
     supported = None
     if classes is not None:

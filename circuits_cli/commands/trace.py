@@ -119,8 +119,14 @@ def trace(unit, load_model, depth, top_k, source, method, steps, size, seed, par
     from ..units import sae_features
 
     features = dict(sae_features(model, folder) for folder in saes)
+    operating = None
+    if image_set is not None and any(i.tokens is not None for i in model.layers.values()):
+        from ..images import load_images  # attention is frozen on the first images given
+
+        operating = load_images(image_set.paths[:4], size=model.input_size,
+                                resize=round(model.input_size * 256 / 224))[0]
     circuit = trace_circuit(model, target, depth=depth, top_k=top_k, source=source,
-                            method=method, features=features)
+                            method=method, features=features, images=operating)
     if image_set is not None:  # examples/UNIT.png of every node: checked before the renders
         from ..evidence import check_evidence_outputs
 

@@ -37,14 +37,18 @@ def _norm(text: str) -> str:
 
 
 def lookup_class(model: LoadedModel, query: str | int) -> int:
-    """A class index from an index (``817``), a wnid (``n04285008``) or a name (``sports car``,
+    """A class index from an index (``817``, or ``class 817`` / ``[817]`` as ``classify``
+    prints it), a wnid (``n04285008``) or a name (``sports car``,
     case, ``_`` and ``-`` ignored; a unique part of a name also works). A miss or an ambiguous
     name is a :class:`CircuitsError` with suggestions."""
     n = len(model.labels) or len(model.class_ids)
     q = str(query).strip()
+    printed = re.fullmatch(r"class\s+(\d+)|\[(\d+)\]", q.lower())
+    if printed and not any(_norm(lab) == _norm(q) for lab in model.labels):
+        q = printed[1] or printed[2]  # what classify prints for a class: "class 3", "[3]"
     if n == 0 and not re.fullmatch(r"\d+", q):
         raise CircuitsError(f"model {model.name!r} has no class labels; give the class as an "
-                            "index")
+                            "index (or as classify prints it, 'class 3'), or pass --labels FILE")
     if re.fullmatch(r"\d+", q):
         idx = int(q)
         if n and not 0 <= idx < n:
@@ -148,6 +152,7 @@ def find_units(model: LoadedModel, query: str | int, layer: str, *, top: int = 1
     ``units``: the candidates (default: every neuron of the layer), e.g. the dictionary
     features of an SAE on it; a unit's weight is its decoder direction applied to the layer's
     expanded weights to the logit, its activation its read-out."""
+    model.require_logits()
     if top < 1:
         raise CircuitsError(f"--top must be at least 1, got {top}")
     info = model.layer(layer)

@@ -154,6 +154,7 @@ class SteeringResult:
         p, clean = level.probs, self.clean
         sup_rows, unrel, others = (self._rows(w) for w in ("supported", "unrelated", "others"))
         changed = np.flatnonzero(level.top1 != clean.argmax(1))
+        outside = others[~np.isin(clean.argmax(1)[others], self.supported)]
         to = Counter(self.labels[c] for c in level.top1[changed])
         kl = (clean * (np.log(np.clip(clean, 1e-12, None))
                        - np.log(np.clip(p, 1e-12, None)))).sum(1)
@@ -165,7 +166,9 @@ class SteeringResult:
             "changed_top1": int(len(changed)),
             "changed_to": dict(to.most_common(5)),
             "supported_prob_all": float(sup_prob.mean()),
-            "moved_into_supported": _share(np.isin(level.top1[others], self.supported)),
+            # of the other images not already predicted as a supported class, the share that
+            # now is (so strength 0, or a model whose logits tie, moves nothing in)
+            "moved_into_supported": _share(np.isin(level.top1[outside], self.supported)),
             "supported_prob_on_supported": _mean(sup_prob[sup_rows]),
             "top1_on_supported": _share(level.top1[sup_rows] == self.true[sup_rows]),
             "top5_share_others": _mean(top5[others], none_if_nan=True),
@@ -264,6 +267,7 @@ def steer(model: LoadedModel, unit: Unit, images: str | Path | Sequence[str | Pa
 
     ``reference``: the activation that strength 1 stands for (default: the unit's largest
     activation over ``images``)."""
+    model.require_logits()
     from ..images import iter_batches
 
     if mode not in MODES:

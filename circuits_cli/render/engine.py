@@ -334,9 +334,11 @@ class Optimized:
 
 
 def to_model_input(model: LoadedModel, images01: torch.Tensor) -> torch.Tensor:
-    """Upsample images smaller than the model's input size (as lucent does) and preprocess."""
+    """Upsample images smaller than the model's input size (as lucent does) and preprocess; a
+    model that takes only its own size (a transformer's position embeddings) gets exactly it."""
     size = model.input_size
-    if images01.shape[-1] < size or images01.shape[-2] < size:
+    if images01.shape[-1] < size or images01.shape[-2] < size or (
+            model.fixed_input_size and tuple(images01.shape[-2:]) != (size, size)):
         images01 = F.interpolate(images01, size=(size, size), mode="bilinear",
                                  align_corners=True)
     return model.preprocess(images01)

@@ -174,6 +174,7 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
     col_gap = 3.3 if n_cols > 1 else 0  # horizontal room for the edges and their heatmaps
     heat = 0.72                         # edge heatmap side
     margin_x, top, bottom = 0.5, 1.25, 1.45
+    bottom += 0.15 * max(0, len(circuit.note) // 80)  # a long note wraps onto more lines
     width = max(2 * margin_x + n_cols * thumb + (n_cols - 1) * col_gap, 7.5)
     # the legend's last line must fit: widen the figure for it (it was cut at the right edge)
     bar_w = min(3.2, width * 0.34)
@@ -206,7 +207,8 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
                 fontweight="bold", color=INK)
     for d, hop in enumerate(circuit.hops[:n_cols - 1]):
         x = x_left + (n_cols - 1 - d) * (thumb + col_gap) - col_gap / 2
-        text = "exact weights" if hop.method == "exact" else "linear approximation"
+        text = {"exact": "exact weights", "frozen": "attention frozen"}.get(
+            hop.method, "linear approximation")
         ax.text(x, height - top + 0.32, text, ha="center", va="bottom", fontsize=9,
                 color=MUTED, style="italic")
 
@@ -269,10 +271,10 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
     ax.text(width / 2, height - 0.55, sub, ha="center", va="top", fontsize=9.5, color=MUTED)
 
     # legend: weight colour scale, line colour and width
-    _colorbar(fig, (0.5 / width, 0.62 / height, bar_w / width, 0.16 / height),
+    _colorbar(fig, (0.5 / width, (0.62 + bottom - 1.45) / height, bar_w / width, 0.16 / height),
               "weight / target unit's largest |weight|")
     lx = 0.5 + bar_w + 0.6
-    ly = 0.98
+    ly = 0.98 + (bottom - 1.45)
     for dy, colour, text in ((0.0, RED, "excites (kernel sum > 0)"),
                              (-0.3, BLUE, "inhibits (kernel sum < 0)")):
         ax.plot([lx, lx + 0.5], [ly + dy, ly + dy], color=colour, lw=3, alpha=0.8)
@@ -282,7 +284,10 @@ def draw_circuit(circuit, path: Path, images: Mapping[str, np.ndarray] | None = 
     ax.text(lx + 1.5, ly - 0.6, STRENGTH_LEGEND, va="center", fontsize=9, color=INK)
     if circuit.note:
         # under the legend's lines, where it cannot run into them
-        ax.text(lx, ly - 0.85, circuit.note, ha="left", va="center", fontsize=8, color=MUTED)
+        import textwrap
+
+        ax.text(lx, ly - 0.75, "\n".join(textwrap.wrap(circuit.note, 80)), ha="left",
+                va="top", fontsize=8, color=MUTED)
     return save_figure(fig, path, dpi)
 
 

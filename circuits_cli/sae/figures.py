@@ -55,7 +55,7 @@ def metrics_figure(sae, metrics: dict, history: list[dict], frequency: torch.Ten
 
     ax = axes[2]
     ds = metrics.get("downstream") or {}
-    if ds:
+    if ds and not ds.get("skipped"):
         names = ["clean", "SAE spliced", "mean-ablated"]
         vals = [ds["top1_clean"], ds["top1_sae"], ds["top1_mean_ablation"]]
         bars = ax.bar(names, vals, color=["0.6", "C0", "C3"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -171,9 +172,15 @@ def train_layer_sae(model, layer: str, images, out: str | Path, cfg: TrainConfig
     if fidelity:
         paths = [acts.paths[i] for i in eval_rows]
         mean = mean_map(acts.maps, train_rows)
-        metrics["downstream"] = downstream_fidelity(
-            model, info.name, sae, paths, mean, batch_size=batch_size,
-            size=acts.preprocessing.get("size"), resize=acts.preprocessing.get("resize"))
+        try:  # the SAE is trained: a model whose logits cannot be read must not lose it
+            metrics["downstream"] = downstream_fidelity(
+                model, info.name, sae, paths, mean, batch_size=batch_size,
+                size=acts.preprocessing.get("size"), resize=acts.preprocessing.get("resize"))
+        except (CircuitsError, RuntimeError, TypeError, IndexError) as err:
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            metrics["downstream"] = {"skipped": reason}
+            warnings.warn(f"downstream fidelity was not measured ({reason}); the SAE is "
+                          "saved without it", stacklevel=2)
     metrics["training"] = {"steps": tinfo["steps"], "samples_seen": tinfo["steps"]
                            * cfg.batch_size, "epochs": tinfo["steps"] * cfg.batch_size
                            / (len(train_rows) * math.prod(acts.shape[1:])),

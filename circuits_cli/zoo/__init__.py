@@ -8,6 +8,8 @@ Names:
 - ``toy``: a small InceptionV1-style network trained on the procedural toy world, shipped with the
   package.
 - ``torchvision:NAME``: any torchvision classification model with its default pretrained weights.
+- ``timm:NAME``: any timm model (pretrained weights from the Hugging Face hub when online; random
+  or ``--weights FILE`` offline), with the input size and normalisation of its config.
 - ``path/to/file.py:factory``: a user's own model, ``factory()`` returning an ``nn.Module``.
 
 The named models register with :func:`~circuits_cli.zoo.registry.register_model`; how each one's
@@ -51,7 +53,7 @@ def __getattr__(name: str):  # LayerInfo, LoadedModel: imported (with torch) whe
 
 
 def model_names() -> list[str]:
-    return registry.names() + ["torchvision:NAME", "FILE.py:FACTORY"]
+    return registry.names() + ["torchvision:NAME", "timm:NAME", "FILE.py:FACTORY"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -79,14 +81,18 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def load_model(name: str | None = None, weights: str | Path | None = None,
-               device: str | torch.device | None = "cpu", pretrained: bool = True
-               ) -> LoadedModel:
+               device: str | torch.device | None = "cpu", pretrained: bool = True,
+               output: str | None = None, labels: str | Path | None = None) -> LoadedModel:
     """Build a zoo model by name, load its weights and move it to ``device`` in eval mode.
 
     ``name`` defaults to ``$CIRCUITS_MODEL`` or ``inceptionv1``. ``weights`` is a local file that
     replaces the model's default weights (required offline for ``inceptionv1``), or ``"random"``
     (the same as ``pretrained=False``): random initial weights, seeded so that two builds are
     equal, with ``weights_id`` ``random:seed0``; nothing is read or downloaded.
+
+    ``output`` names the element of a tuple or dict output that holds the logits (a key or an
+    index); ``labels`` is a file of class names, one per line. Both are checked here, with one
+    forward pass, as is what a user's own model returns (:mod:`circuits_cli.zoo.outputs`).
     """
     import torch
 
@@ -102,20 +108,26 @@ def load_model(name: str | None = None, weights: str | Path | None = None,
             raise CircuitsError(f"weights file {str(weights)!r} does not exist; pass the path "
                                 "of a local weights file to --weights")
     dev = resolve_device(device)
+    if labels is not None and not Path(labels).expanduser().is_file():
+        raise CircuitsError(f"labels file {str(labels)!r} does not exist; give a text file "
+                            "with one class name per line")
     if name.startswith("torchvision:"):
         from .torchvision_models import build as family
+    elif name.startswith("timm:"):
+        from .timm_models import build as family
     elif ":" in name and name.split(":", 1)[0].endswith(".py"):
         from .user import build as family
     elif name in registry.MODULES:
         family = None
     else:
         raise CircuitsError(suggest(name, model_names(), "model")
-                            + " (or torchvision:NAME, or FILE.py:FACTORY for your own)")
+                            + " (or torchvision:NAME, timm:NAME, or FILE.py:FACTORY for your own)")
     with torch.random.fork_rng(devices=[]):
         if not pretrained:
             torch.manual_seed(RANDOM_SEED)
         if family is not None:
-            spec = name.split(":", 1)[1] if name.startswith("torchvision:") else name
+            spec = name.split(":", 1)[1] if name.startswith(("torchvision:", "timm:")) \
+                else name
             model = family(spec, weights, random=not pretrained)
         else:
             entry = registry.entry(name)
@@ -129,4 +141,15 @@ def load_model(name: str | None = None, weights: str | Path | None = None,
     model.module.eval()
     for p in model.module.parameters():
         p.requires_grad_(False)
-    return model.to(dev)
+    model = model.to(dev)
+    user = family is not None and family.__module__.endswith(".user")
+    if user or output is not None or labels is not None:
+        from .outputs import check_output, read_labels
+
+        check_output(model, output)
+        if labels is not None and model.no_logits:
+            raise CircuitsError(f"--labels names classes, and {model.no_logits}")
+        if labels is not None:
+            model.labels = read_labels(Path(labels), model.memo["zoo.n_classes"])
+            model.class_ids = []
+    return model

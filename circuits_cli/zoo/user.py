@@ -1,11 +1,14 @@
 """A user's own model: ``--model path/to/file.py:factory``.
 
-``factory()`` must return an ``nn.Module`` taking (N, 3, H, W) images. Optional attributes on the
-returned module customise it: ``input_size`` (int, default 224), ``preprocess`` (a function from
-[0, 1] RGB to the model's input; default ImageNet mean/std normalisation), ``labels`` (class
-names). ``--weights FILE`` loads a state dict into it; ``weights="random"`` keeps the factory's
-weights. Addressable layers: every module whose output is an image-shaped (N, C, H, W) tensor, in
-the order they run.
+``factory()`` must return an ``nn.Module`` taking (N, 3, H, W) images and returning class logits
+(N, classes): a tensor, or a tuple or dict holding one (``--output KEY|INDEX`` picks it; see
+:mod:`circuits_cli.zoo.outputs`). Optional attributes on the returned module customise it:
+``input_size`` (int or (H, W), square; default 224), ``mean`` and ``std`` (per-channel
+normalisation of [0, 1] RGB; default ImageNet's) or ``preprocess`` (any function from [0, 1] RGB
+to the model's input), ``labels`` (class names; ``--labels FILE`` gives them from a file).
+``--weights FILE`` loads a state dict into it; ``weights="random"`` keeps the factory's weights.
+Addressable layers: every module whose output is an image-shaped (N, C, H, W) tensor, and the
+token sequences (N, T, D) of a stack of blocks, in the order they run.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import CircuitsError
-from .base import LoadedModel, discover_layers, imagenet_normalize
+from .base import LoadedModel, discover_layers, imagenet_normalize, normalizer
 from .weights import read_state_dict, weights_id
 
 
@@ -64,10 +67,21 @@ def build(spec: str, weights: Path | None = None, random: bool = False) -> Loade
     else:
         wid = f"{path.name}:{factory_name}"
     net.eval()
-    size = int(getattr(net, "input_size", 224))
+    size = getattr(net, "input_size", 224)
+    if isinstance(size, (tuple, list)):  # (H, W) or (C, H, W)
+        if len(set(size[-2:])) != 1:
+            raise CircuitsError(f"{factory_name}() in {file!r}: input_size {tuple(size)} is not "
+                                "square; only square inputs are supported")
+        size = size[-1]
+    size = int(size)
+    preprocess = getattr(net, "preprocess", None)
+    if preprocess is None:
+        mean, std = getattr(net, "mean", None), getattr(net, "std", None)
+        preprocess = normalizer(mean, std) if mean is not None and std is not None \
+            else imagenet_normalize
     return LoadedModel(
         name=spec, module=net, layers=discover_layers(net, size, lambda _p, _m: True),
-        preprocess=getattr(net, "preprocess", imagenet_normalize), input_size=size,
+        preprocess=preprocess, input_size=size,
         labels=list(getattr(net, "labels", [])), weights_id=wid,
         description=f"user model {factory_name}() from {file}"
                     + (f", weights from {Path(weights).name}" if weights is not None else
