@@ -367,3 +367,29 @@ def test_a_vision_transformer_is_exact_with_its_attention_patterns_held():
     frozen = full.intervene("block1:3@0,5*0")["change"]
     free = full.intervene("block1:3@0,5*0", frozen=False)["change"]
     assert frozen != pytest.approx(0.0, abs=1e-7) and free != pytest.approx(0.0, abs=1e-7)
+
+
+def test_the_planted_copying_head_is_an_edge_at_the_right_tokens():
+    """The planted ViT (tests/planted_vit.py): its head copies channel 0 of patch K into channel
+    1 of patch Q with weight COPY. In the graph of an image, the edge from blocks.0 channel 0 at
+    K into blocks.1 channel 1 at Q is COPY x the source's activation, from no other patch."""
+    from planted_vit import COPY, KEY, QUERY
+
+    from circuits_cli.zoo import load_model
+
+    model = load_model(f"{__import__('planted_vit').__file__}:build")
+    x = _image(8, 32)
+    x[:, 0] = 1.0  # red everywhere: channel 0 (redness) is active at every patch
+    layers = ["blocks.0", "blocks.0/cls", "blocks.1", "blocks.1/cls"]
+    att = attribute(model, x, Target("unit", 1, "blocks.1", QUERY), layers[:2],
+                    max_nodes=0)
+    ln = att.layers[0]
+    a = att.offsets()[0][0]
+    row = att.rows[0]
+    src = [(int(u), int(y), int(xx)) for u, y, xx in zip(ln.units, ln.ys, ln.xs, strict=True)]
+    at_key = src.index((0, *KEY))
+    assert float(row[a + at_key]) == pytest.approx(COPY * float(ln.values[at_key]), rel=1e-4)
+    others = [float(row[a + i]) for i, (u, y, xx) in enumerate(src)
+              if u == 0 and (y, xx) not in (KEY, QUERY)]
+    assert max(abs(v) for v in others) < 1e-6
+    assert abs(float(row.sum() + att.bias[-1] - att.value[-1])) < 1e-5

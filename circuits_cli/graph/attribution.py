@@ -371,6 +371,12 @@ def attribute(model: LoadedModel, image01: torch.Tensor, target: Target, layers:
     t0 = time.perf_counter()
     model.module.eval()
     runner = _Runner(model, image01, layers, target, saes)
+    # A token layer read as its patch tokens leaves its class token uncut when the graph does
+    # not hold its "/cls" view too: paths through it reach the input around the cuts, so every
+    # row then takes the input's gradient as well (exact, at the cost of the full pass).
+    leaky = any(getattr(model.layers.get(n), "tokens", None) is not None
+                and model.layers[n].tokens[0] == "patches" and f"{n}/cls" not in layers
+                for n in layers)
     lnodes = _nodes(runner, merge)
     h, w = runner.x0.shape[-2:]
     grid = (max(1, -(-h // patch)), max(1, -(-w // patch)))
@@ -413,7 +419,7 @@ def attribute(model: LoadedModel, image01: torch.Tensor, target: Target, layers:
         b = len(nodes)
         kinds = [att.kind_of(i) for i in nodes]
         is_target = [k[0] == "target" for k in kinds]
-        first = any(k[0] == "node" and k[1] == 0 for k in kinds)
+        first = leaky or any(k[0] == "node" and k[1] == 0 for k in kinds)
         deepest = None if any(is_target) else lnodes[max(k[1] for k in kinds)].name
         precut, leaves, tval, xleaf = runner.run(b, input_grad=first, stop=deepest)
         outs, grads = [], []

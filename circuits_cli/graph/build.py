@@ -15,15 +15,34 @@ from .replacement import DESCRIPTION
 
 
 def default_layers(model: LoadedModel, target: Target) -> list[str]:
-    """Every block between the input and the target: the Inception (mixed) blocks, else the
-    model's feature-map layers that are not inside one another (top-level stages)."""
+    """Every block between the input and the target: the Inception (mixed) blocks; elsewhere
+    the elements of the network's sequences of blocks (a ResNet's residual blocks, a ViT's
+    transformer blocks, a ConvNeXt's stages and blocks: modules with children whose path ends
+    in an index, the innermost such), else its top-level feature-map layers."""
+    import re
+
     order = list(model.layers)
     end = order.index(model.layer(target.layer).name) if target.layer else len(order)
     if model.blocks:
         names = [b for b in model.blocks if order.index(b) < end]
     else:
-        names = [n for n in order[:end] if "." not in model.layers[n].module
-                 and model.layers[n].shape is not None and len(model.layers[n].shape) == 3]
+        infos = [model.layers[n] for n in order[:end]]
+        usable = [i for i in infos if i.shape is not None and len(i.shape) == 3
+                  and getattr(i, "alias_of", None) is None
+                  and (getattr(i, "tokens", None) or ("patches",))[0] == "patches"]
+        modules = dict(model.module.named_modules())
+        blocks = [i for i in usable if re.search(r"\.\d+$", i.module)
+                  and len(list(modules[i.module].children())) > 0]
+        paths = [b.module for b in blocks]
+        names = []
+        for b in blocks:
+            if any(p != b.module and p.startswith(b.module + ".") for p in paths):
+                continue
+            names.append(b.name)
+            if f"{b.name}/cls" in model.layers:  # a ViT block's class token, its own position
+                names.append(f"{b.name}/cls")
+        if not names:
+            names = [i.name for i in usable if "." not in i.module]
     if not names:
         raise CircuitsError("no layer lies between the input and the target; name them with "
                             "--layers")
