@@ -214,3 +214,41 @@ def test_a_crowded_layer_wraps_onto_sub_rows_and_stays_on_screen(browser, tmp_pa
     page.screenshot(path=str(tmp_path / "graph-crowded.png"))
     page.close()
     assert not errors, errors
+
+
+@pytest.mark.slow  # builds a toy graph first (about 15 s on 2 cores)
+def test_a_graph_the_tool_built_opens_and_its_nodes_answer(browser, tmp_path, monkeypatch):
+    """``circuits graph`` on a toy car scene, opened from file://: the window unit's node lists
+    exactly the inputs graph.json gives it, its recorded intervention is shown, and the
+    pictures the page names (image, crops) load."""
+    from cli_helpers import run
+    from PIL import Image
+
+    from circuits_cli.toy import world
+
+    monkeypatch.chdir(tmp_path)
+    img, _ = world.make_scene(3, "car")
+    Image.fromarray(img).save("car.png")
+    res = run("graph", "car.png", "-m", "toy", "--target", "car", "--layers",
+              "mixed4a,mixed4b", "--merge-positions", "--max-nodes", "120", "--batch-size",
+              "60", "--interventions", "3", "--out", "g")
+    assert res.exit_code == 0, res.output
+    graph = json.loads((tmp_path / "g" / "graph.json").read_text())
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto((tmp_path / "g" / "graph.html").resolve().as_uri())
+    window = "mixed4a:37"
+    _click(page, window)
+    inputs = _weights(page, "#node-inputs")
+    expect = {lk["source"]: lk["weight"] for lk in graph["links"] if lk["target"] == window}
+    assert inputs.keys() == expect.keys() and expect
+    for nid, w in expect.items():
+        assert inputs[nid] == pytest.approx(w, rel=1e-3, abs=5e-4)
+    rec = next(r for r in graph["interventions"] if r["node_id"] == window)
+    said = page.locator("#node-intervention").inner_text()
+    assert f"{rec['predicted']:+.3f}"[:5] in said and "(actual)" in said
+    assert page.eval_on_selector("#node-crop", "i => i.complete && i.naturalWidth") > 0
+    page.screenshot(path=str(tmp_path / "graph-real.png"), full_page=True)
+    assert not errors, errors
+    page.close()
