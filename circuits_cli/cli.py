@@ -26,6 +26,7 @@ COMMANDS = {
     "ablate": "circuits_cli.commands.ablate:ablate",
     "find": "circuits_cli.commands.find:find",
     "superposition": "circuits_cli.commands.superposition:superposition",
+    "cache": "circuits_cli.commands.cache:cache",
     "sae": "circuits_cli.commands.sae:sae",
     "steer": "circuits_cli.commands.steer:steer",
     "atlas": "circuits_cli.commands.atlas:atlas",
