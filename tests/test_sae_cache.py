@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from cli_helpers import assert_clean_error, run
 
 
