@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-BENCHES = ("connections", "evidence", "visualize", "visualize_gpu", "sae", "atlas")
+BENCHES = ("connections", "evidence", "visualize", "visualize_gpu", "sae", "scale", "atlas")
 
 
 def machine() -> dict:

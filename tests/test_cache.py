@@ -265,13 +265,38 @@ def test_launcher_local_runs_the_array_on_processes(tmp_path):
     merge; the cache equals the one a single job writes."""
     from circuits_cli.cache import open_cache
 
-    common = ["cache", "mixed4b", "-m", "toy", "--images", "toy:96", "--shard-images", "24",
+    common = ["cache", "mixed4b", "-m", "toy", "--images", "toy:64", "--shard-images", "16",
               "--positions", "2", "--workers", "0", "--quiet"]
-    r = run(*common, "--out", tmp_path / "arr", "--launcher", "local", "--jobs", "3")
+    r = run(*common, "--out", tmp_path / "arr", "--launcher", "local", "--jobs", "2")
     assert r.exit_code == 0, r.output
-    assert "96 images" in r.output
+    assert "64 images" in r.output
     logs = list((tmp_path / "arr" / ".submitit").rglob("*_log.out"))
-    assert len(logs) == 3  # three real jobs ran
+    assert len(logs) == 2  # two real jobs ran
     assert run(*common, "--out", tmp_path / "one").exit_code == 0
     assert _files(tmp_path / "arr") == _files(tmp_path / "one")
     assert open_cache(tmp_path / "arr").complete
+
+
+def test_launch_options_are_stripped_from_the_jobs_command_line():
+    from circuits_cli.launch import strip_launch_options
+
+    argv = ["atlas", "-m", "toy", "--launcher", "local", "--jobs=3", "--slurm-partition", "gpu",
+            "--layers", "4b", "--slurm-time", "9", "--out", "site"]
+    assert strip_launch_options(argv) == ["atlas", "-m", "toy", "--layers", "4b", "--out",
+                                          "site"]
+
+
+@pytest.mark.slow
+def test_launcher_local_visualize_runs_shards_then_gathers(tmp_path, monkeypatch):
+    """visualize --launcher local --jobs 2: two processes render every other unit (their logs
+    say which), then this run finds all four finished and writes the sheet."""
+    monkeypatch.chdir(tmp_path)
+    r = run("visualize", "mixed4b", "-m", "toy", "--units", "0-3", "--steps", "4", "--size",
+            "32", "--out", "v", "--launcher", "local", "--jobs", "2")
+    assert r.exit_code == 0, r.output
+    assert "0 unit(s) to render, 4 already finished" in r.output + r.stderr
+    logs = sorted(Path("v/.submitit").rglob("*_log.err"))
+    assert len(logs) == 2
+    assert Path("v/sheet.png").is_file() and len(list(Path("v/units").rglob("*.png"))) >= 4
+    assert_clean_error(run("visualize", "mixed4b", "-m", "toy", "--launcher", "local",
+                           "--shard", "0/2"), "--jobs")

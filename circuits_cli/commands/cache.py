@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .common import model_options, set_interrupt_note
-from .options import SHARD, warnings_to_stderr
+from .options import SHARD, launcher_options, warnings_to_stderr
 
 
 @click.command()
@@ -35,23 +35,11 @@ from .options import SHARD, warnings_to_stderr
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="DataLoader processes decoding images while the network runs (0: decode "
                    "in the main process).")
-@click.option("--launcher", type=click.Choice(["none", "local", "slurm"]), default="none",
-              show_default=True, help="Run --jobs array jobs through submitit: on Slurm, or as "
-                                      "local processes; then merge.")
-@click.option("--jobs", type=click.IntRange(min=1), default=4, show_default=True,
-              help="With --launcher: how many array jobs (one --shard each).")
-@click.option("--slurm-partition", default=None, help="With --launcher slurm: the partition.")
-@click.option("--slurm-time", type=click.IntRange(min=1), default=240, show_default=True,
-              help="With --launcher: minutes per job.")
-@click.option("--slurm-gpus", type=click.IntRange(min=0), default=1, show_default=True,
-              help="With --launcher slurm: GPUs per job.")
-@click.option("--slurm-cpus", type=click.IntRange(min=1), default=8, show_default=True,
-              help="With --launcher slurm: CPUs per job (decoding workers).")
+@launcher_options
 @click.option("--quiet", is_flag=True, help="No progress.")
 @model_options
-def cache(layers, images, out_dir, positions, shard, shard_images, seed, batch, workers,
-          launcher, jobs, slurm_partition, slurm_time, slurm_gpus, slurm_cpus, quiet,
-          load_model):
+def cache(layers, images, out_dir, positions, shard, shard_images, seed, batch, workers, launch,
+          quiet, load_model):
     """Write the activations of LAYER (or several, comma-separated) over SOURCE into a
     sharded cache: fixed-size shards of raw float16 rows (np.memmap-able) and JSON metadata,
     one row per sampled position of each image. Interrupted or killed, the same command
@@ -74,6 +62,7 @@ def cache(layers, images, out_dir, positions, shard, shard_images, seed, batch, 
     names = [n.strip() for n in layers.split(",") if n.strip()]
     if not names:
         raise CircuitsError("give at least one LAYER, e.g. mixed4b or mixed4a,mixed4b")
+    launcher = launch["launcher"]
     if launcher != "none" and shard is not None:
         raise CircuitsError("--shard is one job of an array; with --launcher the jobs are "
                             "started for you (use --jobs)")
@@ -83,9 +72,8 @@ def cache(layers, images, out_dir, positions, shard, shard_images, seed, batch, 
                "batch_size": batch, "workers": workers}
     set_interrupt_note("finished shards are kept; re-run the same command to resume")
     if launcher != "none":
-        _launch(click.get_current_context(), names, images, out_dir, options, launcher, jobs,
-                {"partition": slurm_partition, "timeout_min": slurm_time,
-                 "gpus_per_node": slurm_gpus, "cpus_per_task": slurm_cpus}, quiet)
+        _launch(click.get_current_context(), names, images, out_dir, options, launcher,
+                launch["jobs"], launch["slurm"], quiet)
         merged = merge(out_dir)
     else:
         model = load_model()

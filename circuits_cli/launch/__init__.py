@@ -14,6 +14,8 @@ resubmits only what is missing.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -62,3 +64,42 @@ def run_array(fn: Callable, args: Sequence[tuple], *, launcher: str, folder: str
                             f"{last}); see {job.paths.stderr}; re-run the same command to "
                             "redo only what is missing")
     return results
+
+
+def cli_job(argv: Sequence[str]) -> str:
+    """One job of :func:`run_cli_array`: ``circuits ARGV`` in a fresh process (its output goes to
+    the job's log); a non-zero exit is an error carrying its last line."""
+    proc = subprocess.run([sys.executable, "-m", "circuits_cli.cli", *argv],
+                          capture_output=True, text=True)
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+        raise RuntimeError(lines[-1])
+    return proc.stdout
+
+
+#: options of the launching command that its jobs must not see (name -> takes a value)
+LAUNCH_OPTIONS = {"--launcher": True, "--jobs": True, "--slurm-partition": True,
+                  "--slurm-time": True, "--slurm-gpus": True, "--slurm-cpus": True}
+
+
+def strip_launch_options(argv: Sequence[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in LAUNCH_OPTIONS:
+            skip = LAUNCH_OPTIONS[name] and "=" not in a
+            continue
+        out.append(a)
+    return out
+
+
+def run_cli_array(argv: Sequence[str], jobs: int, **kw) -> list:
+    """The command line ``argv`` (without its launch options) as ``jobs`` array jobs, job ``K``
+    with ``--shard K/jobs``; keyword arguments as :func:`run_array`."""
+    base = strip_launch_options(argv)
+    return run_array(cli_job, [(base + ["--shard", f"{k}/{jobs}"],) for k in range(jobs)], **kw)
