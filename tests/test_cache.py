@@ -214,6 +214,17 @@ def test_append_adds_a_part_and_refuses_other_rows(toy_scenes_140, tmp_path):
     common = ["cache", "mixed4b", "-m", "toy", "--out", out, "--positions", "2",
               "--shard-images", "16", "--workers", "0", "--quiet"]
     assert run(*common, "--images", a).exit_code == 0
+    assert open_cache(out).complete
+    # an append that is interrupted leaves a cache that says it is not complete
+    from circuits_cli.cache import open_source, write_cache
+    from circuits_cli.files import release_claims
+    from circuits_cli.zoo import load_model
+
+    with pytest.raises(KeyboardInterrupt):
+        write_cache(load_model("toy"), ["mixed4b"], open_source(b), out, positions=2,
+                    shard_images=16, stop_after=3)
+    release_claims()
+    assert not open_cache(out).complete
     r = run(*common, "--images", b)
     assert r.exit_code == 0 and "50 images" in r.output, r.output
     c = open_cache(out)

@@ -118,6 +118,8 @@ def prepare(out: Path, desc: dict, source: Source) -> dict:
         part = {"part": part_id, "source": source.description, "kind": source.kind,
                 "items": len(source), "shards": math.ceil(len(source) / desc["shard_images"]),
                 "sequence": len(existing)}
+        if meta is not None and meta.get("complete"):  # appending: complete again at the merge
+            write_json(out / METADATA, desc)
         write_json(path, part)
     return part
 
