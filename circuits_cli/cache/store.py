@@ -89,7 +89,7 @@ class CacheRows:
     """One layer's rows over every shard of a cache as one read-only array of shape
     ``(rows, C, 1, 1)`` (a map of one position per row, so that code written for ``(N, C, H, W)``
     maps reads it unchanged). Indexing with an int array or a slice reads only those rows from the
-    memory-mapped shard files."""
+    memory-mapped shard files (mapped for the read only)."""
 
     def __init__(self, folder: Path, layer: str, shards: list[dict], channels: int):
         self.folder, self.layer, self.channels = folder, layer, channels
@@ -98,21 +98,16 @@ class CacheRows:
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
         self.shape = (int(self.offsets[-1]), channels, 1, 1)
         self.dtype = np.dtype(DTYPE)
-        self._maps: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def shard_array(self, i: int) -> np.ndarray:
         """Shard ``i``'s rows, ``(rows, C)`` float16, memory-mapped."""
-        mm = self._maps.get(i)
-        if mm is None:
-            n = int(self.offsets[i + 1] - self.offsets[i])
-            path = self.folder / layer_folder(self.layer) / f"{self.names[i]}.bin"
-            mm = (np.memmap(path, dtype=DTYPE, mode="r", shape=(n, self.channels)) if n
-                  else np.zeros((0, self.channels), DTYPE))
-            self._maps[i] = mm
-        return mm
+        n = int(self.offsets[i + 1] - self.offsets[i])
+        path = self.folder / layer_folder(self.layer) / f"{self.names[i]}.bin"
+        return (np.memmap(path, dtype=DTYPE, mode="r", shape=(n, self.channels)) if n
+                else np.zeros((0, self.channels), DTYPE))
 
     def index(self, i: int) -> np.ndarray:
         """Shard ``i``'s row index, ``(rows, 2)`` int32 (image in shard, flat position)."""
@@ -133,7 +128,12 @@ class CacheRows:
         shard = np.searchsorted(self.offsets, idx, side="right") - 1
         for s in np.unique(shard):
             sel = np.nonzero(shard == s)[0]
-            out[sel] = self.shard_array(int(s))[idx[sel] - self.offsets[s]]
+            # a fresh map per read, dropped after it: the pages read do not stay in this
+            # process's resident set (they stay in the kernel's page cache, shared and
+            # reclaimable), so memory stays bounded however large the cache
+            mm = self.shard_array(int(s))
+            out[sel] = mm[idx[sel] - self.offsets[s]]
+            del mm
         return out
 
     def __getitem__(self, idx) -> np.ndarray:
