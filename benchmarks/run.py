@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-BENCHES = ("connections", "evidence", "visualize", "visualize_gpu", "sae", "atlas", "graph",
-           "discovery")
+BENCHES = ("connections", "evidence", "visualize", "visualize_gpu", "sae", "scale", "atlas",
+           "graph", "discovery")
 
 
 def machine() -> dict:

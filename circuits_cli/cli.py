@@ -12,7 +12,7 @@ import sys
 import click
 
 from . import __version__
-from .commands.common import INTERRUPT_NOTE
+from .commands.common import ARGV_KEY, INTERRUPT_NOTE
 from .errors import CircuitsError
 
 # command name -> "module:attribute" (a click.Command), in the order of the pipeline.
@@ -27,6 +27,7 @@ COMMANDS = {
     "ablate": "circuits_cli.commands.ablate:ablate",
     "find": "circuits_cli.commands.find:find",
     "superposition": "circuits_cli.commands.superposition:superposition",
+    "cache": "circuits_cli.commands.cache:cache",
     "sae": "circuits_cli.commands.sae:sae",
     "steer": "circuits_cli.commands.steer:steer",
     "atlas": "circuits_cli.commands.atlas:atlas",
@@ -49,6 +50,8 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
     def resolve_command(self, ctx, args):
+        # the command line as typed (command name first): --launcher re-runs it as array jobs
+        ctx.meta[ARGV_KEY] = [str(a) for a in args]
         try:
             return super().resolve_command(ctx, args)
         except click.UsageError as err:

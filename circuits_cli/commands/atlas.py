@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .common import model_options
+from .options import launcher_options
 
 
 @click.command()
@@ -58,10 +59,11 @@ from .common import model_options
                    "job's part. Every run writes the index for the pages that exist.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="torch CPU threads  [default: torch's]; 1 is often fastest on a busy machine.")
+@launcher_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
 def atlas(load_model, layers_spec, units_specs, images, out_dir, steps, size, seed, batch,
           precision, kinds, facets, top_inputs, top_outputs, top_examples, top_classes,
-          classes_spec, features_file, sae_dirs, shard_spec, threads, quiet):
+          classes_spec, features_file, sae_dirs, shard_spec, threads, launch, quiet):
     """Write a browsable static site of a model's units (the Microscope for your own model).
 
     An index of the layers (shapes, branch splits); per layer, a grid of every unit's feature
@@ -97,6 +99,13 @@ def atlas(load_model, layers_spec, units_specs, images, out_dir, steps, size, se
         import torch
 
         torch.set_num_threads(threads)
+    from .options import launch_array
+
+    # --launcher: the same command as array jobs (one --shard each); this run then writes the
+    # index over every page they wrote
+    if launch_array(launch, shard, Path(out_dir or "outputs/atlas") / ".submitit",
+                    "circuits-atlas", quiet):
+        shard = None
     model = load_model()
     settings = AtlasSettings(steps=steps, size=size, seed=seed, precision=precision, batch=batch,
                              kinds=kind_list, facets=facets, top_inputs=top_inputs,

@@ -10,6 +10,7 @@ import click
 from ..zoo import DEFAULT_MODEL, MODEL_ENV
 
 INTERRUPT_NOTE = "circuits.interrupt_note"  # ctx.meta key the CLI reads on Ctrl-C
+ARGV_KEY = "circuits.argv"  # ctx.meta key: the command line as typed (command name first)
 
 
 def set_interrupt_note(note: str) -> None:

@@ -293,3 +293,55 @@ def warnings_to_stderr():
                 if issubclass(w.category, UserWarning) and str(w.message) not in shown:
                     shown.add(str(w.message))
                     click.echo(f"Warning: {w.message}", err=True)
+
+
+def launcher_options(func):
+    """``--launcher none|local|slurm``, ``--jobs N`` and ``--slurm-*``: run the command as N array
+    jobs (one ``--shard K/N`` each) through submitit; the command receives ``launch``, a dict
+    (``launcher`` "none" when it runs here)."""
+
+    @click.option("--launcher", type=click.Choice(["none", "local", "slurm"]), default="none",
+                  show_default=True,
+                  help="Run as --jobs array jobs (one --shard each) through submitit: on Slurm, "
+                       "or as local processes; then finish here.")
+    @click.option("--jobs", type=click.IntRange(min=1), default=4, show_default=True,
+                  help="With --launcher: how many array jobs.")
+    @click.option("--slurm-partition", default=None, help="With --launcher slurm: the partition.")
+    @click.option("--slurm-time", type=click.IntRange(min=1), default=240, show_default=True,
+                  help="With --launcher: minutes per job.")
+    @click.option("--slurm-gpus", type=click.IntRange(min=0), default=1, show_default=True,
+                  help="With --launcher slurm: GPUs per job.")
+    @click.option("--slurm-cpus", type=click.IntRange(min=1), default=8, show_default=True,
+                  help="With --launcher slurm: CPUs per job.")
+    @functools.wraps(func)
+    def wrapper(*args, launcher, jobs, slurm_partition, slurm_time, slurm_gpus, slurm_cpus,
+                **kwargs):
+        launch = {"launcher": launcher, "jobs": jobs,
+                  "slurm": {"partition": slurm_partition, "timeout_min": slurm_time,
+                            "gpus_per_node": slurm_gpus, "cpus_per_task": slurm_cpus}}
+        return func(*args, launch=launch, **kwargs)
+
+    return wrapper
+
+
+def launch_array(launch: dict, shard, folder: Path, name: str, quiet: bool = False) -> bool:
+    """With ``--launcher``: run this command line as array jobs (one ``--shard K/N`` each) and
+    return True once they all finished; False when it is to run here. ``--shard`` and
+    ``--launcher`` together are a one-line error."""
+    if launch["launcher"] == "none":
+        return False
+    from ..errors import CircuitsError
+    from ..launch import run_cli_array
+    from .common import ARGV_KEY
+
+    if shard is not None:
+        raise CircuitsError("--shard is one job of an array; with --launcher the jobs are "
+                            "started for you (use --jobs)")
+    ctx = click.get_current_context()
+    argv = ctx.meta.get(ARGV_KEY)
+    if not argv:
+        raise CircuitsError("--launcher needs the command line ('circuits ...')")
+    log = None if quiet else (lambda line: click.echo(line, err=True))
+    run_cli_array(argv, launch["jobs"], launcher=launch["launcher"], folder=folder,
+                  slurm=launch["slurm"], name=name, log=log)
+    return True

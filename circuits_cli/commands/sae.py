@@ -45,7 +45,10 @@ def _claim(out: Path, cache_dir) -> None:
 
 @sae.command()
 @click.argument("layer", metavar="LAYER")
-@images_option()
+@images_option(required=False)
+@click.option("--cache", "from_cache", type=click.Path(path_type=Path), default=None,
+              metavar="DIR", help="Train on an activation cache written by 'circuits cache' "
+                                  "(streamed from its shards, any size) instead of --images.")
 @click.option("--arch", type=click.Choice(["topk", "relu"]), default="topk", show_default=True,
               help="TopK with the AuxK loss against dead latents (Gao et al. 2024), or ReLU + "
                    "L1 (Bricken et al. 2023).")
@@ -76,8 +79,8 @@ def _claim(out: Path, cache_dir) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON on stdout.")
 @cache_option
 @model_options
-def train(layer, images, arch, expansion, k, l1, steps, batch_size, lr, holdout, seed, threads,
-          no_fidelity, out_dir, batch, as_json, cache_dir, load_model):
+def train(layer, images, from_cache, arch, expansion, k, l1, steps, batch_size, lr, holdout, seed,
+          threads, no_fidelity, out_dir, batch, as_json, cache_dir, load_model):
     """Train a sparse autoencoder on LAYER over the images, or resume an interrupted one.
 
     Prints a progress bar with the running loss, explained variance, L0 and dead fraction (plain
@@ -96,6 +99,13 @@ def train(layer, images, arch, expansion, k, l1, steps, batch_size, lr, holdout,
     cfg = TrainConfig(arch=arch, expansion=expansion, k=k, l1=l1, steps=steps,
                       batch_size=batch_size, lr=lr, seed=seed)
     cfg.check()
+    if from_cache is not None or not images:
+        res = _train_from_cache(layer, images, from_cache, cfg, holdout, threads, out_dir)
+        if as_json:
+            click.echo(json.dumps(info_dict(res.sae), indent=2))
+        else:
+            click.echo(describe(res.sae))
+        return
     imgs = image_set(list(images))  # bad folders fail before the model loads
     cfg.check_memory(1)  # absurd sizes before the model loads (the layer's width comes later)
     if out_dir is not None:
@@ -120,6 +130,31 @@ def train(layer, images, arch, expansion, k, l1, steps, batch_size, lr, holdout,
         click.echo(json.dumps(info_dict(res.sae), indent=2))
         return
     click.echo(describe(res.sae))
+
+
+def _train_from_cache(layer, images, from_cache, cfg, holdout, threads, out_dir):
+    """``sae train --cache DIR``: no model is loaded; the rows come from the cache's shards."""
+    from ..cache import open_cache
+    from ..files import output_dir
+    from ..sae.cached import train_cache_sae
+
+    if from_cache is None:
+        raise CircuitsError("give --images (a folder of images) or --cache (an activation cache "
+                            "written by 'circuits cache')")
+    if images:
+        raise CircuitsError("give --images or --cache, not both")
+    cache = open_cache(from_cache)
+    name = cache.layer_name(layer)
+    if out_dir is None:
+        tag = f"{name}-{cfg.arch}-x{cfg.expansion}" + (
+            f"-k{cfg.k}" if cfg.arch == "topk" else f"-l1{cfg.l1:g}")
+        out_dir = output_dir("sae", cache.meta["model"], tag + "-cache")
+    res = train_cache_sae(from_cache, name, out_dir, cfg, holdout=holdout, threads=threads,
+                          log=lambda line: click.echo(line, err=True))
+    if res.already_done:
+        click.echo(f"{out_dir} already holds this SAE (same options and cache); not retrained",
+                   err=True)
+    return res
 
 
 def info_dict(s) -> dict:

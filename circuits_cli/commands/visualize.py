@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .common import model_options
-from .options import CHANNELS, LAYER, SHARD, out_option, quiet_option
+from .options import CHANNELS, LAYER, SHARD, launcher_options, out_option, quiet_option
 
 OBJECTIVE_CHOICES = ["channel", "neuron", "direction", "diversity"]
 
@@ -69,11 +69,12 @@ OBJECTIVE_CHOICES = ["channel", "neuron", "direction", "diversity"]
               help="Render only every N-th unit, starting at the K-th (K = 0..N-1), to split a "
                    "layer across processes or machines; shards writing to the same --out merge "
                    "into one manifest and contact sheet.")
+@launcher_options
 @out_option("outputs/visualize/MODEL/LAYER")
 @quiet_option
 def visualize(layer, load_model, units_spec, objective, direction_file, facets, negative, steps,
               size, batch, seed, param, from_image, keep_layer, keep_weight, image_dirs,
-              precision, shard, out_dir, quiet):
+              precision, shard, launch, out_dir, quiet):
     """Render feature visualizations of the units of LAYER.
 
     Activation maximization as in Lucid: a decorrelated Fourier image, random jitter, scale and
@@ -119,7 +120,12 @@ def visualize(layer, load_model, units_spec, objective, direction_file, facets, 
 
     from ..render.run import accentuation, visualize_layer
     from ..units import load_directions, parse_channels
+    from .options import launch_array
 
+    # --launcher: the same command as array jobs (one --shard each), then this run gathers
+    if launch_array(launch, shard, Path(out_dir or "outputs/visualize") / ".submitit",
+                    "circuits-visualize", quiet):
+        shard = None
     model = load_model()
     if "@" in layer:  # LAYER@FILE: the rows of a direction file or the features of an SAE
         return _visualize_file_units(model, layer, units_spec, objective, facets, negative,
