@@ -65,11 +65,13 @@ def to_map(x: torch.Tensor, tokens: tuple[str, int] | None) -> torch.Tensor:
 
 def from_map(x: torch.Tensor, m: torch.Tensor, tokens: tuple[str, int] | None) -> torch.Tensor:
     """The token sequence ``x`` with the positions of :func:`to_map`'s view replaced by the map
-    ``m`` (a batch of one in ``x`` is broadcast to ``m``'s batch)."""
+    ``m`` (a batch in ``x`` that ``m``'s batch is a multiple of is repeated to it)."""
     if tokens is None:
         return m
-    if x.shape[0] != m.shape[0] and x.shape[0] == 1:
-        x = x.expand(m.shape[0], *x.shape[1:])
+    if x.shape[0] != m.shape[0] and m.shape[0] % x.shape[0] == 0:
+        # a hook that stacked k variants of the batch (variant-major, as the circuit metrics
+        # evaluate them): the rest of the sequence is the same in each
+        x = x.repeat(m.shape[0] // x.shape[0], *(1,) * (x.dim() - 1))
     seq = m.flatten(2).transpose(1, 2).to(x.dtype)
     kind, k = tokens
     if kind == "cls":

@@ -95,8 +95,11 @@ def weights_method(model, images, target: Target, source: str, *, ablation: str 
         raise CircuitsError("the weights method ranks the inputs of a unit; give a unit target")
     with torch.no_grad():
         k = unit_weights(model, source, target.unit).detach().cpu().double()
-    ranked = rank_inputs(k)
-    return Ranking("weights", source, [c.channel for c in ranked], [c.strength for c in ranked])
+    ranked = rank_inputs(k)  # inputs of strength 0 are not listed: they rank last, in order
+    listed = [c.channel for c in ranked]
+    rest = [c for c in range(k.shape[0]) if c not in set(listed)]
+    return Ranking("weights", source, listed + rest,
+                   [c.strength for c in ranked] + [0.0] * len(rest))
 
 
 def patching_method(model, images, target: Target, source: str, *, ablation: str = "mean",

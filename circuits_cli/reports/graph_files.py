@@ -26,11 +26,6 @@ def _png(array: np.ndarray) -> bytes:
 def write_graph(out: Path, data: dict, image01, crops: dict[str, np.ndarray]) -> dict:
     """Write the graph's files into ``out``; what each node sees of the image (``crops``: node
     id -> uint8 array) goes to ``thumbs/``, named in the node's ``crop``. Returns ``data``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .graph_figure import graph_figure
     from .graph_page import graph_page
 
@@ -46,8 +41,7 @@ def write_graph(out: Path, data: dict, image01, crops: dict[str, np.ndarray]) ->
             node["crop"] = rel
     write_json(out / "graph.json", data)
     fig = graph_figure(data, image, crops)
-    save_figure(fig, out / "graph.png", dpi=200)
-    plt.close(fig)
+    save_figure(fig, out / "graph.png", dpi=200)  # a Figure of its own: no pyplot state
     write_text(out / "graph.html", graph_page(data))
     return data
 
