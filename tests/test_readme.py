@@ -108,8 +108,8 @@ def test_readme_toy_tour(tmp_path, monkeypatch, demo_scenes, one_torch_thread):
     assert wheel["ctx_idx"][0] > units[0]["ctx_idx"][0]       # the wheel unit below it
 
 
-@pytest.mark.slow
-def test_readme_googlenet_bvlc_tour(tmp_path, monkeypatch, shared_dir, one_torch_thread):
+@pytest.mark.slow  # about 140 s on 2 cores: five passes over the 500 photos (both threads)
+def test_readme_googlenet_bvlc_tour(tmp_path, monkeypatch, shared_dir):
     work = tmp_path / "checkout"
     work.mkdir()
     (tmp_path / "shared").symlink_to(shared_dir, target_is_directory=True)
