@@ -393,3 +393,34 @@ def test_the_planted_copying_head_is_an_edge_at_the_right_tokens():
               if u == 0 and (y, xx) not in (KEY, QUERY)]
     assert max(abs(v) for v in others) < 1e-6
     assert abs(float(row.sum() + att.bias[-1] - att.value[-1])) < 1e-5
+
+
+def test_the_planted_skip_connection_is_an_edge_with_its_planted_weight():
+    """tests/planted_residual.py: block2:0 reads block1:0 through the skip connection alone
+    (weight 1), and block1:0 reads stem:0 through the skip (1) and stem:2 through two convs
+    (2 x 0.75). In the graph of an image, each edge is that weight x the source's activation
+    at the same position, wherever the ReLUs pass (the gates the graph froze)."""
+    from circuits_cli.zoo import load_model
+
+    path = __import__("planted_residual").__file__
+    model = load_model(f"{path}:residual")
+    x = _image(9, 32)
+    att = attribute(model, x, Target("unit", 0, "block2", (16, 16)), ["stem", "block1"],
+                    max_nodes=4, batch_size=4)
+    (s_off, _, _), (b_off, _, _) = att.offsets()
+    stem, block1 = att.layers
+    b1 = [(int(u), int(y), int(xx)) for u, y, xx in zip(block1.units, block1.ys, block1.xs,
+                                                        strict=True)]
+    j = b1.index((0, 16, 16))
+    row = att.rows[0]
+    assert float(row[b_off + j]) == pytest.approx(float(block1.values[j]), rel=1e-3)  # x 1
+    rows = {int(n): r for n, r in zip(att.row_nodes, att.rows, strict=True)}
+    r1 = rows[b_off + j]  # the most influential node: expanded first
+    st = [(int(u), int(y), int(xx)) for u, y, xx in zip(stem.units, stem.ys, stem.xs,
+                                                       strict=True)]
+    for ch, weight in ((0, 1.0), (2, 1.5)):
+        if (ch, 16, 16) in st:
+            i = st.index((ch, 16, 16))
+            assert float(r1[s_off + i]) == pytest.approx(weight * float(stem.values[i]),
+                                                         rel=0.05)
+    assert abs(float(r1.sum() + att.bias[b_off + j] - att.value[b_off + j])) < 1e-5
