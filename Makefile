@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch, torchvision, lucent.optvis.render; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| lucent ok')"
 	touch $(STAMP)
 
+# Two workers, one torch thread each (tests/conftest.py), whole files per worker.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

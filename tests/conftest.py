@@ -13,7 +13,11 @@ from cli_helpers import PLANTED_EVIDENCE
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CIRCUITS_SHARED", REPO.parent / "shared"))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# `make test` runs the suite in two pytest-xdist workers, one torch thread each: the two cores
+# are both busy without two workers' thread pools contending (which made a two-thread worker
+# slower than the serial suite). Run alone (no worker), a test gets two threads.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER")
+                      else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session", autouse=True)
