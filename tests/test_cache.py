@@ -19,6 +19,19 @@ from cli_helpers import assert_clean_error, run
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _two_threads():
+    """Byte-for-byte comparisons between runs that batch images differently (one job against
+    four, a killed job's subprocess against an in-process run): measured equal with two torch
+    threads, the default of a command run alone; with one thread the convolution's batched
+    kernels give last-bit differences between batch sizes (the suite's xdist workers run on
+    one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     """Every data file of a cache (shards and their index, shard JSON, parts, metadata) by
     relative path; the manifest of our writes is not data."""
