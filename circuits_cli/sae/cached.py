@@ -23,13 +23,12 @@ import numpy as np
 
 from ..errors import CircuitsError
 from .layer import (
-    METRICS_JSON,
-    METRICS_PNG,
     NORMALISATION,
     OUR_FILES,
     LayerSAE,
     check_out_folder,
     run_key,
+    save_trained,
     split_rows,
 )
 from .model import load_sae
@@ -47,9 +46,8 @@ def train_cache_sae(cache_dir: str | Path, layer: str, out: str | Path,
                     checkpoint_every: int = 50) -> LayerSAE:
     """Train (or resume, or reload) the SAE of ``layer`` over the rows of a cache into ``out``."""
     from ..cache import open_cache
-    from ..files import claim_output, write_json
+    from ..files import claim_output
     from .evaluate import reconstruction_metrics
-    from .figures import metrics_figure
 
     cfg = cfg or TrainConfig()
     cfg.check()
@@ -130,12 +128,7 @@ def train_cache_sae(cache_dir: str | Path, layer: str, out: str | Path,
                      "dataset_path": str(cache.folder), "sae_lens_training_version": None},
         "circuits": {"run_key": key, "format": 1},
     }
-    sae.save(out)
-    sae.folder = out
-    write_json(out / METRICS_JSON, {"metrics": metrics, "history": tinfo["history"],
-                                    "frequency": freq.tolist()})
-    metrics_figure(sae, metrics, tinfo["history"], freq, out / METRICS_PNG)
-    (out / CHECKPOINT).unlink(missing_ok=True)
+    save_trained(sae, out, metrics, tinfo, freq)
     if log is not None:
         log(f"trained {tinfo['steps']} steps ({tinfo['samples_per_s'] or 0:.0f} samples/s)")
     return LayerSAE(sae, out, metrics, resumed_from=tinfo["resumed_from"])

@@ -203,15 +203,20 @@ def train_layer_sae(model, layer: str, images, out: str | Path, cfg: TrainConfig
                      "dataset_path": imgs.source, "sae_lens_training_version": None},
         "circuits": {"run_key": key, "format": 1},
     }
-    sae.save(out)
-    sae.folder = out
-    from ..files import write_json
+    save_trained(sae, out, metrics, tinfo, freq)
+    return LayerSAE(sae, out, metrics, resumed_from=tinfo["resumed_from"])
 
-    write_json(out / METRICS_JSON, {"metrics": metrics, "history": tinfo["history"],
-                                    "frequency": freq.tolist()})
+
+def save_trained(sae: SAE, out: Path, metrics: dict, tinfo: dict, freq) -> None:
+    """Save a trained SAE into ``out`` (SAELens layout), its metrics file and figure, and drop
+    the training checkpoint: the end of every training run, from images or from a cache."""
+    from ..files import write_json
     from .figures import metrics_figure
 
+    sae.save(out)
+    sae.folder = out
+    write_json(out / METRICS_JSON, {"metrics": metrics, "history": tinfo["history"],
+                                    "frequency": freq.tolist()})
     metrics_figure(sae, metrics, tinfo["history"], freq, out / METRICS_PNG)
     (out / CHECKPOINT).unlink(missing_ok=True)
-    return LayerSAE(sae, out, metrics, resumed_from=tinfo["resumed_from"])
 
