@@ -37,11 +37,20 @@ CHECKPOINT = "toy.pt"
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for training; another count than the recipe's rounds "
                    "differently, so the weights differ bit for bit.  [default: 1]")
+@click.option("--unit-target", "unit_targets", multiple=True, metavar="UNIT=WHAT",
+              help="Give UNIT (a mixed block's 'layer:channel') a target of its own: a part "
+                   "(wheels, windows, ...: mark every cell it covers), a class (a dot at each "
+                   "object's centre) or CLASS@box (every cell of the object's box). Repeat it; "
+                   "it replaces the recipe's three, and the channel dropout of mixed4a then "
+                   "spares the mixed4a units named here. This plants the car circuit at units "
+                   "you choose, e.g. --unit-target mixed4a:12=wheels --unit-target "
+                   "mixed4a:100=windows --unit-target mixed4b:30=car@box.  [default: the "
+                   "shipped recipe's mixed4b:99=car@box, mixed4a:63=wheels, mixed4a:37=windows]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--force", is_flag=True,
               help=f"Replace a {CHECKPOINT} that an earlier 'toy train' wrote in DIR (a file "
                    "circuits did not write is never replaced).")
-def train(out: Path, epochs, seed, n_train, threads, quiet, force):
+def train(out: Path, epochs, seed, n_train, threads, unit_targets, quiet, force):
     """Train the toy model from scratch and write DIR/toy.pt, which -m toy --weights loads.
 
     With no options this is the recipe of the shipped weights (recorded inside the checkpoint,
@@ -53,17 +62,29 @@ def train(out: Path, epochs, seed, n_train, threads, quiet, force):
     if out.suffix in (".pt", ".pth"):
         raise CircuitsError(f"--out {str(out)!r} looks like a file; --out is a folder (the "
                             f"checkpoint is written as DIR/{CHECKPOINT}), e.g. --out runs/toy")
+    from dataclasses import replace
+
+    from ..toy.train import Recipe, save_checkpoint, with_unit_targets
+    from ..toy.train import train as run_training
+
+    recipe = Recipe()
+    if unit_targets:
+        targets = {}
+        for item in unit_targets:
+            unit, sep, what = item.partition("=")
+            if not sep or not unit.strip() or not what.strip():
+                raise CircuitsError(f"--unit-target {item!r}: expected UNIT=WHAT, e.g. "
+                                    "mixed4a:12=wheels")
+            targets[unit.strip()] = what.strip()
+        try:
+            recipe = with_unit_targets(recipe, targets)
+        except ValueError as e:
+            raise CircuitsError(f"--unit-target: {e}") from None
     claim_output(out, "toy train", (CHECKPOINT,))  # unwritable, or a user's file: before work
     path = out / CHECKPOINT
     if path.exists() and not force:
         raise CircuitsError(f"{str(path)!r} already exists; choose another --out or pass --force "
                             "to replace it")
-    from dataclasses import replace
-
-    from ..toy.train import Recipe, save_checkpoint
-    from ..toy.train import train as run_training
-
-    recipe = Recipe()
     changes = {k: v for k, v in dict(epochs=epochs, seed=seed, n_train=n_train,
                                      threads=threads).items() if v is not None}
     recipe = replace(recipe, **changes)

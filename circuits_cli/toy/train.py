@@ -119,7 +119,29 @@ def _unit_conv(arch: dict, unit: str) -> tuple[str, int]:
             conv = "pool_reduce" if branch == "pool" else branch
             return f"{layer}_{conv}_pre_relu_conv", c
         c -= n
-    raise ValueError(f"{unit!r}: {layer} has fewer channels")
+    total = sum(block_channels(arch[layer]).values())
+    raise ValueError(f"{unit!r}: {layer} has {total} channels (0 to {total - 1})")
+
+
+def with_unit_targets(recipe: Recipe, targets: dict) -> Recipe:
+    """``recipe`` with ``targets`` (``{"layer:channel": what}``) as its only unit targets, and
+    the channel dropout keeping exactly the targeted units of its ``dropout_layer``: the recipe
+    that plants the car circuit at other units. Raises ValueError for a unit that is not a
+    mixed block's or a target that is not a part, a class or ``CLASS@box``."""
+    from dataclasses import replace
+
+    for unit, what in targets.items():
+        layer, _, channel = unit.rpartition(":")
+        if not layer or not channel.isdigit():
+            raise ValueError(f"{unit!r} is not a unit: expected LAYER:CHANNEL, e.g. mixed4a:12")
+        _unit_conv(recipe.arch, unit)
+        name = what[:-4] if what.endswith("@box") else what
+        if name not in CLASSES and (what.endswith("@box") or name not in PARTS):
+            raise ValueError(f"unknown unit target {what!r} for {unit}: a part "
+                             f"({', '.join(PARTS)}), a class ({', '.join(CLASSES)}) or CLASS@box")
+    keep = tuple(int(u.rsplit(":", 1)[1]) for u in targets
+                 if u.rsplit(":", 1)[0] == recipe.dropout_layer)
+    return replace(recipe, unit_targets=dict(targets), dropout_keep=keep)
 
 
 def _target_maps(metas, size: int, targets: dict) -> torch.Tensor:
