@@ -41,7 +41,7 @@ def load_case(folder: Path) -> dict:
     spec = case["model"]
     if ".py:" in spec:
         spec = str(folder.parent / spec)
-    model = load_model(spec)
+    model = load_model(spec, weights=folder / case["weights"] if case.get("weights") else None)
     arr = np.load(folder / case["images"]["file"])["images"]
     images = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255.0)
 

@@ -194,6 +194,16 @@ def test_train_command_rejects_bad_output_before_training(tmp_path):
     assert result.exit_code == 2 and "--out is a folder" in result.output
     result = runner.invoke(cli, ["toy", "train", "--out", str(tmp_path / "t"), "--epochs", "0"])
     assert result.exit_code == 2
+    for bad, says in (("mixed4a=wheels", "expected LAYER:CHANNEL"),
+                      ("conv2d2:3=wheels", "mixed block's unit"),
+                      ("mixed4a:160=wheels", "mixed4a has 160 channels"),
+                      ("mixed4a:3=wings", "unknown unit target 'wings'"),
+                      ("mixed4a:3=wheels@box", "unknown unit target"),
+                      ("mixed4a:3", "expected UNIT=WHAT")):
+        result = runner.invoke(cli, ["toy", "train", "--out", str(tmp_path / "t"),
+                                     "--unit-target", bad])
+        assert result.exit_code == 2 and says in result.output, (bad, result.output)
+        assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.pt"]
 
 
@@ -203,9 +213,16 @@ def test_train_command_writes_a_checkpoint_the_zoo_loads(tmp_path):
 
     out = tmp_path / "sub" / "mini"
     result = CliRunner().invoke(cli, ["toy", "train", "--out", str(out), "--n-train", "140",
-                                      "--epochs", "1", "--threads", "1"])
+                                      "--epochs", "1", "--threads", "1",
+                                      "--unit-target", "mixed4a:5=wheels",
+                                      "--unit-target", "mixed4b:10=car@box"])
     assert result.exit_code == 0, result.output
     assert "held-out accuracy" in result.output
+    from circuits_cli.toy.train import load_checkpoint
+
+    recipe = load_checkpoint(out / "toy.pt")["recipe"]  # the targets replace the recipe's three
+    assert recipe["unit_targets"] == {"mixed4a:5": "wheels", "mixed4b:10": "car@box"}
+    assert list(recipe["dropout_keep"]) == [5]  # the dropout spares the one mixed4a unit named
     model = load_model("toy", weights=out / "toy.pt")
     assert model.weights_id != load_model("toy").weights_id
     assert model.logits(torch.rand(2, 3, 64, 64)).shape == (2, len(CLASSES))
@@ -243,7 +260,7 @@ def test_unit_targets_mark_the_car_box_and_every_part_box():
     assert _unit_conv(DEFAULT_ARCH, "mixed4b:99") == ("mixed4b_3x3_pre_relu_conv", 51)
     assert _unit_conv(DEFAULT_ARCH, "mixed4a:37") == ("mixed4a_1x1_pre_relu_conv", 37)
     assert _unit_conv(DEFAULT_ARCH, "mixed4a:150") == ("mixed4a_pool_reduce_pre_relu_conv", 6)
-    with pytest.raises(ValueError, match="fewer channels"):
+    with pytest.raises(ValueError, match="mixed4a has 160 channels"):
         _unit_conv(DEFAULT_ARCH, "mixed4a:160")
 
 
