@@ -96,3 +96,27 @@ def test_zeroing_the_top_node_moves_the_logit_as_the_graph_predicts(merged):
     for rec in pruned.interventions[1:]:
         if rec["node_id"].startswith("mixed4b"):
             assert rec["actual"] == pytest.approx(rec["predicted"], rel=0.1)
+
+
+def test_the_pruned_graph_as_a_quality_circuit_has_the_graph_s_own_faithfulness(
+        toy, scene, per_position, merged):
+    """Two independent implementations of faithfulness agree exactly: the graph's (its
+    interventions, ablating the image's active nodes outside the pruned graph) and
+    circuits_cli.quality's on the graph's node set (zero ablation: a silent unit is zero
+    already), for the per-position and the unit-level graph. The node set then gives the
+    graph the completeness gap that quality measures."""
+    from circuits_cli.graph.circuit import node_set, quality_target
+    from circuits_cli.quality import completeness
+    from circuits_cli.quality import faithfulness as quality_faithfulness
+
+    for _, pruned in (per_position, merged):
+        assert pruned.scores["ablation"] == "zero"
+        circuit = node_set(pruned, toy)
+        target = quality_target(pruned, toy)
+        kept = sum(int(m.sum()) for m in circuit.values())
+        units = sum(1 for n in pruned.nodes if n["feature_type"] == "neuron")
+        assert kept == units > 0
+        f = quality_faithfulness(toy, scene[0], target, circuit, ablation="zero")
+        assert f == pytest.approx(pruned.scores["faithfulness"], abs=1e-5)
+        gap = completeness(toy, scene[0], target, circuit, ablation="zero").circuit_gap
+        assert 0.0 <= gap < 10

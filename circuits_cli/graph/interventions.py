@@ -214,24 +214,28 @@ def ablated_target(att: Attribution, keep: dict[str, tuple[torch.Tensor, torch.T
     """The target in the real network when, at each graph layer, the nodes outside ``keep``
     (node-map masks, and error-position masks with an SAE) take their reference value.
 
-    Only nodes are ablated: units or features that were silent on the image are not nodes of
-    its graph (their gate was shut), so they are left to the network rather than switched on
-    at their mean over other images."""
+    Only nodes take their reference value: units or features that were silent on the image are
+    not nodes of its graph (their gate was shut), so they are held silent, at zero, rather than
+    switched on at their mean over other images or left to turn on when an earlier layer is
+    ablated (they are outside the graph too). With zero ablation this is everything outside the
+    graph at zero, the node set of :func:`circuits_cli.graph.circuit.node_set` under
+    :mod:`circuits_cli.quality`'s zero ablation."""
     runner = att.runner
 
     def edit(name):
         sae = runner.saes.get(name)
         k, ke = keep[name]
         m, me = means[name]
-        active = runner.values[name][0][0] != 0
-        ablate = (active & ~k.to(active.device)).to(m.dtype)
+        active = (runner.values[name][0][0] != 0).to(m.dtype)
+        kept = k.to(m.device).to(m.dtype)
+        fill = m * active  # a node takes its reference value, a silent unit stays at zero
 
         def fn(out, _hook):
             if sae is None:
-                return out * (1 - ablate) + m * ablate
+                return out * kept + fill * (1 - kept)
             f = sae.encode_map(out)
             err = out - runner._decode(sae, f)
-            f = f * (1 - ablate) + m * ablate
+            f = f * kept + fill * (1 - kept)
             kef = ke.to(out.dtype)
             err = err * kef + me * (1 - kef)
             return runner._decode(sae, f) + err
