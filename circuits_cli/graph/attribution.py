@@ -94,6 +94,20 @@ class LayerNodes:
         c = (grad * self.error).sum(1)
         return c.sum((-2, -1))[:, None] if self.merged else c.flatten(1)
 
+    def seed_raw(self, g: torch.Tensor, row: int, j: int, mask: torch.Tensor) -> None:
+        """Start row ``row``'s backward pass at SAE feature node ``j`` from the layer's raw map
+        ``g`` (B, C, H, W): the feature's pre-activation is linear in it, ``(x - b_dec) · W_enc[:,
+        u] + b_enc[u]``, so its gradient there is the encoder column (at the node's position, or
+        at every position where the feature is active, over H·W, for a merged node); ``mask``
+        is the recorded active set (d_sae, H, W)."""
+        u = int(self.units[j])
+        col = self.sae.W_enc[:, u].detach().to(g.dtype)
+        if self.merged:
+            h, w = self.shape[1], self.shape[2]
+            g[row] = col[:, None, None] * mask[u].to(g.dtype) / (h * w)
+        else:
+            g[row, :, self.ys[j], self.xs[j]] = col
+
     def seed(self, g: torch.Tensor, row: int, j: int) -> None:
         """Start row ``row``'s backward pass at node ``j``."""
         u = self.units[j]
@@ -264,7 +278,7 @@ class _Runner:
 
     def run(self, batch: int, *, values: dict | None = None, input_value=None,
             input_grad: bool = False, stop: str | None = None, grad: bool = True,
-            edits: dict | None = None):
+            edits: dict | None = None, rows: bool = False):
         """One pass of the replacement model on ``batch`` copies.
 
         ``values`` overrides leaves: ``{layer: (node values, error)}`` with batch 1 or
@@ -273,7 +287,12 @@ class _Runner:
         recorded), edited where named — the replacement model run forward, for interventions.
         Returns (precut, leaves, target, input leaf): ``precut[layer]`` is the node map the
         earlier leaves computed (features for an SAE layer), ``leaves[layer]`` the (nodes,
-        error) tensors that the rest of the pass read."""
+        error) tensors that the rest of the pass read.
+
+        With ``rows`` (the rows' backward passes) an SAE layer's ``precut`` is its raw map, not
+        its features: :func:`attribute` seeds a feature's row through its encoder column
+        (:meth:`LayerNodes.seed_raw`), so the encoder is never run on the copies, forward or
+        backward."""
         values = values or {}
         x = self.x0 if input_value is None else input_value
         if input_grad:
@@ -287,7 +306,7 @@ class _Runner:
 
             def fn(raw, _hook):
                 out = as_map(raw, name)
-                if sae is None:
+                if sae is None or rows:
                     precut[name] = out
                 else:
                     precut[name] = self._pre(sae, out) * self.masks[name]
@@ -301,7 +320,9 @@ class _Runner:
                 if e is not None:
                     err = e.expand(batch, *e.shape[1:]).clone().requires_grad_(grad)
                 leaves[name] = (node, err)
-                return from_map(node if sae is None else self._decode(sae, node) + err, raw)
+                if sae is None:
+                    return from_map(node, raw)
+                return from_map(self._decode(sae, node) + err, raw)
             return fn
 
         def grab(out, _hook):
@@ -421,7 +442,7 @@ def attribute(model: LoadedModel, image01: torch.Tensor, target: Target, layers:
         is_target = [k[0] == "target" for k in kinds]
         first = leaky or any(k[0] == "node" and k[1] == 0 for k in kinds)
         deepest = None if any(is_target) else lnodes[max(k[1] for k in kinds)].name
-        precut, leaves, tval, xleaf = runner.run(b, input_grad=first, stop=deepest)
+        precut, leaves, tval, xleaf = runner.run(b, input_grad=first, stop=deepest, rows=True)
         outs, grads = [], []
         for li, ln in enumerate(lnodes):
             sel = [r for r, k in enumerate(kinds) if k[0] == "node" and k[1] == li]
@@ -429,7 +450,10 @@ def attribute(model: LoadedModel, image01: torch.Tensor, target: Target, layers:
                 continue
             g = torch.zeros_like(precut[ln.name])
             for r in sel:
-                ln.seed(g, r, kinds[r][2])
+                if ln.sae is None:
+                    ln.seed(g, r, kinds[r][2])
+                else:  # precut is the raw map: seed it with the feature's encoder column
+                    ln.seed_raw(g, r, kinds[r][2], runner.masks[ln.name][0])
             outs.append(precut[ln.name])
             grads.append(g)
         if any(is_target):
