@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import CircuitsError
-from .sources import ImageDataset, Source
+from .sources import ImageDataset, Source, where_json
 from .store import (
     DESCRIPTION_KEYS,
     DTYPE,
@@ -125,7 +125,8 @@ def prepare(out: Path, desc: dict, source: Source) -> dict:
 
 
 def _write_shard(out: Path, name: str, part: dict, index: int, ids: list[str],
-                 failed: list[str], rows: dict[str, list], indexes: dict[str, list]) -> dict:
+                 failed: list[str], rows: dict[str, list], indexes: dict[str, list],
+                 where: list) -> dict:
     from ..files import atomic_write, write_json
 
     counts = {}
@@ -138,7 +139,7 @@ def _write_shard(out: Path, name: str, part: dict, index: int, ids: list[str],
         atomic_write(folder / f"{name}.index.bin", lambda tmp, d=idx: d.tofile(tmp))
         counts[layer] = len(data)
     shard = {"shard": name, "part": part["part"], "index": index, "images": ids,
-             "failed": failed, "rows": counts}
+             "failed": failed, "rows": counts, "where": where}
     write_json(out / "shards" / f"{name}.json", shard, indent=0)
     return shard
 
@@ -188,6 +189,7 @@ def write_cache(model, layers: Sequence[str], source: Source, out: str | Path, *
     pos = 0  # which of `bounds` is being filled
     buf_ids: list[str] = []
     buf_failed: list[str] = []
+    buf_where: list = []
     buf_rows: dict[str, list] = {name: [] for name in names}
     buf_idx: dict[str, list] = {name: [] for name in names}
     seen = 0
@@ -215,6 +217,7 @@ def write_cache(model, layers: Sequence[str], source: Source, out: str | Path, *
                         buf_rows[name].append(rows[g * kk:(g + 1) * kk])
                         buf_idx[name].append(part_ix)
                     buf_ids.append(source.ids[i])
+                    buf_where.append(where_json(source.where[i]))
                     g += 1
                 else:
                     buf_failed.append(source.ids[i])
@@ -223,11 +226,11 @@ def write_cache(model, layers: Sequence[str], source: Source, out: str | Path, *
                     raise KeyboardInterrupt
                 if i == b - 1:
                     info = _write_shard(out, shard_name(part["part"], s), part, s, buf_ids,
-                                        buf_failed, buf_rows, buf_idx)
+                                        buf_failed, buf_rows, buf_idx, buf_where)
                     written.append(info["shard"])
                     total_rows += sum(info["rows"].values())
                     pos += 1
-                    buf_ids, buf_failed = [], []
+                    buf_ids, buf_failed, buf_where = [], [], []
                     buf_rows = {name: [] for name in names}
                     buf_idx = {name: [] for name in names}
             bar.update(len(idx))
