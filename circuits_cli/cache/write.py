@@ -181,9 +181,13 @@ def write_cache(model, layers: Sequence[str], source: Source, out: str | Path, *
     if progress and len(mine) > len(todo):
         print(f"cache: {len(mine) - len(todo)} of this job's {len(mine)} shard(s) already "
               "written; resuming", file=sys.stderr, flush=True)
+    # workers decode while this process runs the network; each worker runs torch on one thread
+    # (DataLoader's own setting), so on a machine without spare cores a worker competes with the
+    # forward pass (docs/guides/cluster.md measures it); pinned batches only help a copy to a GPU
     loader = torch.utils.data.DataLoader(
         ImageDataset(source, indices, size, resize), batch_size=batch_size, shuffle=False,
-        num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None)
+        num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None,
+        pin_memory=getattr(model.device, "type", str(model.device)) == "cuda")
     bar = Progress(len(indices), f"cache {', '.join(names)}", "img", enabled=progress)
     written, total_rows = [], 0
     pos = 0  # which of `bounds` is being filled
