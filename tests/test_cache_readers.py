@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from cli_helpers import assert_clean_error, run
 
 F16 = 2e-3  # float16 keeps ~3 significant digits: relative tolerance for cached values
@@ -134,6 +135,18 @@ def test_sampled_positions_rank_by_the_max_over_the_cached_ones(toy, toy_scene_c
         assert e["activation"] == round(want[e["file"]], 6)
     values = [e["activation"] for e in got["examples"]]
     assert values == sorted(values, reverse=True)
+    # a direction is read from the maps, which 5 sampled positions do not make: one clear line
+    from circuits_cli.errors import CircuitsError
+    from circuits_cli.evidence import cache_activations
+    from circuits_cli.evidence.activations import unit_activations, units_spatial_means
+    from circuits_cli.units import Direction
+
+    acts = cache_activations(toy, ["mixed4b"], c)["mixed4b"]
+    assert acts.maps is None and acts.sampled_positions == 5
+    d = Direction("mixed4b", (1.0,) * 192, (1.0,) * 192, "mixed4b@d.npy")
+    for call in (lambda: unit_activations(toy, d, acts), lambda: units_spatial_means(acts, [d])):
+        with pytest.raises(CircuitsError, match="--positions 0"):
+            call()
 
 
 def test_a_missing_picture_is_listed_and_said(toy_scene_cache, tmp_path, monkeypatch):

@@ -568,6 +568,10 @@ def units_spatial_means(acts: LayerActivations, units, chunk_rows: int = 16) -> 
 
     if all(is_neuron(u) for u in units):
         return np.asarray(acts.stats["mean"], dtype=np.float64)[:, [u.channel for u in units]]
+    if acts.maps is None and acts.where is not None:
+        raise CircuitsError("directions and features are read from the activation maps, which "
+                            "a cache of sampled positions does not hold; write the cache with "
+                            "--positions 0 (every position) or pass --images")
     if acts.maps is None:
         raise CircuitsError(f"the activation maps of {acts.layer!r} were too large to keep; "
                             "use fewer images to rank directions or features")
