@@ -68,8 +68,9 @@ def _worker_threads() -> int:
     return int(max(int(b) for b in loader))
 
 
-def _decode_only(source, size: int, workers: int, batch: int) -> float:
-    """images/s of the cache's DataLoader alone (decoding, no network), worker start included."""
+def _decode_only(source, size: int, workers: int, batch: int) -> tuple[float, float]:
+    """(images/s of the cache's DataLoader alone: decoding, no network, worker start included;
+    seconds to the first batch: the start of the workers plus one batch's decoding)."""
     from circuits_cli.cache.sources import ImageDataset
 
     ds = ImageDataset(source, range(len(source)), size, round(size * 256 / 224))
@@ -77,8 +78,11 @@ def _decode_only(source, size: int, workers: int, batch: int) -> float:
                                          num_workers=workers,
                                          prefetch_factor=4 if workers else None)
     t = time.perf_counter()
-    n = sum(len(idx) for idx, _, _ in loader)
-    return n / (time.perf_counter() - t)
+    n, first = 0, None
+    for idx, _, _ in loader:
+        n += len(idx)
+        first = first if first is not None else time.perf_counter() - t
+    return n / (time.perf_counter() - t), first
 
 
 def _caching(model, source, layer: str, out: Path, workers: int, batch: int,
@@ -106,6 +110,7 @@ def _decoding_case(name: str, model, source, paths, layer: str, size: int, batch
     """Decoding alone (0/1/2 workers), forward alone, caching (0/1 workers, and 1 worker with
     the forward on one thread fewer), interleaved rounds, best of each."""
     runs: dict[str, list[float]] = {}
+    firsts: dict[int, list[float]] = {}
 
     def add(key, value):
         runs.setdefault(key, []).append(value)
@@ -113,7 +118,9 @@ def _decoding_case(name: str, model, source, paths, layer: str, size: int, batch
     fewer = max(1, THREADS - 1)
     for _ in range(rounds):
         for w in (0, 1, 2):
-            add(f"decode_workers{w}", _decode_only(source, size, w, batch))
+            rate, first = _decode_only(source, size, w, batch)
+            add(f"decode_workers{w}", rate)
+            firsts.setdefault(w, []).append(first)
         add("forward_only", _forward_only(model, paths, layer, size, batch))
         add("cache_workers0", _caching(model, source, layer, work / "c", 0, batch))
         add("cache_workers1", _caching(model, source, layer, work / "c", 1, batch))
@@ -129,7 +136,8 @@ def _decoding_case(name: str, model, source, paths, layer: str, size: int, batch
             "cache_share_of_forward": {k: round(best[k] / fwd, 2) for k in best
                                        if k.startswith("cache")},
             "workers1_vs_workers0": round(best["cache_workers1"] / best["cache_workers0"], 2),
-            "threads_fewer": fewer}
+            "threads_fewer": fewer,
+            "first_batch_ms": {f"workers{w}": round(1000 * min(v), 1) for w, v in firsts.items()}}
 
 
 def _decoding_table(cases: list[dict], worker_threads: int) -> list[str]:
@@ -160,6 +168,10 @@ def _decoding_table(cases: list[dict], worker_threads: int) -> list[str]:
                         "overlap_bound"),
                        ("measured: `--workers 1` / `--workers 0`", "workers1_vs_workers0")):
         lines.append(f"| {label} | " + " | ".join(str(c[key]) for c in cases) + " |")
+    for w in (0, 1, 2):
+        lines.append(f"| decoding alone, {w} worker(s): ms to the first batch | "
+                     + " | ".join(str(c["first_batch_ms"][f"workers{w}"]) for c in cases)
+                     + " |")
     lines += ["", f"torch threads inside a DataLoader worker: {worker_threads}."]
     return lines
 
