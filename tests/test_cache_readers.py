@@ -197,3 +197,41 @@ def test_images_or_cache_and_a_cache_of_other_weights_are_one_line(toy_scene_cac
         assert_clean_error(run("atlas", "-m", "toy", "--layers", "mixed4b", "--cache", other,
                                "--out", "site"), needle)
     assert not Path("outputs").exists() and not Path("site").exists()  # before any work
+
+
+def test_pictures_come_from_tar_members_and_toy_scenes(toy, toy_scene_cache, tmp_path,
+                                                       monkeypatch):
+    """A cache of tar shards or of toy scenes made on the fly has no file per image: the
+    pictures are read from the tar member / rendered again, the same pixels the cache saw."""
+    import tarfile
+
+    import torch
+
+    from circuits_cli.cache import open_cache
+    from circuits_cli.cache.sources import decode, open_source
+    from circuits_cli.evidence import cache_activations
+
+    scenes, cache = toy_scene_cache
+    monkeypatch.chdir(tmp_path)
+    with tarfile.open("scenes.tar", "w") as tf:
+        for p in sorted(scenes.rglob("*.png")):
+            tf.add(p, arcname=str(p.relative_to(scenes)))
+    for name, images in (("tar", "scenes.tar"), ("toy", "toy:14")):
+        r = run("cache", "mixed4b", "-m", "toy", "--images", images, "--out", name,
+                "--positions", "0", "--workers", "0", "--quiet")
+        assert r.exit_code == 0, r.output
+        got = _json(run("examples", "mixed4b:64", "-m", "toy", "--cache", name, "--top-k", "3",
+                        "--json"))
+        assert not any("picture" in e for e in got["examples"])
+        acts = cache_activations(toy, ["mixed4b"], open_cache(name))["mixed4b"]
+        src = open_source(images)
+        for row in (0, len(src) - 1):
+            want = decode(src.where[row], 64, 73).permute(1, 2, 0).numpy()
+            assert torch.equal(torch.from_numpy(acts.picture(row)), torch.from_numpy(want))
+    # the tar's images are the folder's: the same examples as the folder's own cache
+    ref = _json(run("examples", "mixed4b:64", "-m", "toy", "--cache", cache, "--top-k", "3",
+                    "--json"))
+    tar = _json(run("examples", "mixed4b:64", "-m", "toy", "--cache", "tar", "--top-k", "3",
+                    "--json"))
+    _same_ranking([(e["file"], e["activation"]) for e in tar["examples"]],
+                  [(e["file"], e["activation"]) for e in ref["examples"]])
