@@ -73,6 +73,25 @@ def toy_scenes_140(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def toy_scene_cache(tmp_path_factory, toy):
+    """(folder of 24 toy scenes (seed 3) in one folder per class (``car/00000_car.png``: the
+    layout 'find --class' reads), the activation cache of mixed4a and mixed4b over it with EVERY
+    position (``circuits cache --positions 0``), 3 shards): read by the commands that take
+    ``--cache`` instead of ``--images`` and must give the same answers."""
+    from circuits_cli.cache import open_sources, write_cache
+    from circuits_cli.toy.world import save_scenes
+
+    root = tmp_path_factory.mktemp("toy_scene_cache")
+    for path in save_scenes(root / "scenes", 24, seed=3):
+        label = path.stem.split("_", 1)[1]
+        (path.parent / label).mkdir(exist_ok=True)
+        path.rename(path.parent / label / path.name)
+    write_cache(toy, ["mixed4a", "mixed4b"], open_sources([root / "scenes"]), root / "cache",
+                positions=None, shard_images=10)
+    return root / "scenes", root / "cache"
+
+
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not (SHARED / "models" / "bvlc_googlenet.npz").is_file():
         pytest.skip(f"{SHARED} with models/bvlc_googlenet.npz is absent (it sits beside the "

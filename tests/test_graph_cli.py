@@ -5,6 +5,7 @@ with each other."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from cli_helpers import assert_clean_error, run
@@ -174,3 +175,80 @@ def test_a_graph_through_an_sae_has_features_and_error_nodes(scene_dir, tmp_path
     assert_clean_error(run("graph", scene_dir / "car.png", "-m", "toy", *FAST,
                            "--sae", "mixed4a=sae4a", "--intervene", "mixed4a:3=0"),
                        "SAE features")
+
+
+@pytest.mark.slow
+def test_class_graph_on_two_local_jobs_equals_one_process(tmp_path, monkeypatch):
+    """--launcher local --jobs 2: submitit's LocalExecutor runs the per-image graphs (then the
+    per-image scores) on two processes, which save their parts; the merge here gives the
+    graph.json one process builds (nodes, links to 1e-6, scores)."""
+    monkeypatch.chdir(tmp_path)
+    Path("scenes").mkdir()
+    for i in range(4):
+        img, _ = world.make_scene(200 + i, "car")
+        Image.fromarray(img).save(f"scenes/car{i}.png")
+    args = ("graph", "--images", "scenes", "-m", "toy", "--target", "car", *FAST, "--quiet")
+    one = run(*args, "--out", "one")
+    assert one.exit_code == 0, one.output
+    arr = run(*args, "--out", "arr", "--launcher", "local", "--jobs", "2")
+    assert arr.exit_code == 0, arr.output
+    logs = sorted(Path("arr/.submitit").rglob("*_log.out"))
+    assert len(logs) == 4  # two jobs a round, two rounds: real processes
+    a = json.loads(Path("one/graph.json").read_text())
+    b = json.loads(Path("arr/graph.json").read_text())
+    assert [n["node_id"] for n in a["nodes"]] == [n["node_id"] for n in b["nodes"]]
+    for x, y in zip(a["nodes"], b["nodes"], strict=True):
+        assert x["activation"] == pytest.approx(y["activation"], abs=1e-6)
+        assert x["influence"] == pytest.approx(y["influence"], abs=1e-6)
+    links = {(e["source"], e["target"]): e["weight"] for e in a["links"]}
+    assert {(e["source"], e["target"]) for e in b["links"]} == set(links)
+    for e in b["links"]:
+        assert e["weight"] == pytest.approx(links[(e["source"], e["target"])], abs=1e-6)
+    for key in ("faithfulness", "replacement", "completeness", "pruned_nodes"):
+        assert b["scores"][key] == pytest.approx(a["scores"][key], abs=1e-6)
+    assert len(b["scores"]["faithfulness_per_image"]) == 4 and b["metadata"]["images"] == 4
+    assert not Path("arr/.graph-parts").exists()  # the parts only serve a resumed run
+    assert_clean_error(run("graph", "scenes/car0.png", "-m", "toy", "--launcher", "local"),
+                       "--images DIR")
+
+
+def test_an_interrupted_class_graph_array_redoes_only_missing_images(tmp_path, monkeypatch):
+    """The array's jobs run here in turn (run_array stood in for); the first run stops after
+    job 0 of the graphs round (as a cancelled array would). The re-run computes only job 1's
+    images, and the graph equals the one-process graph."""
+    import circuits_cli.launch as launch
+
+    monkeypatch.chdir(tmp_path)
+    Path("scenes").mkdir()
+    for i in range(3):
+        img, _ = world.make_scene(300 + i, "car")
+        Image.fromarray(img).save(f"scenes/car{i}.png")
+    calls = []
+
+    def in_turn(fn, args, *, stop_after=None, **kw):
+        out = []
+        for a in args:
+            out.append(fn(*a))
+            calls.append(out[-1])
+            if stop_after is not None and len(calls) >= stop_after:
+                raise KeyboardInterrupt
+        return out
+
+    args = ("graph", "--images", "scenes", "-m", "toy", "--target", "car", *FAST, "--quiet",
+            "--out", "arr", "--launcher", "local", "--jobs", "2")
+    monkeypatch.setattr(launch, "run_array", lambda fn, a, **kw: in_turn(fn, a, stop_after=1))
+    assert run(*args).exit_code != 0  # interrupted
+    assert calls == [{"phase": "graphs", "computed": 2}]  # images 0 and 2
+    assert len(list(Path("arr/.graph-parts").rglob("graphs-*.pt"))) == 2
+    calls.clear()
+    monkeypatch.setattr(launch, "run_array", lambda fn, a, **kw: in_turn(fn, a))
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    assert calls == [{"phase": "graphs", "computed": 0}, {"phase": "graphs", "computed": 1},
+                     {"phase": "scores", "computed": 2}, {"phase": "scores", "computed": 1}]
+    one = run("graph", "--images", "scenes", "-m", "toy", "--target", "car", *FAST, "--quiet",
+              "--out", "one")
+    assert one.exit_code == 0, one.output
+    a = json.loads(Path("one/graph.json").read_text())
+    b = json.loads(Path("arr/graph.json").read_text())
+    assert a["nodes"] == b["nodes"] and a["links"] == b["links"] and a["scores"] == b["scores"]

@@ -72,6 +72,14 @@ class AtlasPlan:
     features: dict | None
     site: Site
     saes: dict = field(default_factory=dict)  # layer -> loaded SAE (circuits_cli.sae.SAE)
+    cache: object | None = None  # ActivationCache read instead of images (circuits_cli.cache)
+
+    @property
+    def data_fingerprint(self) -> str | None:
+        """The identity of the images the pages' dataset examples come from."""
+        if self.cache is not None:
+            return "cache:" + self.cache.fingerprint
+        return self.images.fingerprint if self.images is not None else None
 
 
 @dataclass
@@ -189,7 +197,7 @@ def plan_atlas(model: LoadedModel, out: str | Path, layers: str | Sequence[str],
                settings: AtlasSettings | None = None,
                shard: tuple[int, int] | None = None, class_layers: Sequence[str] | None = None,
                features: str | Path | dict | None = None,
-               saes: Sequence[str | Path] = ()) -> AtlasPlan:
+               saes: Sequence[str | Path] = (), cache=None) -> AtlasPlan:
     """Check everything and decide the work; nothing is computed or written yet.
 
     ``units``: ``"all"``/None, a channel list for every layer (``"0-63,447"``), or a dict
@@ -225,10 +233,14 @@ def plan_atlas(model: LoadedModel, out: str | Path, layers: str | Sequence[str],
     flat = [Unit(n, c) for n in names for c in planned[n]]
     mine = flat if shard is None else [u for i, u in enumerate(flat) if i % shard[1] == shard[0]]
     imgs = None
+    if images is not None and cache is not None:
+        raise CircuitsError("give images or an activation cache, not both")
     if images is not None:
         from ..evidence import image_set
 
         imgs = image_set(images)
+    if cache is not None:
+        cache.check_model(model, names)
     if class_layers is None:
         class_layers = [n for n in default_class_layers(model) if n in names]
     else:
@@ -241,7 +253,9 @@ def plan_atlas(model: LoadedModel, out: str | Path, layers: str | Sequence[str],
         sae = _check_sae(model, path, names)
         if imgs is None:
             raise CircuitsError("--sae needs --images: a unit's features are ranked and shown "
-                                "with the layer's activations over the images")
+                                "with the layer's activation maps over the images"
+                                + (" (an activation cache holds sampled rows, not the maps)"
+                                   if cache is not None else ""))
         loaded[model.layer(sae.cfg["hook_name"]).name] = sae
     site = Site(out, model=model.name, weights_id=model.weights_id, shard=shard)
     site.check_writable(["index.html", "atlas.css", "atlas.js"]
@@ -249,7 +263,7 @@ def plan_atlas(model: LoadedModel, out: str | Path, layers: str | Sequence[str],
                         + [unit_page(u) for u in mine])
     return AtlasPlan(model=model, out=Path(out), layers=names, units=planned, mine=mine,
                      images=imgs, settings=settings, shard=shard, class_layers=class_layers,
-                     features=feats, site=site, saes=loaded)
+                     features=feats, site=site, saes=loaded, cache=cache)
 
 
 def _check_sae(model: LoadedModel, path, layers: list[str]):
@@ -459,7 +473,7 @@ def build_atlas(plan: AtlasPlan, *, progress: bool = True,
     # What a page may link to: planned units (all shards) and units already in the folder.
     linkable = {str(Unit(n, c)) for n, cs in plan.units.items() for c in cs} | set(site.units())
     base_sig = {"v": ATLAS_VERSION, "settings": st.key(), "linkable": _digest(sorted(linkable)),
-                "images": plan.images.fingerprint if plan.images else None,
+                "images": plan.data_fingerprint,
                 "class_layers": plan.class_layers,
                 "features_source": plan.features["source"] if plan.features else None}
 
@@ -475,12 +489,15 @@ def build_atlas(plan: AtlasPlan, *, progress: bool = True,
              f"{len(todo)} to write")
 
     acts = {}
-    if todo and plan.images is not None:
-        from ..evidence import layers_activations
+    if todo and (plan.images is not None or plan.cache is not None):
+        from ..evidence import cache_activations, layers_activations
 
         with timer.phase("activations"), _pass_lock(plan):
-            acts = layers_activations(model, plan.layers, plan.images, progress=progress,
-                                      warn=False)
+            if plan.cache is not None:  # the activation cache's rows: no forward pass
+                acts = cache_activations(model, plan.layers, plan.cache, progress=progress)
+            else:
+                acts = layers_activations(model, plan.layers, plan.images, progress=progress,
+                                          warn=False)
         msg = next(iter(acts.values())).skipped_message()
         if msg:
             echo(f"atlas: {msg}")
@@ -560,7 +577,7 @@ def _pass_lock(plan: AtlasPlan):
     from ..evidence.activations import default_cache_dir
 
     key = _digest([plan.model.name, str(plan.model.weights_id), plan.layers,
-                   plan.images.fingerprint])
+                   plan.data_fingerprint])
     try:
         import fcntl
 

@@ -273,7 +273,12 @@ class PageWriter:
                                      negative=negative, load=False)
             items = []
             for ex in exset.examples:
-                ex.image = self._load(Path(ex.path), size, resize)
+                ex.image = acts.picture(ex.row, size, resize)
+                if ex.image is None:  # the file is gone: the value stays, the picture says so
+                    items.append({"rank": ex.rank, "activation": ex.activation,
+                                  "file": Path(ex.path).name, "crop": None, "context": None,
+                                  "position": list(ex.position), "box": [0, 0, 0, 0]})
+                    continue
                 crop = ex.crop
                 small = max(crop.shape[:2]) <= 64
                 rel = unit_img(u, f"{key}-{ex.rank}.{'png' if small else 'jpg'}")
@@ -302,6 +307,9 @@ class PageWriter:
                 "input_size": m.input_size}
 
     def _images_info(self) -> dict | None:
+        if self.plan.cache is not None:
+            return {"source": f"the activation cache {self.plan.cache.folder}",
+                    "n": self.plan.cache.n_images}
         if self.plan.images is None:
             return None
         return {"source": self.plan.images.source, "n": len(self.plan.images.paths)}

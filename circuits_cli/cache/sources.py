@@ -201,20 +201,33 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, j: int):
-        from ..images import load_image
-
         i = self.indices[j]
-        where = self.source.where[i]
         try:
-            if isinstance(where, tuple) and where[0] == "toy":
-                img = _toy_image(where[1], where[2], self.size)
-            elif isinstance(where, tuple):
-                img = _tar_image(where, self.size, self.resize)
-            else:
-                img = load_image(where, size=self.size, resize=self.resize)
-            return i, img, True
+            return i, decode(self.source.where[i], self.size, self.resize), True
         except CircuitsError:
             return i, torch.zeros(3, self.size, self.size), False
+
+
+def decode(where, size: int, resize: int) -> torch.Tensor:
+    """The image at ``where`` (a :class:`Source` location, or its JSON form as a cache's shard
+    records it: a list instead of a tuple) as ``(3, size, size)`` in [0, 1]; a file that is gone
+    or unreadable is a :class:`CircuitsError`."""
+    from ..images import load_image
+
+    if isinstance(where, (tuple, list)) and where and where[0] == "toy":
+        return _toy_image(int(where[1]), int(where[2]), size)
+    if isinstance(where, (tuple, list)):
+        return _tar_image(tuple(where), size, resize)
+    return load_image(where, size=size, resize=resize)
+
+
+def where_json(where):
+    """A location as a cache's shard records it: a file as its absolute path (the picture of a
+    dataset example is read from there later, from any working directory), a tar member or a
+    toy scene as a list."""
+    if isinstance(where, tuple):
+        return list(where)
+    return os.path.abspath(where)
 
 
 def _toy_image(seed: int, index: int, size: int) -> torch.Tensor:
@@ -229,7 +242,11 @@ def _tar_image(where: tuple, size: int, resize: int) -> torch.Tensor:
     from ..images import load_image
 
     path, offset, length, suffix = where
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as err:
+        raise CircuitsError(f"cannot read the tar shard {path!r} ({err.strerror})") from None
+    with f:
         f.seek(offset)
         data = f.read(length)
     fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=".circuits-tar-member-")

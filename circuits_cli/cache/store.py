@@ -8,7 +8,10 @@ A cache is a folder::
                                       the source, its item count, its shard count, its sequence
     DIR/shards/SHARD.json             a finished shard (written last: its presence is the mark):
                                       the image ids in shard order, those that failed to decode,
-                                      rows per layer
+                                      rows per layer, and where each image is read from
+                                      ("where": an absolute file path, [tar, offset, size,
+                                      suffix] or ["toy", seed, index]: the pictures of dataset
+                                      examples come from there)
     DIR/LAYER/SHARD.bin               raw float16, (rows, C) C-order: np.memmap-able
     DIR/LAYER/SHARD.index.bin         raw int32, (rows, 2): image number within the shard and
                                       flat position y * W + x of each row
@@ -193,6 +196,45 @@ class ActivationCache:
             out[a:b] = r.index(i)[:, 0].astype(np.int64) + first
             first += len(s["images"])
         return out
+
+    def image_where(self) -> list:
+        """Where each image (in :meth:`image_ids` order) is read from, as its shard records it;
+        None for an image of a cache written before shards recorded it and not found as
+        ``SOURCE/ID`` of a folder source."""
+        roots = {p["part"]: p.get("source") for p in parts(self.folder) if p.get("kind") ==
+                 "folder"}
+        out = []
+        for s in self.shards:
+            where = s.get("where")
+            if where is not None and len(where) == len(s["images"]):
+                out += where
+            else:
+                root = roots.get(s["part"])
+                out += [str(Path(root).expanduser().resolve() / i) if root else None
+                        for i in s["images"]]
+        return out
+
+    def failed_ids(self) -> list[str]:
+        return [i for s in self.shards for i in s.get("failed", [])]
+
+    def check_model(self, model, layers) -> list[str]:
+        """The cache's names of ``layers`` once its model, weights and preprocessing are
+        ``model``'s; else a one-line :class:`CircuitsError` naming what differs."""
+        meta, where = self.meta, str(self.folder)
+        if meta.get("model") != model.name:
+            raise CircuitsError(f"the activation cache {where!r} is of model "
+                                f"{meta.get('model')!r}, not {model.name!r}; pass -m "
+                                f"{meta.get('model')} or a cache of {model.name}")
+        if str(meta.get("weights_id")) != str(model.weights_id):
+            raise CircuitsError(f"the activation cache {where!r} was written with other weights "
+                                f"of {model.name} (weights id {str(meta.get('weights_id'))[:16]}"
+                                f", the model's {str(model.weights_id)[:16]}); pass the same "
+                                "--weights or write a cache with these")
+        size = (meta.get("preprocessing") or {}).get("size")
+        if size is not None and int(size) != int(model.input_size):
+            raise CircuitsError(f"the activation cache {where!r} holds {size}-pixel inputs, the "
+                                f"model takes {model.input_size}; write a cache at its size")
+        return [self.layer_name(model.layer(n).name) for n in layers]
 
     @property
     def fingerprint(self) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import CircuitsError
-from .sources import ImageDataset, Source
+from .sources import ImageDataset, Source, where_json
 from .store import (
     DESCRIPTION_KEYS,
     DTYPE,
@@ -125,7 +125,8 @@ def prepare(out: Path, desc: dict, source: Source) -> dict:
 
 
 def _write_shard(out: Path, name: str, part: dict, index: int, ids: list[str],
-                 failed: list[str], rows: dict[str, list], indexes: dict[str, list]) -> dict:
+                 failed: list[str], rows: dict[str, list], indexes: dict[str, list],
+                 where: list) -> dict:
     from ..files import atomic_write, write_json
 
     counts = {}
@@ -138,7 +139,7 @@ def _write_shard(out: Path, name: str, part: dict, index: int, ids: list[str],
         atomic_write(folder / f"{name}.index.bin", lambda tmp, d=idx: d.tofile(tmp))
         counts[layer] = len(data)
     shard = {"shard": name, "part": part["part"], "index": index, "images": ids,
-             "failed": failed, "rows": counts}
+             "failed": failed, "rows": counts, "where": where}
     write_json(out / "shards" / f"{name}.json", shard, indent=0)
     return shard
 
@@ -180,14 +181,19 @@ def write_cache(model, layers: Sequence[str], source: Source, out: str | Path, *
     if progress and len(mine) > len(todo):
         print(f"cache: {len(mine) - len(todo)} of this job's {len(mine)} shard(s) already "
               "written; resuming", file=sys.stderr, flush=True)
+    # workers decode while this process runs the network; each worker runs torch on one thread
+    # (DataLoader's own setting), so on a machine without spare cores a worker competes with the
+    # forward pass (docs/guides/cluster.md measures it); pinned batches only help a copy to a GPU
     loader = torch.utils.data.DataLoader(
         ImageDataset(source, indices, size, resize), batch_size=batch_size, shuffle=False,
-        num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None)
+        num_workers=workers, persistent_workers=False, prefetch_factor=4 if workers else None,
+        pin_memory=getattr(model.device, "type", str(model.device)) == "cuda")
     bar = Progress(len(indices), f"cache {', '.join(names)}", "img", enabled=progress)
     written, total_rows = [], 0
     pos = 0  # which of `bounds` is being filled
     buf_ids: list[str] = []
     buf_failed: list[str] = []
+    buf_where: list = []
     buf_rows: dict[str, list] = {name: [] for name in names}
     buf_idx: dict[str, list] = {name: [] for name in names}
     seen = 0
@@ -215,6 +221,7 @@ def write_cache(model, layers: Sequence[str], source: Source, out: str | Path, *
                         buf_rows[name].append(rows[g * kk:(g + 1) * kk])
                         buf_idx[name].append(part_ix)
                     buf_ids.append(source.ids[i])
+                    buf_where.append(where_json(source.where[i]))
                     g += 1
                 else:
                     buf_failed.append(source.ids[i])
@@ -223,11 +230,11 @@ def write_cache(model, layers: Sequence[str], source: Source, out: str | Path, *
                     raise KeyboardInterrupt
                 if i == b - 1:
                     info = _write_shard(out, shard_name(part["part"], s), part, s, buf_ids,
-                                        buf_failed, buf_rows, buf_idx)
+                                        buf_failed, buf_rows, buf_idx, buf_where)
                     written.append(info["shard"])
                     total_rows += sum(info["rows"].values())
                     pos += 1
-                    buf_ids, buf_failed = [], []
+                    buf_ids, buf_failed, buf_where = [], [], []
                     buf_rows = {name: [] for name in names}
                     buf_idx = {name: [] for name in names}
             bar.update(len(idx))

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .common import model_options
-from .options import launcher_options
+from .options import activation_cache_option, launcher_options
 
 
 @click.command()
@@ -20,6 +20,7 @@ from .options import launcher_options
                    "LAYER:LIST for one layer (repeat the option), e.g. --units 4b:90-110.")
 @click.option("--images", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Image folder for dataset examples (without it, pages have none).")
+@activation_cache_option
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, metavar="SITE",
               help="Site folder  [default: outputs/atlas/MODEL]")
 @click.option("--steps", type=click.IntRange(1, 100000), default=512, show_default=True,
@@ -61,9 +62,9 @@ from .options import launcher_options
               help="torch CPU threads  [default: torch's]; 1 is often fastest on a busy machine.")
 @launcher_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
-def atlas(load_model, layers_spec, units_specs, images, out_dir, steps, size, seed, batch,
-          precision, kinds, facets, top_inputs, top_outputs, top_examples, top_classes,
-          classes_spec, features_file, sae_dirs, shard_spec, threads, launch, quiet):
+def atlas(load_model, layers_spec, units_specs, images, activation_cache_dir, out_dir, steps,
+          size, seed, batch, precision, kinds, facets, top_inputs, top_outputs, top_examples,
+          top_classes, classes_spec, features_file, sae_dirs, shard_spec, threads, launch, quiet):
     """Write a browsable static site of a model's units (the Microscope for your own model).
 
     An index of the layers (shapes, branch splits); per layer, a grid of every unit's feature
@@ -72,6 +73,9 @@ def atlas(load_model, layers_spec, units_specs, images, out_dir, steps, size, se
     spatial weights, strongest outputs and, for late layers, the classes it feeds. Every unit
     named on a page links to its own page when it is in the atlas. Open SITE/index.html in a
     browser (file:// works) or put the folder on any static host.
+
+    Dataset examples come from --images, or from an activation cache (--cache DIR, written by
+    'circuits cache' over every layer of the atlas) without a forward pass.
 
     Everything comes from the caches: a re-run skips finished pages and renders nothing twice,
     so an interrupted run resumes where it stopped.
@@ -90,6 +94,10 @@ def atlas(load_model, layers_spec, units_specs, images, out_dir, steps, size, se
     from ..files import claim_output, output_dir
 
     shard = parse_shard(shard_spec)
+    from .options import images_or_cache
+
+    # dataset examples from --images or from an activation cache (either, or none at all)
+    cache = images_or_cache([images] if images else [], activation_cache_dir, required=False)
     kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
     if features_file is not None and not features_file.is_file():
         why = ("is a folder; --features takes a JSON file (format circuits-atlas-features/1)"
@@ -121,7 +129,7 @@ def atlas(load_model, layers_spec, units_specs, images, out_dir, steps, size, se
     units = _units(units_specs, layers_spec, model)
     plan = plan_atlas(model, out, layers_spec, units=units, images=images, settings=settings,
                       shard=shard, class_layers=class_layers, features=features_file,
-                      saes=sae_dirs)
+                      saes=sae_dirs, cache=cache)
     n = len(plan.mine)
     click.echo(f"atlas of {model.name}: {n} unit page(s) in {', '.join(plan.layers)}"
                + (f" (shard {shard[0]}/{shard[1]})" if shard else "") + f" -> {out}", err=True)

@@ -34,7 +34,8 @@ from .options import SHARD, launcher_options, warnings_to_stderr
               help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
               help="DataLoader processes decoding images while the network runs (0: decode "
-                   "in the main process).")
+                   "in the main process). They pay where the CPU has cores the forward pass "
+                   "leaves free (a GPU job); with 1-2 cores, 0 is faster.")
 @launcher_options
 @click.option("--quiet", is_flag=True, help="No progress.")
 @model_options

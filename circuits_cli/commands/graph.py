@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .common import model_options
-from .options import json_option, out_option, quiet_option
+from .options import json_option, launcher_options, out_option, quiet_option
 
 
 def _probability(text: str) -> float:
@@ -90,11 +90,12 @@ def _sae_pairs(ctx, param, values):
               help="An atlas of this model ('circuits atlas'): nodes link to their unit pages "
                    "and show their feature visualizations from it.")
 @out_option("outputs/graph/MODEL/IMAGE-TARGET")
+@launcher_options
 @json_option
 @quiet_option
 def graph(image, load_model, target, layers, saes, node_threshold, edge_threshold, max_nodes,
           batch_size, patch, images_dir, max_images, merge_positions, reference_dir, edits,
-          n_recorded, atlas_dir, out_dir, as_json, quiet):
+          n_recorded, atlas_dir, out_dir, launch, as_json, quiet):
     """The attribution graph of IMAGE: which units carried it to its answer.
 
     For this image the network's nonlinear parts are frozen (ReLU gates, max-pool selections,
@@ -107,6 +108,10 @@ def graph(image, load_model, target, layers, saes, node_threshold, edge_threshol
 
     Writes graph.json (circuit-tracer's schema, image positions for token positions),
     graph.png (a layered figure) and graph.html (an interactive viewer that works offline).
+
+    With --images DIR and --launcher local|slurm, the images' unit graphs are computed by
+    --jobs array jobs (each image's parts saved in OUT/.graph-parts: a re-run redoes only what
+    is missing), then merged here into the class graph one process builds.
 
     \b
     Examples:
@@ -134,6 +139,9 @@ def graph(image, load_model, target, layers, saes, node_threshold, edge_threshol
                             "--images DIR for a class-level graph")
     if edits and image is None:
         raise CircuitsError("--intervene works on the graph of one IMAGE")
+    if launch["launcher"] != "none" and image is not None:
+        raise CircuitsError("--launcher spreads the images of a class graph (--images DIR) "
+                            "over array jobs; one IMAGE runs here")
     paths = find_images([images_dir])[0][:max_images] if images_dir is not None else [image]
     ref_paths = find_images([reference_dir])[0] if reference_dir is not None else None
     if atlas_dir is not None and not (atlas_dir / "index.html").is_file():
@@ -180,6 +188,15 @@ def graph(image, load_model, target, layers, saes, node_threshold, edge_threshol
                     metadata={"image_name": what, "slug": out.name})
     if image is not None:
         full, pruned = build_graph(model, x, tgt, names, merge=merge_positions, **settings)
+    elif launch["launcher"] != "none":
+        from ..reports.graph_jobs import class_graph_on_array
+
+        spec = _array_spec(click.get_current_context().params, model, paths, ref_paths, tgt,
+                           names, saes, settings)
+        full, pruned = class_graph_on_array(
+            model, spec, launcher=launch["launcher"], jobs=launch["jobs"], out=out,
+            slurm=launch["slurm"], saes=sae_models,
+            log=None if quiet or as_json else (lambda line: click.echo(line, err=True)))
     else:
         full, pruned = build_class_graph(model, x, tgt, names, **settings)
     user = _interventions(full, edits) if edits else []
@@ -190,6 +207,10 @@ def graph(image, load_model, target, layers, saes, node_threshold, edge_threshol
         link_atlas(data, atlas_dir, out)
     shown = x[0] if image is not None else x.mean(0)  # a class graph: the images' mean
     write_graph(out, data, shown, node_crops(data, shown) if image is not None else {})
+    if launch["launcher"] != "none":
+        from ..reports.graph_jobs import remove_parts
+
+        remove_parts(out)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -208,6 +229,30 @@ def graph(image, load_model, target, layers, saes, node_threshold, edge_threshol
         click.echo(f"Intervention {u['edits']}: target {u['frozen_change']:+.4g} frozen, "
                    f"{u['free_change']:+.4g} free")
     click.echo(f"Wrote {out / 'graph.json'}, {out / 'graph.png'} and {out / 'graph.html'}")
+
+
+def _array_spec(params: dict, model, paths, ref_paths, tgt, names, saes, settings) -> dict:
+    """What each array job of a class graph needs, as plain values (paths absolute)."""
+    def absolute(p):  # a path the jobs find from any working directory; a name stays a name
+        if p is None:
+            return None
+        return str(Path(p).resolve()) if Path(p).exists() else str(p)
+
+    return {"model": params.get("model_name"), "weights": absolute(params.get("weights")),
+            "weights_id": str(model.weights_id), "device": params.get("device"),
+            "output": params.get("output_key"), "labels": absolute(params.get("labels_file")),
+            "images": [absolute(p) for p in paths],
+            "target": {"kind": tgt.kind, "index": tgt.index, "layer": tgt.layer,
+                       "position": list(tgt.position) if tgt.position else None,
+                       "label": tgt.label},
+            "layers": list(names), "saes": {model.layer(k).name: absolute(v)
+                                               for k, v in saes.items()},
+            "settings": {k: settings[k] for k in ("max_nodes", "batch_size", "patch")},
+            "scoring": {"node_threshold": settings["node_threshold"],
+                        "edge_threshold": settings["edge_threshold"],
+                        "interventions": settings["interventions"],
+                        "reference": [absolute(p) for p in (ref_paths or [])[:256]]},
+            "metadata": settings["metadata"]}
 
 
 def _target(model, spec, x):

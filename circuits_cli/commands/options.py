@@ -208,6 +208,35 @@ def images_option(required: bool = True, help: str | None = None):
                                      "(CACHE/activations).")
 
 
+def activation_cache_option(func):
+    """``--cache DIR``: an activation cache ('circuits cache') read instead of ``--images``."""
+    return click.option("--cache", "activation_cache_dir", type=click.Path(path_type=Path),
+                        default=None, metavar="DIR",
+                        help="Read the activations from this activation cache ('circuits "
+                             "cache LAYER ... --out DIR') instead of --images: no forward "
+                             "pass. A cache of sampled positions ranks each image by the "
+                             "max over its cached positions.")(func)
+
+
+def images_or_cache(images, cache_folder, required: bool = True):
+    """Exactly one of ``--images`` and ``--cache`` (or neither when not ``required``): the
+    :class:`~circuits_cli.cache.ActivationCache` opened (a one-line error for a folder that is
+    not one), or None when images are read. Checked before the model loads."""
+    from ..errors import CircuitsError
+
+    if images and cache_folder is not None:
+        raise CircuitsError("give --images or --cache, not both: --cache reads the activations "
+                            "that 'circuits cache' computed over its images")
+    if cache_folder is None:
+        if required and not images:
+            raise CircuitsError("give --images DIR (a folder of images) or --cache DIR (an "
+                                "activation cache written by 'circuits cache')")
+        return None
+    from ..cache import open_cache
+
+    return open_cache(cache_folder)
+
+
 def render_options_with(steps: int = 512, param: bool = True):
     """``--steps``, ``--size``, ``--seed``, ``--param``, ``--no-render``: the feature
     visualizations, with ``steps`` as the default step count (``param=False`` leaves out

@@ -22,6 +22,7 @@ from .ablation import AblationResult, ablate, parse_inputs
 from .activations import (
     ImageSet,
     LayerActivations,
+    cache_activations,
     default_cache_dir,
     image_set,
     layer_activations,
@@ -32,7 +33,8 @@ from .find import FindResult, UnitScore, find_units, lookup_class
 from .receptive_field import ReceptiveField  # the function: .receptive_field.receptive_field
 
 __all__ = ["AblationResult", "ablate", "parse_inputs", "ImageSet", "LayerActivations",
-           "default_cache_dir", "image_set", "layer_activations", "layers_activations",
+           "cache_activations", "default_cache_dir", "image_set", "layer_activations",
+           "layers_activations",
            "Example", "ExampleSet", "dataset_examples", "examples_sheet", "FindResult",
            "UnitScore", "find_units", "lookup_class", "ReceptiveField",
            "Evidence", "CircuitAblation", "gather_evidence", "check_evidence_outputs",

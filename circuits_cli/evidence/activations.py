@@ -145,6 +145,12 @@ class LayerActivations:
     directory: Path
     preprocessing: dict = field(default_factory=dict)
     from_cache: bool = False
+    # read from an activation cache ('circuits cache'): where each image's picture is (a shard's
+    # "where" entry, None when unknown) and, when the cache sampled positions, how many per image
+    # (the statistics are then over those positions only)
+    where: list | None = None
+    sampled_positions: int | None = None
+    activation_cache: str | None = None
 
     @property
     def n_images(self) -> int:
@@ -169,6 +175,27 @@ class LayerActivations:
         if self.maps is None:
             return None
         return np.asarray(self.maps[row, channel], dtype=np.float32)
+
+    def picture(self, row: int, size: int | None = None, resize: int | None = None
+                ) -> np.ndarray | None:
+        """Image ``row`` as the model saw it, ``(S, S, 3)`` float32 in [0, 1]; None when its
+        file is gone or unreadable (a page or sheet then says the picture is missing)."""
+        size = int(size or self.preprocessing.get("size", 224))
+        resize = resize or self.preprocessing.get("resize") or default_resize(size)
+        try:
+            if self.where is not None:
+                from ..cache.sources import decode
+
+                if self.where[row] is None:
+                    return None
+                img = decode(self.where[row], size, int(resize))
+            else:
+                from ..images import load_image
+
+                img = load_image(self.paths[row], size=size, resize=resize)
+        except CircuitsError:
+            return None
+        return img.permute(1, 2, 0).numpy()
 
     def skipped_message(self) -> str | None:
         """The warning to show when files were skipped, else None."""
@@ -203,7 +230,9 @@ def _open(directory: Path, from_cache: bool) -> LayerActivations:
         shape=tuple(meta["shape"]), paths=[Path(p) for p in meta["paths"]],
         failed=[Path(p) for p in meta["failed"]], n_not_images=meta["n_not_images"],
         stats=stats, maps=maps, directory=directory, preprocessing=meta["preprocessing"],
-        from_cache=from_cache)
+        from_cache=from_cache, where=meta.get("where"),
+        sampled_positions=meta.get("sampled_positions"),
+        activation_cache=meta.get("activation_cache"))
 
 
 def layer_activations(model: LoadedModel, layer: str,
@@ -392,7 +421,7 @@ def _save_chunk(path: Path, rows: list[dict], ok_index: list[int], shape) -> Non
 
 def _assemble(model: LoadedModel, layer: str, imgs: ImageSet, entry: Path, partial: Path,
               n_chunks: int, *, size: int, resize: int, max_map_bytes: int,
-              chunks: dict) -> LayerActivations:
+              chunks: dict, extra: dict | None = None) -> LayerActivations:
     """The entry from its chunks: arrays in row order, meta.json, then one rename."""
     files = [_chunk_file(partial, i) for i in range(n_chunks)]
     row_index: list[int] = []
@@ -447,7 +476,8 @@ def _assemble(model: LoadedModel, layer: str, imgs: ImageSet, entry: Path, parti
                                   "input": "RGB [0,1], model.preprocess"},
                 "maps_dtype": "float16" if has_maps else None,
                 "paths": [str(p) for p in ok_paths], "failed": [str(p) for p in failed],
-                "n_not_images": imgs.n_skipped, "source": imgs.source, "chunks": chunks}
+                "n_not_images": imgs.n_skipped, "source": imgs.source, "chunks": chunks,
+                **(extra or {})}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.replace(tmp, entry)
@@ -494,6 +524,10 @@ def unit_activations(model: LoadedModel, unit, acts: LayerActivations,
 
     if acts.layer != unit.layer:
         raise ValueError(f"activations are of layer {acts.layer}, unit is {unit}")
+    if not isinstance(unit, Neuron) and acts.maps is None and acts.where is not None:
+        raise CircuitsError(f"{unit} is a direction or feature: it is read from the activation "
+                            "maps, which a cache of sampled positions does not hold; write the "
+                            "cache with --positions 0 (every position) or pass --images")
     if isinstance(unit, Neuron):
         c = unit.channel
         stats = {k: np.asarray(v[:, c]) for k, v in acts.stats.items()}
@@ -534,6 +568,10 @@ def units_spatial_means(acts: LayerActivations, units, chunk_rows: int = 16) -> 
 
     if all(is_neuron(u) for u in units):
         return np.asarray(acts.stats["mean"], dtype=np.float64)[:, [u.channel for u in units]]
+    if acts.maps is None and acts.where is not None:
+        raise CircuitsError("directions and features are read from the activation maps, which "
+                            "a cache of sampled positions does not hold; write the cache with "
+                            "--positions 0 (every position) or pass --images")
     if acts.maps is None:
         raise CircuitsError(f"the activation maps of {acts.layer!r} were too large to keep; "
                             "use fewer images to rank directions or features")
@@ -547,4 +585,111 @@ def units_spatial_means(acts: LayerActivations, units, chunk_rows: int = 16) -> 
         r = torch.einsum("nchw,uc->nuhw", block, enc) + bias[None, :, None, None]
         r = torch.where(relu[None, :, None, None], torch.relu(r), r)
         out[i:i + len(block)] = r.mean(dim=(2, 3)).double().numpy()
+    return out
+
+
+# ----------------------------------------------------------- from an activation cache on disk
+
+
+def cache_activations(model: LoadedModel, layers: Sequence[str], cache, *,
+                      cache_dir: str | Path | None = None, max_map_bytes: int = MAX_MAP_BYTES,
+                      progress: bool = False) -> dict[str, LayerActivations]:
+    """The per-image statistics of ``layers`` read from an activation cache
+    (:class:`circuits_cli.cache.ActivationCache`, written by ``circuits cache``) instead of a
+    forward pass: what dataset examples, class lookups and the atlas read from an image folder.
+
+    Each image's max, min, argmax, argmin and mean of a channel are taken over the positions the
+    cache holds for it: every position (``--positions 0``: the same statistics as a folder's
+    pass, to float16's precision) or a sample of K (then the max over those K positions, which
+    ``sampled_positions`` records). With every position cached, the maps are kept too (float16)
+    when they fit in ``max_map_bytes``. The statistics are stored once per cache (keyed by its
+    fingerprint) under ``cache_dir``, one resumable chunk per shard, and memory-mapped.
+    A cache of another model, weights or layer is a one-line :class:`CircuitsError`."""
+    names = cache.check_model(model, layers)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    ids, where = cache.image_ids(), cache.image_where()
+    display = [Path(w) if isinstance(w, str) else Path(i) for i, w in zip(ids, where, strict=True)]
+    imgs = ImageSet(display, 0, str(cache.folder))
+    out = {}
+    for n in names:
+        key = hashlib.sha256("\n".join([f"v{FORMAT_VERSION}", "activation-cache", model.name,
+                                        str(model.weights_id), n, cache.fingerprint]
+                                       ).encode()).hexdigest()[:20]
+        entry = entry_dir(cache_dir, model, n, key)
+        if (entry / "meta.json").exists():
+            out[n] = _open(entry, True)
+        else:
+            out[n] = _from_cache(model, n, cache, imgs, where, entry,
+                                 max_map_bytes=max_map_bytes, progress=progress)
+    first = out[names[0]]
+    if first.n_images == 0:
+        raise CircuitsError(f"the activation cache {str(cache.folder)!r} holds no image")
+    return out
+
+
+def _from_cache(model: LoadedModel, layer: str, cache, imgs: ImageSet, where: list, entry: Path,
+                *, max_map_bytes: int, progress: bool) -> LayerActivations:
+    from ..progress import Progress
+
+    rows = cache.rows(layer)
+    c, h, w = (int(v) for v in cache.meta["layers"][layer]["shape"])
+    k = int(cache.meta["layers"][layer].get("positions_per_image") or h * w)
+    n_total = len(imgs.paths)
+    keep_maps = k >= h * w and n_total * c * h * w * 2 <= max_map_bytes
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    clean_dead_temporaries(entry.parent)
+    partial = partial_dir(entry)
+    partial.mkdir(exist_ok=True)
+    bar = Progress(n_total, f"activations {layer} from {cache.folder.name}", "img",
+                   enabled=progress)
+    first = resumed = 0
+    try:
+        for i, shard in enumerate(cache.shards):
+            n = len(shard["images"])
+            f = _chunk_file(partial, i)
+            if f.is_file():
+                resumed += 1
+            else:
+                data = np.asarray(rows.shard_array(i), dtype=np.float32)
+                parts = [_cache_rows(data, rows.index(i), n, (c, h, w), keep_maps, cache)] \
+                    if n else []
+                _save_chunk(f, parts, list(range(first, first + n)), (c, h, w))
+            first += n
+            bar.update(n)
+    finally:
+        bar.close()
+    prep = cache.meta.get("preprocessing") or {}
+    size = int(prep.get("size", model.input_size))
+    resize = int(prep.get("resize", default_resize(size)))
+    n_chunks = len(cache.shards)
+    extra = {"where": where, "failed": cache.failed_ids(), "activation_cache": str(cache.folder),
+             "sampled_positions": k if k < h * w else None}
+    return _assemble(model, layer, imgs, entry, partial, n_chunks, size=size, resize=resize,
+                     max_map_bytes=max_map_bytes,
+                     chunks={"total": n_chunks, "resumed": resumed,
+                             "computed": n_chunks - resumed, "images": "one shard"},
+                     extra=extra)
+
+
+def _cache_rows(data: np.ndarray, index: np.ndarray, n: int, shape: tuple[int, int, int],
+                keep_maps: bool, cache) -> dict[str, np.ndarray]:
+    """The statistics of one shard's ``n`` images from its rows ``(R, C)`` (the same K
+    positions of every image, image by image, as the cache writes them)."""
+    c, h, w = shape
+    k = len(data) // n
+    img = index[:, 0].astype(np.int64)
+    if k * n != len(data) or not np.array_equal(img, np.repeat(np.arange(n), k)):
+        raise CircuitsError(f"the activation cache {str(cache.folder)!r} has a shard whose rows "
+                            "are not K per image in image order; write it again")
+    v = data.reshape(n, k, c)
+    pos = index[:, 1].astype(np.int64).reshape(n, k)
+    amx, amn = v.argmax(axis=1), v.argmin(axis=1)  # (n, C)
+    rows_ix = np.arange(n)[:, None]
+    out = {"max": v.max(axis=1), "argmax": pos[rows_ix, amx].astype(np.int32),
+           "min": v.min(axis=1), "argmin": pos[rows_ix, amn].astype(np.int32),
+           "mean": v.mean(axis=1, dtype=np.float64).astype(np.float32)}
+    if keep_maps:
+        maps = np.zeros((n, h * w, c), np.float16)
+        maps[rows_ix, pos] = v.astype(np.float16)
+        out["maps"] = np.ascontiguousarray(maps.transpose(0, 2, 1)).reshape(n, c, h, w)
     return out

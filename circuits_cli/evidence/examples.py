@@ -35,6 +35,8 @@ class Example:
     box: Box  # (x0, y0, x1, y1) in pixels of the model's input crop
     image: np.ndarray | None = None  # (S, S, 3) float32 in [0, 1], the model's view of the image
     spatial_map: np.ndarray | None = None  # (H, W) the unit's activation map in this image
+    row: int = -1  # the image's row in the activations it was ranked from
+    missing: bool = False  # the picture was asked for (load) but its file is gone or unreadable
 
     @property
     def crop(self) -> np.ndarray | None:
@@ -44,9 +46,12 @@ class Example:
         return self.image[y0:y1, x0:x1]
 
     def to_json(self) -> dict:
-        return {"rank": self.rank, "file": self.path.name, "path": str(self.path),
-                "activation": round(float(self.activation), 6),
-                "position": list(self.position), "box": list(self.box)}
+        out = {"rank": self.rank, "file": self.path.name, "path": str(self.path),
+               "activation": round(float(self.activation), 6),
+               "position": list(self.position), "box": list(self.box)}
+        if self.missing:
+            out["picture"] = "missing"
+        return out
 
 
 @dataclass
@@ -101,18 +106,23 @@ def dataset_examples(model: LoadedModel, unit: Unit,
     mx, mn = ua.column("max"), ua.column("min")
     # a neuron of a layer that is never negative (after a ReLU) has no negative examples
     signed = bool((np.asarray(acts.stats["min"]) if is_neuron(unit) else mn).min() < 0)
+    # a cache of sampled positions: the max (min) is over those positions only; say so
+    k = acts.sampled_positions
+    mx_text = (f"max over the {k} cached positions (of {acts.shape[1] * acts.shape[2]})" if k
+               else "spatial max")
+    mn_text = mx_text.replace("max", "min", 1)
     if not negative:
         order = np.argsort(-mx, kind="stable")
         values, which = mx, "max"
-        ranking = "highest spatial max of the unit in the image"
+        ranking = f"highest {mx_text} of the unit in the image"
     elif signed:
         order = np.argsort(mn, kind="stable")
         values, which = mn, "min"
-        ranking = "lowest (most negative) spatial min of the unit in the image"
+        ranking = f"lowest (most negative) {mn_text} of the unit in the image"
     else:
         order = np.argsort(mx, kind="stable")
         values, which = mx, "max"
-        ranking = ("lowest spatial max: the layer is non-negative (after a ReLU), so these are "
+        ranking = (f"lowest {mx_text}: the layer is non-negative (after a ReLU), so these are "
                    "the images where the unit stays quietest")
     size = int(acts.preprocessing.get("size", model.input_size))
     resize = acts.preprocessing.get("resize")
@@ -122,11 +132,10 @@ def dataset_examples(model: LoadedModel, unit: Unit,
         y, x = ua.position(int(row), which)
         ex = Example(rank=rank, path=acts.paths[row], activation=float(values[row]),
                      position=(int(y), int(x)), box=rf.box(int(y), int(x), box),
-                     spatial_map=ua.spatial_map(int(row)))
+                     spatial_map=ua.spatial_map(int(row)), row=int(row))
         if load:
-            from ..images import load_image
-
-            ex.image = load_image(ex.path, size=size, resize=resize).permute(1, 2, 0).numpy()
+            ex.image = acts.picture(int(row), size, resize)
+            ex.missing = ex.image is None
         examples.append(ex)
     summary = {"max_mean": round(float(mx.mean()), 6), "max_std": round(float(mx.std()), 6),
                "max_max": round(float(mx.max()), 6),
@@ -148,7 +157,7 @@ def examples_sheet(exset: ExampleSet, path: str | Path | None = None, *, columns
     from matplotlib.patches import Rectangle
 
     exs = exset.examples
-    if any(e.image is None for e in exs):
+    if any(e.image is None and not e.missing for e in exs):
         raise ValueError("examples_sheet needs examples loaded with load=True")
     cols = max(1, min(columns, len(exs)))
     rows = max(1, -(-len(exs) // cols))
@@ -166,12 +175,17 @@ def examples_sheet(exset: ExampleSet, path: str | Path | None = None, *, columns
         x_left = 0.05 + c * cw + (cw - crop) / 2
         y = head + r * ch + 0.26
         ax = axes(x_left, y, crop, crop)
-        ax.imshow(np.clip(ex.crop, 0, 1), interpolation="lanczos")
+        if ex.image is None:  # the file is gone: say so where the picture would be
+            ax.set_facecolor("#e6e6e6")
+            ax.text(0.5, 0.5, "picture missing\n(file gone or\nunreadable)", ha="center",
+                    va="center", fontsize=9, color="#555555", transform=ax.transAxes)
+        else:
+            ax.imshow(np.clip(ex.crop, 0, 1), interpolation="lanczos")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"#{ex.rank}   {ex.activation:.4g}", fontsize=10, pad=3)
         y += crop
-        if context:
+        if context and ex.image is not None:
             axc = axes(x_left + (crop - thumb) / 2, y + gap, thumb, thumb)
             axc.imshow(np.clip(ex.image, 0, 1))
             x0, y0, x1, y1 = ex.box
@@ -183,6 +197,8 @@ def examples_sheet(exset: ExampleSet, path: str | Path | None = None, *, columns
             for spine in axc.spines.values():
                 spine.set_visible(False)
             y += gap + thumb
+        elif context:
+            y += gap + thumb
         name = ex.path.stem
         name = name if len(name) <= 30 else name[:28] + "…"
         fig.text((x_left + crop / 2) / fw, 1 - (y + 0.04) / fh, name, ha="center", va="top",
@@ -191,9 +207,12 @@ def examples_sheet(exset: ExampleSet, path: str | Path | None = None, *, columns
     title_text = title or f"{exset.unit} ({exset.model}): {kind}"
     rf = exset.receptive_field
     h, w = rf.size(exset.box_kind)
-    fig.text(0.5, 1 - 0.08 / fh, f"{title_text}\nranked by {exset.ranking.split(':')[0]} over "
-             f"{exset.n_images} images; crop = {exset.box_kind} receptive field "
-             f"(~{h:.0f}x{w:.0f} px of {rf.input_size}) at the unit's strongest position",
+    ranked = f"ranked by {exset.ranking.split(':')[0]} over {exset.n_images} images"
+    crop_text = (f"crop = {exset.box_kind} receptive field (~{h:.0f}x{w:.0f} px of "
+                 f"{rf.input_size}) at the unit's strongest position")
+    # a long ranking (a cache's sampled positions) gets a line of its own on a narrow sheet
+    sep = "\n" if len(ranked) + len(crop_text) > 16 * fw else "; "
+    fig.text(0.5, 1 - 0.08 / fh, f"{title_text}\n{ranked}{sep}{crop_text}",
              ha="center", va="top", fontsize=9)
     if path is None:
         return fig

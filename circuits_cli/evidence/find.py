@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import CircuitsError, suggest
 from ..units import Unit
 from ..zoo.base import LoadedModel
-from .activations import ImageSet, layer_activations, units_spatial_means
+from .activations import ImageSet, LayerActivations, layer_activations, units_spatial_means
 
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -144,7 +144,8 @@ def class_weights(model: LoadedModel, layer: str, class_index: int) -> np.ndarra
 
 
 def find_units(model: LoadedModel, query: str | int, layer: str, *, top: int = 10,
-               images: str | Path | Sequence[str | Path] | ImageSet | None = None,
+               images: str | Path | Sequence[str | Path] | ImageSet | LayerActivations
+               | None = None,
                cache_dir: str | Path | None = None, batch_size: int = 16,
                progress: bool = False, units: Sequence[Unit] | None = None) -> FindResult:
     """The ``top`` units of ``layer`` that contribute most to the logit of class ``query``.
@@ -170,8 +171,13 @@ def find_units(model: LoadedModel, query: str | int, layer: str, *, top: int = 1
     cls_act = mean_act = None
     n_images, files = 0, []
     if images is not None:
-        acts = layer_activations(model, info.name, images, cache_dir=cache_dir,
-                                 batch_size=batch_size, progress=progress)
+        if isinstance(images, LayerActivations):  # e.g. read from an activation cache
+            if images.layer != info.name:
+                raise ValueError(f"activations are of layer {images.layer}, not {info.name}")
+            acts = images
+        else:
+            acts = layer_activations(model, info.name, images, cache_dir=cache_dir,
+                                     batch_size=batch_size, progress=progress)
         means = units_spatial_means(acts, candidates)
         n_images = acts.n_images
         mean_act = means.mean(axis=0)

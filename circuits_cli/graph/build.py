@@ -262,28 +262,59 @@ def build_class_graph(model: LoadedModel, images01: torch.Tensor, target: Target
     ``images01`` (N, 3, H, W), averaged: a node's activation and each edge are their means over
     the images (0 where a unit was silent or not expanded). Faithfulness is the mean over the
     images of each image's faithfulness with the class graph's units kept; recorded
-    interventions are means too."""
+    interventions are means too.
+
+    The same computation in steps that array jobs can share out (each image's work depends only
+    on the image and, for the second step, on the merged graph): :func:`image_graph_record` per
+    image, :func:`merge_image_graphs` over all of them, :func:`image_class_scores` per image,
+    :func:`finish_class_graph`."""
     layers = layers or default_layers(model, target)
     per = []
     for i in range(len(images01)):
         att = attribute(model, images01[i:i + 1], target, layers, saes=saes,
                         max_nodes=max_nodes, batch_size=batch_size, patch=patch, merge=True)
-        per.append((att, to_graph(att)))
+        per.append((att, image_graph_record(att)))
+    records = [r for _, r in per]
+    full, pruned = merge_image_graphs(records, node_threshold, edge_threshold)
+    strongest = _strongest(pruned, interventions) if interventions else []
+    scores = [image_class_scores(att, rec, pruned, reference01, strongest) for att, rec in per]
+    return finish_class_graph(model, target, layers, full, pruned, records, scores,
+                              saes=saes, node_threshold=node_threshold,
+                              edge_threshold=edge_threshold, max_nodes=max_nodes, patch=patch,
+                              reference=reference01 is not None,
+                              interventions=interventions, metadata=metadata)
+
+
+def image_graph_record(att: Attribution) -> dict:
+    """One image's unit-level graph (an attribution with positions merged) as plain data, all a
+    class graph needs of it: nodes, adjacency and what the attribution froze (``torch.save``-able,
+    so that an array job can hand it over)."""
+    g = to_graph(att)
+    return {"nodes": g.nodes, "adjacency": g.adjacency, "image_size": list(att.image_size),
+            "patch_grid": list(att.patch_grid), "frozen": list(att.frozen),
+            "unfrozen": sorted(att.unfrozen), "expanded": len(att.row_nodes) - 1}
+
+
+def merge_image_graphs(records: list[dict], node_threshold: float = 0.8,
+                       edge_threshold: float = 0.98) -> tuple[Graph, Graph]:
+    """(full, pruned): the images' unit graphs averaged (in the order given), and pruned; the
+    full graph's scores (replacement, completeness, largest residual) set on both."""
     order: dict[str, dict] = {}
-    for _, g in per:
-        for n in g.nodes:
+    for r in records:
+        for n in r["nodes"]:
             order.setdefault(n["node_id"], n)
-    ids = sorted(order, key=lambda k: (order[k]["layer_index"], list(order).index(k)))
+    first = {k: i for i, k in enumerate(order)}
+    ids = sorted(order, key=lambda k: (order[k]["layer_index"], first[k]))
     pos = {k: i for i, k in enumerate(ids)}
-    n_img = len(per)
+    n_img = len(records)
     adj = torch.zeros(len(ids), len(ids))
     act = torch.zeros(len(ids))
     bias = torch.zeros(len(ids))
-    for _, g in per:
-        idx = torch.tensor([pos[k] for k in g.node_ids()])
-        adj[idx[:, None], idx[None, :]] += g.adjacency / n_img
-        act[idx] += torch.tensor([n["activation"] for n in g.nodes]) / n_img
-        bias[idx] += torch.tensor([n["bias"] for n in g.nodes]) / n_img
+    for r in records:
+        idx = torch.tensor([pos[n["node_id"]] for n in r["nodes"]])
+        adj[idx[:, None], idx[None, :]] += r["adjacency"] / n_img
+        act[idx] += torch.tensor([n["activation"] for n in r["nodes"]]) / n_img
+        bias[idx] += torch.tensor([n["bias"] for n in r["nodes"]]) / n_img
     nodes = []
     for k in ids:
         n = {key: v for key, v in order[k].items()
@@ -293,52 +324,77 @@ def build_class_graph(model: LoadedModel, images01: torch.Tensor, target: Target
         nodes.append(n)
     full = Graph(nodes=nodes, adjacency=adj)
     scores = full.compute_scores()
-    scores["max_residual"] = max(abs(n.get("residual", 0.0)) for _, g in per for n in g.nodes)
+    scores["max_residual"] = max(abs(n.get("residual", 0.0)) for r in records
+                                 for n in r["nodes"])
     pruned = full.pruned(node_threshold, edge_threshold)
-    means = None
-    faiths = []
-    for att, _ in per:
-        means = reference_means(att, reference01)
-        faiths.append(faithfulness(att, _keep_masks(att, pruned), means))
+    full.scores, pruned.scores = dict(scores), dict(scores)
+    return full, pruned
+
+
+def image_class_scores(att: Attribution, record: dict, pruned: Graph,
+                       reference01: torch.Tensor | None, strongest: list[dict]) -> dict:
+    """One image's share of a class graph's scores: its faithfulness with the class graph's
+    nodes kept, and what zeroing each of the ``strongest`` nodes (those in its own graph)
+    does to its target."""
+    means = reference_means(att, reference01)
+    have = {n["node_id"] for n in record["nodes"]}
+    return {"faith": faithfulness(att, _keep_masks(att, pruned), means),
+            "recorded": _record_ids(att, [n for n in strongest if n["node_id"] in have])}
+
+
+def finish_class_graph(model: LoadedModel, target: Target, layers: list[str], full: Graph,
+                       pruned: Graph, records: list[dict], image_scores: list[dict], *,
+                       saes: dict | None, node_threshold: float, edge_threshold: float,
+                       max_nodes: int, patch: int, reference: bool, interventions: int,
+                       metadata: dict | None) -> tuple[Graph, Graph]:
+    """The class graph's scores, recorded interventions and metadata from the images' shares
+    (in image order); returns (full, pruned)."""
+    n_img = len(records)
+    faiths = [s["faith"] for s in image_scores]
+    scores = dict(full.scores)
     scores.update(
         faithfulness=sum(f["faithfulness"] for f in faiths) / n_img,
         faithfulness_per_image=[f["faithfulness"] for f in faiths],
         f_model=sum(f["f_model"] for f in faiths) / n_img,
         f_none=sum(f["f_none"] for f in faiths) / n_img,
         f_graph=sum(f["f_graph"] for f in faiths) / n_img,
-        ablation="mean" if reference01 is not None else "zero",
+        ablation="mean" if reference else "zero",
         pruned_nodes=sum(1 for n in pruned.nodes if n["feature_type"] in ("neuron",
                                                                           "sae_feature")),
-        expanded_nodes=max(len(att.row_nodes) - 1 for att, _ in per))
+        expanded_nodes=max(r["expanded"] for r in records))
     recorded = []
     if interventions:
         sums: dict[str, list[float]] = {}
-        strongest = _strongest(pruned, interventions)
-        for att, g in per:
-            have = set(g.node_ids())
-            for rec in _record_ids(att, [n for n in strongest if n["node_id"] in have]):
-                s = sums.setdefault(rec["node_id"], [0.0, 0.0])
-                s[0] += rec["predicted"] / n_img
-                s[1] += rec["actual"] / n_img
+        for s in image_scores:
+            for rec in s["recorded"]:
+                v = sums.setdefault(rec["node_id"], [0.0, 0.0])
+                v[0] += rec["predicted"] / n_img
+                v[1] += rec["actual"] / n_img
         recorded = [{"node_id": k, "value": 0.0, "predicted": v[0], "actual": v[1]}
                     for k, v in sums.items()]
+    target_value = next(float(n["activation"]) for n in full.nodes if n["node_id"] == "target")
     meta = {"schema_version": 1, "scan": model.name, "model": model.name,
-            "weights_id": model.weights_id, "image_size": list(per[0][0].image_size),
+            "weights_id": model.weights_id, "image_size": records[0]["image_size"],
             "images": n_img,
             "target": {"kind": target.kind, "label": target.label, "index": target.index,
-                       "layer": target.layer, "value": float(act[-1]),
+                       "layer": target.layer, "value": target_value,
                        "position": list(target.position) if target.position else None},
             "layers": layers, "positions": "merged (mean over the images)",
-            "patch_grid": list(per[0][0].patch_grid), "patch": patch,
+            "patch_grid": records[0]["patch_grid"], "patch": patch,
             "node_threshold": node_threshold, "edge_threshold": edge_threshold,
-            "max_nodes": max_nodes, "frozen": [DESCRIPTION[k] for k in per[0][0].frozen],
+            "max_nodes": max_nodes, "frozen": [DESCRIPTION[k] for k in records[0]["frozen"]],
             "approximations": sorted({f"{name}: not frozen; its gradient at the point stands "
-                                      "in for it" for att, _ in per for name in att.unfrozen}),
+                                      "in for it" for r in records for name in r["unfrozen"]}),
             "sae": {name: str(getattr(s, "folder", "") or "") for name, s in
                     (saes or {}).items()}, **(metadata or {})}
     for g in (full, pruned):
         g.metadata, g.scores, g.interventions = dict(meta), dict(scores), recorded
     return full, pruned
+
+
+def strongest_nodes(graph: Graph, n: int) -> list[dict]:
+    """The ``n`` units or features of ``graph`` with the most influence on the target."""
+    return _strongest(graph, n)
 
 
 def _strongest(graph: Graph, n: int) -> list[dict]:

@@ -1,0 +1,237 @@
+"""``examples``, ``find`` and ``atlas`` reading an activation cache (``--cache DIR``) instead of
+an image folder: with every position cached, the same answers as ``--images`` on the cache's
+images (to float16's precision); with sampled positions, what is ranked is said; a missing
+picture is said, never a crash; a cache of another model, weights or layer is one line."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_helpers import assert_clean_error, run
+
+F16 = 2e-3  # float16 keeps ~3 significant digits: relative tolerance for cached values
+
+
+def _json(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _same_ranking(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> None:
+    """The same items in the same order with values equal to float16's precision; two items
+    may only trade places where their values are within that precision of each other."""
+    assert len(a) == len(b)
+    va, vb = dict(a), dict(b)
+    assert sorted(va) == sorted(vb), (a, b)
+    for k in va:
+        np.testing.assert_allclose(va[k], vb[k], rtol=F16, atol=1e-3)
+    for (ka, xa), (kb, _) in zip(a, b, strict=True):
+        if ka != kb:
+            assert abs(xa - va[kb]) <= F16 * max(1.0, abs(xa)), (a, b)
+
+
+def test_examples_from_a_cache_of_every_position_equal_the_folders(toy_scene_cache, tmp_path,
+                                                                    monkeypatch):
+    scenes, cache = toy_scene_cache
+    monkeypatch.chdir(tmp_path)
+    ref = _json(run("examples", "mixed4b:64", "-m", "toy", "--images", scenes, "--top-k", "8",
+                    "--json", "--out", "ref"))
+    got = _json(run("examples", "mixed4b:64", "-m", "toy", "--cache", cache, "--top-k", "8",
+                    "--json"))  # default outputs/ under the working directory
+    assert Path("outputs/examples/toy").is_dir()
+    assert got["n_images"] == ref["n_images"] == 24
+    assert got["ranking"] == ref["ranking"] == "highest spatial max of the unit in the image"
+    _same_ranking([(e["file"], e["activation"]) for e in got["examples"]],
+                  [(e["file"], e["activation"]) for e in ref["examples"]])
+    # the pictures come from where the cache read them: the same crops, positions and paths
+    by_file = {e["file"]: e for e in ref["examples"]}
+    assert all(e["path"] == by_file[e["file"]]["path"] for e in got["examples"])
+    assert sum(e["position"] == by_file[e["file"]]["position"] for e in got["examples"]) >= 7
+    assert not any("picture" in e for e in got["examples"])
+    # ground truth of the toy world: the car unit's strongest scenes are cars
+    assert sum(e["file"].endswith("_car.png") for e in got["examples"][:3]) == 3
+
+
+def test_find_from_a_cache_ranks_the_units_the_folder_ranks(toy_scene_cache, tmp_path,
+                                                           monkeypatch):
+    scenes, cache = toy_scene_cache
+    monkeypatch.chdir(tmp_path)
+    args = ("find", "--class", "car", "--layer", "mixed4b", "-m", "toy", "--top-k", "8",
+            "--json")
+    ref = _json(run(*args, "--images", scenes))
+    got = _json(run(*args, "--cache", cache))
+    assert got["class_images"] == ref["class_images"] and len(ref["class_images"]) >= 3
+    assert got["ranking"] == ref["ranking"]
+    _same_ranking([(u["unit"], u["score"]) for u in got["units"]],
+                  [(u["unit"], u["score"]) for u in ref["units"]])
+    for g, r in zip(got["units"], ref["units"], strict=True):
+        assert g["weight"] == r["weight"]  # weights do not depend on the images
+        if g["unit"] == r["unit"]:
+            assert g["top_examples"][:1] == r["top_examples"][:1]
+    assert "mixed4b:64" in [u["unit"] for u in got["units"]]  # the toy's car unit
+
+
+def _examples_of(page: Path) -> list[tuple[str, str, float]]:
+    text = page.read_text(encoding="utf-8")
+    return [(k, f, float(a)) for k, f, a in re.findall(
+        r'data-kind="(\w+)" data-file="([^"]+)" data-activation="([^"]+)"', text)]
+
+
+def test_atlas_from_a_cache_lists_the_examples_the_folder_gives(toy_scene_cache, tmp_path,
+                                                               monkeypatch):
+    scenes, cache = toy_scene_cache
+    monkeypatch.chdir(tmp_path)
+    base = ("atlas", "-m", "toy", "--layers", "mixed4b", "--units", "63-65", "--steps", "1",
+            "--kinds", "channel", "--size", "16", "--top-examples", "4", "--classes-for",
+            "none", "-q")
+    r = run(*base, "--images", scenes, "--out", "ref")
+    assert r.exit_code == 0, r.output
+    r = run(*base, "--cache", cache, "--out", "got")
+    assert r.exit_code == 0, r.output
+    assert "the activation cache" in Path("got/index.html").read_text(encoding="utf-8")
+    for ch in (63, 64, 65):
+        got = _examples_of(Path("got/units/mixed4b") / f"{ch}.html")
+        ref = _examples_of(Path("ref/units/mixed4b") / f"{ch}.html")
+        assert len(got) == len(ref) == 8
+        for kind in ("top", "negative"):
+            _same_ranking([(f, a) for k, f, a in got if k == kind],
+                          [(f, a) for k, f, a in ref if k == kind])
+    # each example's crop was cut from the picture the cache points to: the folder's crop
+    for ch in (63, 64, 65):
+        got, ref = _examples_of(Path(f"got/units/mixed4b/{ch}.html")), \
+            _examples_of(Path(f"ref/units/mixed4b/{ch}.html"))
+        if [f for _, f, _ in got] == [f for _, f, _ in ref]:  # no near-tie swapped places
+            for crop in Path(f"ref/img/mixed4b/{ch}").glob("top-*.png"):
+                assert (Path("got") / crop.relative_to("ref")).read_bytes() == crop.read_bytes()
+
+
+def test_sampled_positions_rank_by_the_max_over_the_cached_ones(toy, toy_scene_cache, tmp_path,
+                                                                 monkeypatch):
+    """A cache of 5 sampled positions per image: each image's value is the max of its cached
+    rows (read independently from the shards) and the ranking says so."""
+    from circuits_cli.cache import open_cache
+
+    scenes, _ = toy_scene_cache
+    monkeypatch.chdir(tmp_path)
+    r = run("cache", "mixed4b", "-m", "toy", "--images", scenes, "--out", "c5", "--positions",
+            "5", "--shard-images", "10", "--workers", "0", "--quiet")
+    assert r.exit_code == 0, r.output
+    got = _json(run("examples", "mixed4b:64", "-m", "toy", "--cache", "c5", "--top-k", "24",
+                    "--json"))
+    assert got["ranking"] == ("highest max over the 5 cached positions (of 64) of the unit "
+                              "in the image")
+    c = open_cache("c5")
+    rows = np.asarray(c.rows("mixed4b").rows(slice(None))[:, 64], dtype=np.float32)
+    img = c.row_images("mixed4b")
+    names = [Path(i).name for i in c.image_ids()]
+    want = {names[i]: float(rows[img == i].max()) for i in range(len(names))}
+    assert len(got["examples"]) == 24
+    for e in got["examples"]:
+        assert e["activation"] == round(want[e["file"]], 6)
+    values = [e["activation"] for e in got["examples"]]
+    assert values == sorted(values, reverse=True)
+    # a direction is read from the maps, which 5 sampled positions do not make: one clear line
+    from circuits_cli.errors import CircuitsError
+    from circuits_cli.evidence import cache_activations
+    from circuits_cli.evidence.activations import unit_activations, units_spatial_means
+    from circuits_cli.units import Direction
+
+    acts = cache_activations(toy, ["mixed4b"], c)["mixed4b"]
+    assert acts.maps is None and acts.sampled_positions == 5
+    d = Direction("mixed4b", (1.0,) * 192, (1.0,) * 192, "mixed4b@d.npy")
+    for call in (lambda: unit_activations(toy, d, acts), lambda: units_spatial_means(acts, [d])):
+        with pytest.raises(CircuitsError, match="--positions 0"):
+            call()
+
+
+def test_a_missing_picture_is_listed_and_said(toy_scene_cache, tmp_path, monkeypatch):
+    """The cache outlives its images: the examples still list the image and its value, the
+    JSON and the table say the picture is missing, the sheet draws the gap; nothing crashes."""
+    scenes, _ = toy_scene_cache
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(scenes, "scenes")
+    r = run("cache", "mixed4b", "-m", "toy", "--images", "scenes", "--out", "c", "--positions",
+            "0", "--workers", "0", "--quiet")
+    assert r.exit_code == 0, r.output
+    ref = _json(run("examples", "mixed4b:64", "-m", "toy", "--cache", "c", "--top-k", "3",
+                    "--json", "--out", "before"))
+    gone = ref["examples"][0]["file"]
+    Path(ref["examples"][0]["path"]).unlink()
+    r = run("examples", "mixed4b:64", "-m", "toy", "--cache", "c", "--top-k", "3", "--out",
+            "after")
+    assert r.exit_code == 0, r.output
+    assert re.search(rf"1\. .*{re.escape(Path(gone).stem)}.*\(picture missing\)", r.stdout)
+    data = json.loads(next(Path("after").glob("*.json")).read_text())
+    assert data["examples"][0]["file"] == gone and data["examples"][0]["picture"] == "missing"
+    assert data["examples"][0]["activation"] == ref["examples"][0]["activation"]
+    assert "picture" not in data["examples"][1]
+    assert next(Path("after").glob("*.png")).stat().st_size > 1000
+
+
+def test_images_or_cache_and_a_cache_of_other_weights_are_one_line(toy_scene_cache, tmp_path,
+                                                                   monkeypatch):
+    scenes, cache = toy_scene_cache
+    monkeypatch.chdir(tmp_path)
+    ex = ("examples", "mixed4b:64", "-m", "toy")
+    assert_clean_error(run(*ex, "--images", scenes, "--cache", cache), "not both")
+    assert_clean_error(run(*ex), "--images", "--cache")
+    assert_clean_error(run(*ex, "--cache", "nowhere"), "does not exist")
+    assert_clean_error(run(*ex, "--cache", scenes), "not an activation cache")
+    assert_clean_error(run("examples", "mixed4c:1", "-m", "toy", "--cache", cache),
+                       "mixed4a, mixed4b", "not 'mixed4c'")
+    assert_clean_error(run("find", "--class", "car", "--layer", "mixed4c", "-m", "toy",
+                           "--cache", cache), "not 'mixed4c'")
+    for key, value, needle in (("weights_id", "0123456789abcdef", "other weights"),
+                               ("model", "googlenet-bvlc", "of model 'googlenet-bvlc'")):
+        other = Path(f"other-{key}")
+        shutil.copytree(cache, other)
+        meta = json.loads((other / "metadata.json").read_text())
+        meta[key] = value
+        (other / "metadata.json").write_text(json.dumps(meta))
+        assert_clean_error(run(*ex, "--cache", other), needle)
+        assert_clean_error(run("atlas", "-m", "toy", "--layers", "mixed4b", "--cache", other,
+                               "--out", "site"), needle)
+    assert not Path("outputs").exists() and not Path("site").exists()  # before any work
+
+
+def test_pictures_come_from_tar_members_and_toy_scenes(toy, toy_scene_cache, tmp_path,
+                                                       monkeypatch):
+    """A cache of tar shards or of toy scenes made on the fly has no file per image: the
+    pictures are read from the tar member / rendered again, the same pixels the cache saw."""
+    import tarfile
+
+    import torch
+
+    from circuits_cli.cache import open_cache
+    from circuits_cli.cache.sources import decode, open_source
+    from circuits_cli.evidence import cache_activations
+
+    scenes, cache = toy_scene_cache
+    monkeypatch.chdir(tmp_path)
+    with tarfile.open("scenes.tar", "w") as tf:
+        for p in sorted(scenes.rglob("*.png")):
+            tf.add(p, arcname=str(p.relative_to(scenes)))
+    for name, images in (("tar", "scenes.tar"), ("toy", "toy:14")):
+        r = run("cache", "mixed4b", "-m", "toy", "--images", images, "--out", name,
+                "--positions", "0", "--workers", "0", "--quiet")
+        assert r.exit_code == 0, r.output
+        got = _json(run("examples", "mixed4b:64", "-m", "toy", "--cache", name, "--top-k", "3",
+                        "--json"))
+        assert not any("picture" in e for e in got["examples"])
+        acts = cache_activations(toy, ["mixed4b"], open_cache(name))["mixed4b"]
+        src = open_source(images)
+        for row in (0, len(src) - 1):
+            want = decode(src.where[row], 64, 73).permute(1, 2, 0).numpy()
+            assert torch.equal(torch.from_numpy(acts.picture(row)), torch.from_numpy(want))
+    # the tar's images are the folder's: the same examples as the folder's own cache
+    ref = _json(run("examples", "mixed4b:64", "-m", "toy", "--cache", cache, "--top-k", "3",
+                    "--json"))
+    tar = _json(run("examples", "mixed4b:64", "-m", "toy", "--cache", "tar", "--top-k", "3",
+                    "--json"))
+    _same_ranking([(e["file"], e["activation"]) for e in tar["examples"]],
+                  [(e["file"], e["activation"]) for e in ref["examples"]])
