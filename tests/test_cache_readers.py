@@ -1,7 +1,9 @@
 """``examples``, ``find`` and ``atlas`` reading an activation cache (``--cache DIR``) instead of
 an image folder: with every position cached, the same answers as ``--images`` on the cache's
-images (to float16's precision); with sampled positions, what is ranked is said; a missing
-picture is said, never a crash; a cache of another model, weights or layer is one line."""
+images (to float16's precision); with sampled positions, what is ranked is said; directions
+and SAE features without maps are read from the rows shard by shard and equal the rows read at
+once; a missing picture is said, never a crash; a cache of another model, weights or layer is
+one line."""
 
 from __future__ import annotations
 
@@ -135,18 +137,111 @@ def test_sampled_positions_rank_by_the_max_over_the_cached_ones(toy, toy_scene_c
         assert e["activation"] == round(want[e["file"]], 6)
     values = [e["activation"] for e in got["examples"]]
     assert values == sorted(values, reverse=True)
-    # a direction is read from the maps, which 5 sampled positions do not make: one clear line
-    from circuits_cli.errors import CircuitsError
-    from circuits_cli.evidence import cache_activations
-    from circuits_cli.evidence.activations import unit_activations, units_spatial_means
+    # a direction of a sampled cache is read from its rows: each image's max over its 5
+    np.save("d.npy", np.eye(192, dtype=np.float32)[[64]])
+    d = _json(run("examples", "mixed4b@d.npy#0", "-m", "toy", "--cache", "c5", "--top-k", "24",
+                  "--json"))
+    assert d["ranking"] == got["ranking"]
+    assert [(e["file"], e["activation"]) for e in d["examples"]] == \
+        [(e["file"], e["activation"]) for e in got["examples"]]
+
+
+def _cache_rows_by_image(cache, layer: str):
+    """Every row of ``layer`` in ``cache`` read in one go, independently of the readers under
+    test: (values (R, C) float64, image row (R,), flat position (R,))."""
+    rows = cache.rows(layer)
+    values = np.asarray(rows.rows(slice(None)), dtype=np.float64)
+    pos = np.concatenate([rows.index(i)[:, 1] for i in range(len(cache.shards))])
+    return values, cache.row_images(layer), pos
+
+
+def _per_image(values: np.ndarray, image: np.ndarray, n: int):
+    """Each image's max, mean and the rows of its max, from (R,) values."""
+    mx = np.array([values[image == i].max() for i in range(n)])
+    mean = np.array([values[image == i].mean() for i in range(n)])
+    return mx, mean
+
+
+@pytest.fixture(scope="module")
+def planted_readers():
+    """A direction with bias and ReLU, and an SAE of 16 TopK features on mixed4b (seeded)."""
+    import torch
+
+    from circuits_cli.sae import SAE
     from circuits_cli.units import Direction
 
-    acts = cache_activations(toy, ["mixed4b"], c)["mixed4b"]
-    assert acts.maps is None and acts.sampled_positions == 5
-    d = Direction("mixed4b", (1.0,) * 192, (1.0,) * 192, "mixed4b@d.npy")
-    for call in (lambda: unit_activations(toy, d, acts), lambda: units_spatial_means(acts, [d])):
-        with pytest.raises(CircuitsError, match="--positions 0"):
-            call()
+    enc = np.random.default_rng(4).standard_normal(192)
+    enc /= np.linalg.norm(enc)
+    d = Direction("mixed4b", tuple(enc.tolist()), tuple(enc.tolist()), "mixed4b@d.npy#0",
+                  bias=-0.05, relu=True)
+    sae = SAE(192, 16, "topk", 3).init_weights(torch.Generator().manual_seed(6))
+    return d, sae
+
+
+@pytest.mark.parametrize("positions", [5, None])
+def test_directions_and_sae_features_from_cache_rows_equal_the_rows_read_at_once(
+        toy, toy_scene_cache, planted_readers, positions, tmp_path):
+    """Directions and SAE features of a cache without maps (5 sampled positions per image, or
+    every position with maps too large to keep) are read from the shards' rows one shard at a
+    time: each image's max, the position of its max, its mean, and each feature's frequency
+    equal those computed here from all the rows at once; with every position they also equal
+    what the stored maps give."""
+    import torch
+
+    from circuits_cli.cache import open_cache, open_sources, write_cache
+    from circuits_cli.evidence import cache_activations
+    from circuits_cli.evidence.activations import unit_activations, units_spatial_means
+    from circuits_cli.sae.features import feature_activations, layer_feature_activations
+
+    scenes, full = toy_scene_cache
+    d, sae = planted_readers
+    if positions is None:
+        c = open_cache(full)
+    else:
+        write_cache(toy, ["mixed4b"], open_sources([scenes]), tmp_path / "c", positions=positions,
+                    shard_images=10)
+        c = open_cache(tmp_path / "c")
+    acts = cache_activations(toy, ["mixed4b"], c, cache_dir=tmp_path / "a",
+                             max_map_bytes=0)["mixed4b"]
+    assert acts.maps is None and acts.sampled_positions == positions
+    values, image, pos = _cache_rows_by_image(c, "mixed4b")
+    n = acts.n_images
+    assert n == 24 and len(values) == 24 * (positions or 64)
+
+    # the direction: relu(rows . enc + bias)
+    ref = np.maximum(values @ np.asarray(d.enc) + d.bias, 0)
+    mx, mean = _per_image(ref, image, n)
+    ua = unit_activations(toy, d, acts)
+    np.testing.assert_allclose(ua.column("max"), mx, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ua.column("mean"), mean, rtol=1e-5, atol=1e-6)
+    for i in range(n):  # the position named is one where the image reaches its max
+        at = ref[(image == i) & (pos == ua.column("argmax")[i])]
+        assert len(at) == 1 and abs(at[0] - mx[i]) <= 1e-5 * max(1, mx[i])
+    np.testing.assert_allclose(units_spatial_means(acts, [d])[:, 0], mean, rtol=1e-5, atol=1e-6)
+    assert (ua.maps is None) == (positions is not None)
+
+    # the SAE's features: encode every row, then each image's max and the overall frequency
+    with torch.no_grad():
+        f = sae.encode(torch.from_numpy(values.astype(np.float32))).double().numpy()
+    fa = layer_feature_activations(sae, acts)
+    for j in range(16):
+        mx, _ = _per_image(f[:, j], image, n)
+        np.testing.assert_allclose(fa.max[:, j].numpy(), mx, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fa.frequency.numpy(), (f > 0).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(fa.mean.numpy(), f.mean(0), rtol=1e-5, atol=1e-7)
+    assert fa.max.max() > 0 and (fa.frequency > 0).sum() >= 3  # features that do fire
+
+    if positions is None:  # the stored maps (float16 too) give the same
+        kept = cache_activations(toy, ["mixed4b"], c, cache_dir=tmp_path / "b")["mixed4b"]
+        assert kept.maps is not None
+        ref_ua = unit_activations(toy, d, kept)
+        for stat in ("max", "mean", "min"):
+            np.testing.assert_allclose(ua.column(stat), ref_ua.column(stat), rtol=1e-5,
+                                       atol=1e-6)
+        np.testing.assert_allclose(ua.maps, ref_ua.maps, rtol=1e-5, atol=1e-6)
+        ref_fa = feature_activations(sae, kept.maps)
+        np.testing.assert_allclose(fa.max.numpy(), ref_fa.max.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(fa.frequency.numpy(), ref_fa.frequency.numpy())
 
 
 def test_a_missing_picture_is_listed_and_said(toy_scene_cache, tmp_path, monkeypatch):
@@ -235,3 +330,46 @@ def test_pictures_come_from_tar_members_and_toy_scenes(toy, toy_scene_cache, tmp
                     "--json"))
     _same_ranking([(e["file"], e["activation"]) for e in tar["examples"]],
                   [(e["file"], e["activation"]) for e in ref["examples"]])
+
+
+def test_atlas_sae_features_from_a_cache_of_sampled_positions(toy, toy_scene_cache, tmp_path,
+                                                              monkeypatch):
+    """``atlas --sae --cache``: an SAE on mixed4b whose feature 5 writes 0.8 of its unit vector
+    into the car unit and feature 3 writes 0.6 (planted) is read from a cache of 4 sampled
+    positions per image; the car unit's page lists 5 then 3, each with the crop of its
+    strongest cached position, and says the frequencies are over the cached positions."""
+    import torch
+
+    from circuits_cli.cache import open_sources, write_cache
+    from circuits_cli.sae import SAE
+
+    scenes, _ = toy_scene_cache
+    monkeypatch.chdir(tmp_path)
+    write_cache(toy, ["mixed4b"], open_sources([scenes]), Path("c4"), positions=4,
+                shard_images=10)
+    sae = SAE(192, 8, arch="topk", k=2, cfg={"model_name": "toy", "hook_name": "mixed4b",
+                                            "weights_id": toy.weights_id})
+    sae.init_weights(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dec = sae.W_dec.clone()
+        dec[:, 64] = 0
+        dec[5], dec[3] = 0, 0
+        dec[5, 64], dec[5, 65] = 0.8, 0.6
+        dec[3, 64], dec[3, 63] = 0.6, 0.8
+        sae.W_dec.copy_(dec / dec.norm(dim=1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.T)
+    sae.save(Path("sae"))
+    r = run("atlas", "-m", "toy", "--layers", "mixed4b", "--units", "64", "--steps", "1",
+            "--kinds", "channel", "--size", "16", "--top-examples", "2", "--classes-for",
+            "none", "-q", "--cache", "c4", "--sae", "sae", "--out", "site")
+    assert r.exit_code == 0, r.output
+    text = Path("site/units/mixed4b/64.html").read_text(encoding="utf-8")
+    feats = re.findall(r'data-feature="([^"]+)"', text)
+    assert feats[:2] == ["feature 5", "feature 3"], feats
+    assert "of the cached positions" in text and "picture missing" not in text
+    crop = Path("site/img/mixed4b/64/sae-0.png")
+    assert crop.is_file()
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(crop))
+    assert pixels.std() > 5  # a crop of a scene, not a blank

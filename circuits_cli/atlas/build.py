@@ -251,11 +251,9 @@ def plan_atlas(model: LoadedModel, out: str | Path, layers: str | Sequence[str],
     loaded = {}
     for path in saes:
         sae = _check_sae(model, path, names)
-        if imgs is None:
-            raise CircuitsError("--sae needs --images: a unit's features are ranked and shown "
-                                "with the layer's activation maps over the images"
-                                + (" (an activation cache holds sampled rows, not the maps)"
-                                   if cache is not None else ""))
+        if imgs is None and cache is None:
+            raise CircuitsError("--sae needs --images or --cache: a unit's features are ranked "
+                                "and shown with the layer's activations over a data set")
         loaded[model.layer(sae.cfg["hook_name"]).name] = sae
     site = Site(out, model=model.name, weights_id=model.weights_id, shard=shard)
     site.check_writable(["index.html", "atlas.css", "atlas.js"]

@@ -98,12 +98,6 @@ class PageWriter:
                 "href": f"{root}/{unit_page(unit)}" if linked else None,
                 "thumb": f"{root}/{unit_img(unit, 'fv.jpg')}" if linked else None}
 
-    @functools.lru_cache(maxsize=256)  # noqa: B019 - one writer per run
-    def _load(self, path: Path, size: int, resize) -> np.ndarray:
-        from ..images import load_image
-
-        return load_image(path, size=size, resize=resize).permute(1, 2, 0).numpy()
-
     def _data_image(self, path: Path, image: np.ndarray, files: dict) -> str:
         """The dataset image as the model saw it, written once for the whole site."""
         h = hashlib.sha256(os.fsencode(path)).hexdigest()[:8]
@@ -229,23 +223,27 @@ class PageWriter:
         :func:`circuits_cli.sae.features.neuron_features`), each shown by the crop of its
         strongest image (the unit's layer's effective receptive field at the feature's peak)."""
         from ..evidence.receptive_field import receptive_field
-        from ..sae.features import feature_activations, neuron_features
+        from ..sae.features import layer_feature_activations, neuron_features
 
         sae, acts = self.plan.saes[u.layer], self.acts[u.layer]
         if u.layer not in self._fa:
-            self._fa[u.layer] = feature_activations(sae, acts.maps)
+            self._fa[u.layer] = layer_feature_activations(sae, acts)
         res = neuron_features(sae, acts, u.channel, top_features=6, top_images=1,
                               fa=self._fa[u.layer])
         size = int(acts.preprocessing.get("size", self.model.input_size))
+        resize = acts.preprocessing.get("resize")
         rf = receptive_field(self.model, u.layer, size=size)
+        where = ("the cached positions" if acts.sampled_positions else "positions")
         items = []
         for i, f in enumerate(res["features"]):
             item = {"id": f"feature {f['feature']}", "weight": f["weight"], "href": None,
                     "label": f"{100 * f['share']:.0f}% of the unit's positive mean input; "
-                             f"fires at {100 * f['frequency']:.2g}% of positions", "image": None}
-            if f["top_images"]:
-                top = f["top_images"][0]
-                image = self._load(Path(top["path"]), size, acts.preprocessing.get("resize"))
+                             f"fires at {100 * f['frequency']:.2g}% of {where}", "image": None}
+            top = f["top_images"][0] if f["top_images"] else None
+            image = None if top is None else acts.picture(top["row"], size, resize)
+            if top is not None and image is None:  # its file is gone: the label says so
+                item["label"] += f"; strongest on {Path(top['path']).name} (picture missing)"
+            elif top is not None:
                 x0, y0, x1, y1 = rf.box(*top["position"])
                 crop = image[y0:y1, x0:x1]
                 small = max(crop.shape[:2]) <= 64

@@ -54,7 +54,7 @@ from .options import activation_cache_option, launcher_options
 @click.option("--sae", "sae_dirs", multiple=True, type=click.Path(path_type=Path),
               metavar="DIR", help="SAE folder ('circuits sae train') of one of the layers: its "
                                   "units' pages list the features writing most into them "
-                                  "(repeat for several layers; needs --images).")
+                                  "(repeat for several layers; reads --images or --cache).")
 @click.option("--shard", "shard_spec", default=None, metavar="K/N",
               help="Write only every N-th unit page, from the K-th (K = 0..N-1): a Slurm array "
                    "job's part. Every run writes the index for the pages that exist.")

@@ -524,15 +524,13 @@ def unit_activations(model: LoadedModel, unit, acts: LayerActivations,
 
     if acts.layer != unit.layer:
         raise ValueError(f"activations are of layer {acts.layer}, unit is {unit}")
-    if not isinstance(unit, Neuron) and acts.maps is None and acts.where is not None:
-        raise CircuitsError(f"{unit} is a direction or feature: it is read from the activation "
-                            "maps, which a cache of sampled positions does not hold; write the "
-                            "cache with --positions 0 (every position) or pass --images")
     if isinstance(unit, Neuron):
         c = unit.channel
         stats = {k: np.asarray(v[:, c]) for k, v in acts.stats.items()}
         maps = None if acts.maps is None else acts.maps[:, c]
         return UnitActivations(acts, stats, maps)
+    if acts.maps is None and acts.activation_cache is not None:
+        return _unit_from_cache_rows(unit, acts)
     n, (_, h, w) = acts.n_images, acts.shape
     maps = np.zeros((n, h, w), dtype=np.float32)
     if acts.maps is not None:
@@ -568,11 +566,7 @@ def units_spatial_means(acts: LayerActivations, units, chunk_rows: int = 16) -> 
 
     if all(is_neuron(u) for u in units):
         return np.asarray(acts.stats["mean"], dtype=np.float64)[:, [u.channel for u in units]]
-    if acts.maps is None and acts.where is not None:
-        raise CircuitsError("directions and features are read from the activation maps, which "
-                            "a cache of sampled positions does not hold; write the cache with "
-                            "--positions 0 (every position) or pass --images")
-    if acts.maps is None:
+    if acts.maps is None and acts.activation_cache is None:
         raise CircuitsError(f"the activation maps of {acts.layer!r} were too large to keep; "
                             "use fewer images to rank directions or features")
     c = acts.shape[0]
@@ -580,6 +574,12 @@ def units_spatial_means(acts: LayerActivations, units, chunk_rows: int = 16) -> 
     bias = torch.tensor([float(getattr(u, "bias", 0.0)) for u in units])
     relu = torch.tensor([bool(getattr(u, "relu", False)) for u in units])
     out = np.zeros((acts.n_images, len(units)))
+    if acts.maps is None:  # an activation cache: its rows, shard by shard
+        for first, _pos, v in cache_blocks(acts):
+            r = torch.einsum("nkc,uc->nuk", torch.from_numpy(v), enc) + bias[None, :, None]
+            r = torch.where(relu[None, :, None], torch.relu(r), r)
+            out[first:first + len(v)] = r.mean(dim=2, dtype=torch.float64).numpy()
+        return out
     for i in range(0, acts.n_images, chunk_rows):
         block = torch.from_numpy(np.asarray(acts.maps[i:i + chunk_rows], dtype=np.float32))
         r = torch.einsum("nchw,uc->nuhw", block, enc) + bias[None, :, None, None]
@@ -589,6 +589,61 @@ def units_spatial_means(acts: LayerActivations, units, chunk_rows: int = 16) -> 
 
 
 # ----------------------------------------------------------- from an activation cache on disk
+
+
+def cache_blocks(acts: LayerActivations):
+    """The rows of the activation cache that ``acts`` was read from (:func:`cache_activations`),
+    shard by shard: ``(first, positions, values)`` with ``first`` the row of the shard's first
+    image in ``acts``, ``positions`` (n, K) int64 flat ``y * W + x`` and ``values`` (n, K, C)
+    float32, the K cached positions of each of the shard's n images. One shard is in memory at
+    a time: what directions and SAE features are read from when the cache holds sampled
+    positions (or maps too large to keep)."""
+    from ..cache import open_cache
+
+    if acts.activation_cache is None:
+        raise ValueError("these activations were not read from an activation cache")
+    cache = open_cache(acts.activation_cache)
+    if cache.n_images != acts.n_images:
+        raise CircuitsError(f"the activation cache {acts.activation_cache!r} changed since its "
+                            f"statistics were computed ({cache.n_images} images, not "
+                            f"{acts.n_images}); re-run to read it again")
+    rows = cache.rows(acts.layer)
+    c = acts.shape[0]
+    first = 0
+    for i, shard in enumerate(cache.shards):
+        n = len(shard["images"])
+        if n:
+            data = np.asarray(rows.shard_array(i), dtype=np.float32)
+            index = rows.index(i)
+            k = len(data) // n
+            if k * n != len(data) or not np.array_equal(index[:, 0], np.repeat(np.arange(n), k)):
+                raise CircuitsError(f"the activation cache {acts.activation_cache!r} has a shard "
+                                    "whose rows are not K per image in image order; write it "
+                                    "again")
+            yield first, index[:, 1].astype(np.int64).reshape(n, k), data.reshape(n, k, c)
+        first += n
+
+
+def _unit_from_cache_rows(unit, acts: LayerActivations) -> UnitActivations:
+    """A direction's or feature's statistics over the positions an activation cache holds,
+    read row by row (``unit.read`` is position-wise). Every position cached: its maps too."""
+    n, (c, h, w) = acts.n_images, acts.shape
+    stats = {"max": np.zeros(n, np.float32), "min": np.zeros(n, np.float32),
+             "mean": np.zeros(n, np.float64), "argmax": np.zeros(n, np.int64),
+             "argmin": np.zeros(n, np.int64)}
+    maps = None if acts.sampled_positions else np.zeros((n, h, w), np.float32)
+    rows = np.arange(n)
+    for first, pos, v in cache_blocks(acts):
+        m, k = pos.shape
+        r = unit.read(torch.from_numpy(v.reshape(m * k, c))).reshape(m, k).numpy()
+        sl, ix = slice(first, first + m), rows[:m]
+        stats["max"][sl], stats["min"][sl] = r.max(1), r.min(1)
+        stats["mean"][sl] = r.mean(1, dtype=np.float64)
+        stats["argmax"][sl] = pos[ix, r.argmax(1)]
+        stats["argmin"][sl] = pos[ix, r.argmin(1)]
+        if maps is not None:
+            maps[sl].reshape(m, h * w)[ix[:, None], pos] = r
+    return UnitActivations(acts, stats, maps)
 
 
 def cache_activations(model: LoadedModel, layers: Sequence[str], cache, *,

@@ -56,6 +56,44 @@ def feature_activations(sae: SAE, maps, chunk_rows: int = 32) -> FeatureActivati
                               (fires / positions).float(), (h, w))
 
 
+@torch.no_grad()
+def layer_feature_activations(sae: SAE, acts) -> FeatureActivations:
+    """:func:`feature_activations` over a layer's activations
+    (:class:`~circuits_cli.evidence.activations.LayerActivations`): from its stored maps, or,
+    when it was read from an activation cache without them (sampled positions, or maps too
+    large to keep), from the cache's rows shard by shard. With sampled positions the spatial
+    max is over the positions cached for each image, and the mean and firing frequency are
+    over all cached positions."""
+    if acts.maps is not None:
+        return feature_activations(sae, acts.maps)
+    if acts.activation_cache is None:
+        raise CircuitsError(f"the activation maps of {acts.layer!r} over {acts.n_images} images "
+                            "are too large to keep on disk; use fewer images")
+    from ..evidence.activations import cache_blocks
+
+    n, (c, h, w) = acts.n_images, acts.shape
+    if c != sae.d_in:
+        raise CircuitsError(f"the SAE reads {sae.d_in} channels but the layer has {c}")
+    mx = torch.empty(n, sae.d_sae)
+    amx = torch.empty(n, sae.d_sae, dtype=torch.int32)
+    total = torch.zeros(sae.d_sae, dtype=torch.float64)
+    fires = torch.zeros(sae.d_sae, dtype=torch.float64)
+    positions = 0
+    for first, pos, v in cache_blocks(acts):
+        for i in range(0, len(v), 32):
+            f = sae.encode(torch.from_numpy(v[i:i + 32]))  # (b, K, d_sae)
+            val, a = f.max(dim=1)
+            p = torch.from_numpy(pos[i:i + 32])
+            mx[first + i:first + i + len(f)] = val
+            amx[first + i:first + i + len(f)] = torch.gather(p, 1, a).to(torch.int32)
+            total += f.sum((0, 1), dtype=torch.float64)
+            fires += (f > 0).sum((0, 1), dtype=torch.float64)
+            positions += f.shape[0] * f.shape[1]
+    positions = max(positions, 1)
+    return FeatureActivations(mx, amx, (total / positions).float(),
+                              (fires / positions).float(), (h, w))
+
+
 def polysemantic_neurons(sae: SAE, fa: FeatureActivations, top: int = 10,
                          min_weight: float = 0.3) -> list[dict]:
     """Neurons ranked by how many distinct live features write strongly into them: features
@@ -74,7 +112,7 @@ def polysemantic_neurons(sae: SAE, fa: FeatureActivations, top: int = 10,
 
 def _examples(values: torch.Tensor, argmax: torch.Tensor, paths, w: int, top: int) -> list:
     order = torch.argsort(values, descending=True)[:top]
-    return [{"path": str(paths[int(i)]), "activation": float(values[i]),
+    return [{"path": str(paths[int(i)]), "row": int(i), "activation": float(values[i]),
              "position": list(divmod(int(argmax[i]), w))} for i in order if values[i] > 0]
 
 
@@ -86,9 +124,7 @@ def neuron_features(sae: SAE, acts, neuron: int, *, top_features: int = 6, top_i
     if not 0 <= neuron < sae.d_in:
         raise CircuitsError(f"neuron {neuron} is out of range; the layer has {sae.d_in} "
                             f"channels (0-{sae.d_in - 1})")
-    if acts.maps is None:
-        raise CircuitsError("the layer's activation maps are not stored; use fewer images")
-    fa = fa or feature_activations(sae, acts.maps)
+    fa = fa or layer_feature_activations(sae, acts)
     h, w = fa.grid
     weights = sae.W_dec.detach()[:, neuron]
     contrib = fa.mean * weights
