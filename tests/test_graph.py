@@ -187,7 +187,7 @@ def test_sae_features_and_error_nodes(arch):
             k, ya, xa = int(la.units[i]), int(la.ys[i]), int(la.xs[i])
             want = 0.0
             if (ya, xa) == (y, xx):
-                want = float(f[k, ya, xa] * (W_AB[d] @ sae.W_dec[k].detach()))
+                want = float(f[k, ya, xa].detach() * (W_AB[d] @ sae.W_dec[k].detach()))
             assert abs(float(row[a_off + i]) - want) < 1e-5
             checked += 1
         # the error node at the same position writes W_AB · err
