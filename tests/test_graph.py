@@ -192,7 +192,7 @@ def test_sae_features_and_error_nodes(arch):
             checked += 1
         # the error node at the same position writes W_AB · err
         e_col = e_off + y * 12 + xx
-        assert abs(float(row[e_col]) - float(W_AB[d] @ err[:, y, xx])) < 1e-5
+        assert abs(float(row[e_col]) - float(W_AB[d] @ err[:, y, xx].detach())) < 1e-5
         assert abs(float(row.sum() + att.bias[b_off + j]) - float(b[0, d, y, xx])) < 1e-5
     assert checked > 50
     # feature nodes' own inputs: through the frozen encoder, exact as well
