@@ -230,6 +230,20 @@ def test_directions_and_sae_features_from_cache_rows_equal_the_rows_read_at_once
     np.testing.assert_allclose(fa.frequency.numpy(), (f > 0).mean(0), rtol=1e-6)
     np.testing.assert_allclose(fa.mean.numpy(), f.mean(0), rtol=1e-5, atol=1e-7)
     assert fa.max.max() > 0 and (fa.frequency > 0).sum() >= 3  # features that do fire
+    # too many images x features for per-image maxima: each feature's 16 strongest images,
+    # merged block by block, are the 16 largest of the per-image maxima, strongest first
+    top = layer_feature_activations(sae, acts, per_image_bytes=0)
+    assert top.max is None and top.top_rows.shape == (16, 16)
+    np.testing.assert_array_equal(top.frequency.numpy(), fa.frequency.numpy())
+    for j in range(16):
+        want = fa.strongest(j, 16)
+        got = top.strongest(j, 16)
+        assert [r for r, _, _ in got] == [r for r, _, _ in want], j
+        np.testing.assert_allclose([v for _, v, _ in got], [v for _, v, _ in want], rtol=1e-6)
+        assert [a for _, _, a in got] == [a for _, _, a in want]
+        mx, _ = _per_image(f[:, j], image, n)
+        np.testing.assert_allclose([v for _, v, _ in got], np.sort(mx)[::-1][:16], rtol=1e-5,
+                                   atol=1e-6)
 
     if positions is None:  # the stored maps (float16 too) give the same
         kept = cache_activations(toy, ["mixed4b"], c, cache_dir=tmp_path / "b")["mixed4b"]

@@ -20,17 +20,39 @@ import torch
 from ..errors import CircuitsError
 from .model import SAE
 
+# per-image maxima of every feature are kept up to this size; beyond it (an activation cache of
+# many images, a wide SAE) only each feature's strongest images are kept
+PER_IMAGE_BYTES = 512 * 1024**2
+TOP_IMAGES = 16
+
 
 @dataclass
 class FeatureActivations:
     """Per image and feature: spatial max and its flat position; per feature: mean activation
-    and firing frequency over every position."""
+    and firing frequency over every position. When per-image values would not fit
+    (:data:`PER_IMAGE_BYTES`), ``max`` and ``argmax`` are None and ``top_*`` keep each
+    feature's :data:`TOP_IMAGES` strongest images instead (:meth:`strongest` reads either)."""
 
-    max: torch.Tensor       # (N, d_sae) float32
-    argmax: torch.Tensor    # (N, d_sae) int32, flat y * W + x
+    max: torch.Tensor | None     # (N, d_sae) float32
+    argmax: torch.Tensor | None  # (N, d_sae) int32, flat y * W + x
     mean: torch.Tensor      # (d_sae,)
     frequency: torch.Tensor  # (d_sae,)
     grid: tuple[int, int]    # (H, W)
+    top_rows: torch.Tensor | None = None    # (T, d_sae) int64, strongest first
+    top_values: torch.Tensor | None = None  # (T, d_sae) float32
+    top_argmax: torch.Tensor | None = None  # (T, d_sae) int32
+
+    def strongest(self, feature: int, top: int) -> list[tuple[int, float, int]]:
+        """``(image row, spatial max, flat position)`` of the feature's ``top`` strongest
+        images, strongest first (ties: the earlier image)."""
+        if self.max is not None:
+            values = self.max[:, feature]
+            order = torch.sort(values, descending=True, stable=True).indices[:top]
+            return [(int(i), float(values[i]), int(self.argmax[i, feature])) for i in order]
+        if top > self.top_rows.shape[0]:
+            raise ValueError(f"only the {self.top_rows.shape[0]} strongest images are kept")
+        return [(int(self.top_rows[j, feature]), float(self.top_values[j, feature]),
+                 int(self.top_argmax[j, feature])) for j in range(min(top, len(self.top_rows)))]
 
 
 @torch.no_grad()
@@ -57,13 +79,16 @@ def feature_activations(sae: SAE, maps, chunk_rows: int = 32) -> FeatureActivati
 
 
 @torch.no_grad()
-def layer_feature_activations(sae: SAE, acts) -> FeatureActivations:
+def layer_feature_activations(sae: SAE, acts, per_image_bytes: int = PER_IMAGE_BYTES
+                              ) -> FeatureActivations:
     """:func:`feature_activations` over a layer's activations
     (:class:`~circuits_cli.evidence.activations.LayerActivations`): from its stored maps, or,
     when it was read from an activation cache without them (sampled positions, or maps too
     large to keep), from the cache's rows shard by shard. With sampled positions the spatial
     max is over the positions cached for each image, and the mean and firing frequency are
-    over all cached positions."""
+    over all cached positions. When N images x d_sae features of per-image maxima would take
+    more than ``per_image_bytes``, only each feature's :data:`TOP_IMAGES` strongest images are
+    kept (memory bounded by the SAE's width, not the data set's size)."""
     if acts.maps is not None:
         return feature_activations(sae, acts.maps)
     if acts.activation_cache is None:
@@ -74,8 +99,11 @@ def layer_feature_activations(sae: SAE, acts) -> FeatureActivations:
     n, (c, h, w) = acts.n_images, acts.shape
     if c != sae.d_in:
         raise CircuitsError(f"the SAE reads {sae.d_in} channels but the layer has {c}")
-    mx = torch.empty(n, sae.d_sae)
-    amx = torch.empty(n, sae.d_sae, dtype=torch.int32)
+    per_image = n * sae.d_sae * 8 <= per_image_bytes
+    mx = torch.empty(n, sae.d_sae) if per_image else None
+    amx = torch.empty(n, sae.d_sae, dtype=torch.int32) if per_image else None
+    top = (torch.empty(0, sae.d_sae, dtype=torch.int64), torch.empty(0, sae.d_sae),
+           torch.empty(0, sae.d_sae, dtype=torch.int32))
     total = torch.zeros(sae.d_sae, dtype=torch.float64)
     fires = torch.zeros(sae.d_sae, dtype=torch.float64)
     positions = 0
@@ -83,15 +111,35 @@ def layer_feature_activations(sae: SAE, acts) -> FeatureActivations:
         for i in range(0, len(v), 32):
             f = sae.encode(torch.from_numpy(v[i:i + 32]))  # (b, K, d_sae)
             val, a = f.max(dim=1)
-            p = torch.from_numpy(pos[i:i + 32])
-            mx[first + i:first + i + len(f)] = val
-            amx[first + i:first + i + len(f)] = torch.gather(p, 1, a).to(torch.int32)
+            at = torch.gather(torch.from_numpy(pos[i:i + 32]), 1, a).to(torch.int32)
+            if per_image:
+                mx[first + i:first + i + len(f)] = val
+                amx[first + i:first + i + len(f)] = at
+            else:
+                top = _merge_top(top, first + i, val, at)
             total += f.sum((0, 1), dtype=torch.float64)
             fires += (f > 0).sum((0, 1), dtype=torch.float64)
             positions += f.shape[0] * f.shape[1]
     positions = max(positions, 1)
-    return FeatureActivations(mx, amx, (total / positions).float(),
-                              (fires / positions).float(), (h, w))
+    fa = FeatureActivations(mx, amx, (total / positions).float(), (fires / positions).float(),
+                            (h, w))
+    if not per_image:
+        fa.top_rows, fa.top_values, fa.top_argmax = top
+    return fa
+
+
+def _merge_top(top, first: int, values: torch.Tensor, argmax: torch.Tensor):
+    """Each feature's :data:`TOP_IMAGES` strongest images so far, with a block of images
+    (rows ``first``...) merged in; strongest first, ties to the earlier image."""
+    rows_, vals_, args_ = top
+    b, d = values.shape
+    rows = torch.cat([rows_, torch.arange(first, first + b).unsqueeze(1).expand(b, d)])
+    vals = torch.cat([vals_, values])
+    args = torch.cat([args_, argmax])
+    # sort by value, descending; a stable sort keeps the earlier image first among ties, since
+    # the kept ones (earlier rows) come before the new block
+    order = torch.sort(vals, dim=0, descending=True, stable=True).indices[:TOP_IMAGES]
+    return rows.gather(0, order), vals.gather(0, order), args.gather(0, order)
 
 
 def polysemantic_neurons(sae: SAE, fa: FeatureActivations, top: int = 10,
@@ -142,8 +190,9 @@ def neuron_features(sae: SAE, acts, neuron: int, *, top_features: int = 6, top_i
                       "cosine_with_neuron_axis": float(dec[neuron] / dec.norm()),
                       "share": float(contrib[f]) / positive if positive > 0 else 0.0,
                       "frequency": float(fa.frequency[f]), "mean_activation": float(fa.mean[f]),
-                      "top_images": _examples(fa.max[:, f], fa.argmax[:, f], acts.paths, w,
-                                              top_images)})
+                      "top_images": [{"path": str(acts.paths[i]), "row": i, "activation": v,
+                                      "position": list(divmod(a, w))}
+                                     for i, v, a in fa.strongest(f, top_images) if v > 0]})
     own_max = torch.from_numpy(np.array(acts.stats["max"][:, neuron], dtype=np.float32))
     own_arg = torch.from_numpy(np.array(acts.stats["argmax"][:, neuron]))
     ranking = polysemantic_neurons(sae, fa, top=sae.d_in)
