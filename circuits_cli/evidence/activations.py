@@ -561,11 +561,23 @@ def unit_activations(model: LoadedModel, unit, acts: LayerActivations,
 def units_spatial_means(acts: LayerActivations, units, chunk_rows: int = 16) -> np.ndarray:
     """(N, U) each unit's read-out averaged over positions, for many units of ``acts``'s layer
     at once (one pass over the stored maps): neurons come from the statistics; directions and
-    features need the maps."""
+    features need the maps, or the rows of the activation cache they were read from."""
+    out = np.zeros((acts.n_images, len(units)))
+    for first, block in iter_units_spatial_means(acts, units, chunk_rows):
+        out[first:first + len(block)] = block
+    return out
+
+
+def iter_units_spatial_means(acts: LayerActivations, units, chunk_rows: int = 16):
+    """:func:`units_spatial_means` a block of images at a time: ``(first row, (n, U) float64)``,
+    so that a caller that only sums over images holds one block, not N x U values."""
     from ..units import is_neuron
 
     if all(is_neuron(u) for u in units):
-        return np.asarray(acts.stats["mean"], dtype=np.float64)[:, [u.channel for u in units]]
+        channels = [u.channel for u in units]
+        for i in range(0, acts.n_images, 4096):
+            yield i, np.asarray(acts.stats["mean"][i:i + 4096], dtype=np.float64)[:, channels]
+        return
     if acts.maps is None and acts.activation_cache is None:
         raise CircuitsError(f"the activation maps of {acts.layer!r} were too large to keep; "
                             "use fewer images to rank directions or features")
@@ -573,19 +585,17 @@ def units_spatial_means(acts: LayerActivations, units, chunk_rows: int = 16) -> 
     enc = torch.stack([u.encoder(c) for u in units])  # (U, C)
     bias = torch.tensor([float(getattr(u, "bias", 0.0)) for u in units])
     relu = torch.tensor([bool(getattr(u, "relu", False)) for u in units])
-    out = np.zeros((acts.n_images, len(units)))
     if acts.maps is None:  # an activation cache: its rows, shard by shard
         for first, _pos, v in cache_blocks(acts):
             r = torch.einsum("nkc,uc->nuk", torch.from_numpy(v), enc) + bias[None, :, None]
             r = torch.where(relu[None, :, None], torch.relu(r), r)
-            out[first:first + len(v)] = r.mean(dim=2, dtype=torch.float64).numpy()
-        return out
+            yield first, r.mean(dim=2, dtype=torch.float64).numpy()
+        return
     for i in range(0, acts.n_images, chunk_rows):
         block = torch.from_numpy(np.asarray(acts.maps[i:i + chunk_rows], dtype=np.float32))
         r = torch.einsum("nchw,uc->nuhw", block, enc) + bias[None, :, None, None]
         r = torch.where(relu[None, :, None, None], torch.relu(r), r)
-        out[i:i + len(block)] = r.mean(dim=(2, 3)).double().numpy()
-    return out
+        yield i, r.mean(dim=(2, 3)).double().numpy()
 
 
 # ----------------------------------------------------------- from an activation cache on disk

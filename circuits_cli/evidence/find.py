@@ -27,7 +27,12 @@ import numpy as np
 from ..errors import CircuitsError, suggest
 from ..units import Unit
 from ..zoo.base import LoadedModel
-from .activations import ImageSet, LayerActivations, layer_activations, units_spatial_means
+from .activations import (
+    ImageSet,
+    LayerActivations,
+    iter_units_spatial_means,
+    layer_activations,
+)
 
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -178,13 +183,20 @@ def find_units(model: LoadedModel, query: str | int, layer: str, *, top: int = 1
         else:
             acts = layer_activations(model, info.name, images, cache_dir=cache_dir,
                                      batch_size=batch_size, progress=progress)
-        means = units_spatial_means(acts, candidates)
         n_images = acts.n_images
-        mean_act = means.mean(axis=0)
         rows = class_images(acts.paths, wnid, label)
         files = [acts.paths[i].name for i in rows]
+        # sums over images a block at a time: N x U means are never held (an activation cache
+        # of ImageNet and an SAE of 16k features would be 160 GB)
+        in_class = np.zeros(n_images, bool)
+        in_class[rows] = True
+        total, cls_total = np.zeros(len(candidates)), np.zeros(len(candidates))
+        for first, block in iter_units_spatial_means(acts, candidates):
+            total += block.sum(axis=0)
+            cls_total += block[in_class[first:first + len(block)]].sum(axis=0)
+        mean_act = total / max(n_images, 1)
         if rows:
-            cls_act = means[rows].mean(axis=0)
+            cls_act = cls_total / len(rows)
             score = w * (cls_act - mean_act)
             ranking = (f"expanded weight to the logit x (mean activation on the {len(rows)} "
                        f"image(s) of the class - mean over all {n_images} images)")
