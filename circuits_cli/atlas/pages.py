@@ -80,6 +80,11 @@ def _branch(model, unit: Unit) -> str | None:
     return f"{b[0]} #{b[1]}" if b else None
 
 
+def _percent(share: float) -> str:
+    """A share as a whole percentage; a small positive one as "<1%" rather than "0%"."""
+    return "<1%" if 0 < share < 0.005 else f"{100 * share:.0f}%"
+
+
 class PageWriter:
     """Writes unit pages (:meth:`unit`) and the index and layer pages (:meth:`indexes`)."""
 
@@ -237,7 +242,7 @@ class PageWriter:
         items = []
         for i, f in enumerate(res["features"]):
             item = {"id": f"feature {f['feature']}", "weight": f["weight"], "href": None,
-                    "label": f"{100 * f['share']:.0f}% of the unit's positive mean input; "
+                    "label": f"{_percent(f['share'])} of the unit's positive mean input; "
                              f"fires at {100 * f['frequency']:.2g}% of {where}", "image": None}
             top = f["top_images"][0] if f["top_images"] else None
             image = None if top is None else acts.picture(top["row"], size, resize)
