@@ -346,21 +346,14 @@ def test_pictures_come_from_tar_members_and_toy_scenes(toy, toy_scene_cache, tmp
                   [(e["file"], e["activation"]) for e in ref["examples"]])
 
 
-def test_atlas_sae_features_from_a_cache_of_sampled_positions(toy, toy_scene_cache, tmp_path,
-                                                              monkeypatch):
-    """``atlas --sae --cache``: an SAE on mixed4b whose feature 5 writes 0.8 of its unit vector
-    into the car unit and feature 3 writes 0.6 (planted) is read from a cache of 4 sampled
-    positions per image; the car unit's page lists 5 then 3, each with the crop of its
-    strongest cached position, and says the frequencies are over the cached positions."""
+def _planted_car_sae(toy, folder: Path) -> None:
+    """An SAE of 8 latents on mixed4b: feature 5 writes 0.8 of its unit vector into the car
+    unit (64), feature 3 writes 0.6, no other feature writes into it; each reads where it
+    writes (W_enc = W_dec^T)."""
     import torch
 
-    from circuits_cli.cache import open_sources, write_cache
     from circuits_cli.sae import SAE
 
-    scenes, _ = toy_scene_cache
-    monkeypatch.chdir(tmp_path)
-    write_cache(toy, ["mixed4b"], open_sources([scenes]), Path("c4"), positions=4,
-                shard_images=10)
     sae = SAE(192, 8, arch="topk", k=2, cfg={"model_name": "toy", "hook_name": "mixed4b",
                                             "weights_id": toy.weights_id})
     sae.init_weights(torch.Generator().manual_seed(0))
@@ -372,7 +365,22 @@ def test_atlas_sae_features_from_a_cache_of_sampled_positions(toy, toy_scene_cac
         dec[3, 64], dec[3, 63] = 0.6, 0.8
         sae.W_dec.copy_(dec / dec.norm(dim=1, keepdim=True))
         sae.W_enc.copy_(sae.W_dec.T)
-    sae.save(Path("sae"))
+    sae.save(folder)
+
+
+def test_atlas_sae_features_from_a_cache_of_sampled_positions(toy, toy_scene_cache, tmp_path,
+                                                              monkeypatch):
+    """``atlas --sae --cache``: an SAE on mixed4b whose feature 5 writes 0.8 of its unit vector
+    into the car unit and feature 3 writes 0.6 (planted) is read from a cache of 4 sampled
+    positions per image; the car unit's page lists 5 then 3, each with the crop of its
+    strongest cached position, and says the frequencies are over the cached positions."""
+    from circuits_cli.cache import open_sources, write_cache
+
+    scenes, _ = toy_scene_cache
+    monkeypatch.chdir(tmp_path)
+    write_cache(toy, ["mixed4b"], open_sources([scenes]), Path("c4"), positions=4,
+                shard_images=10)
+    _planted_car_sae(toy, Path("sae"))
     r = run("atlas", "-m", "toy", "--layers", "mixed4b", "--units", "64", "--steps", "1",
             "--kinds", "channel", "--size", "16", "--top-examples", "2", "--classes-for",
             "none", "-q", "--cache", "c4", "--sae", "sae", "--out", "site")
@@ -387,3 +395,29 @@ def test_atlas_sae_features_from_a_cache_of_sampled_positions(toy, toy_scene_cac
 
     pixels = np.asarray(Image.open(crop))
     assert pixels.std() > 5  # a crop of a scene, not a blank
+
+
+def test_sae_features_page_from_a_cache_of_sampled_positions(toy, toy_scene_cache, tmp_path,
+                                                             monkeypatch):
+    """``sae features SAE --cache DIR``: the planted SAE's features 5 and 3 are the ones
+    writing into the car unit, in that order, each with its strongest scenes (cars, by the
+    generator's file names), pictures from where the cache read them, and the page says the
+    numbers are over the cached positions; --images with --cache is one line."""
+    from circuits_cli.cache import open_sources, write_cache
+
+    scenes, _ = toy_scene_cache
+    monkeypatch.chdir(tmp_path)
+    write_cache(toy, ["mixed4b"], open_sources([scenes]), Path("c4"), positions=4,
+                shard_images=10)
+    _planted_car_sae(toy, Path("sae"))
+    got = _json(run("sae", "features", "sae", "-m", "toy", "--cache", "c4", "--neuron", "64",
+                    "--no-render", "--top-images", "3", "--json", "--out", "page"))
+    assert [f["feature"] for f in got["features"]] == [5, 3]
+    assert got["images"] == 24 and got["sampled_positions"] == 4
+    for f in got["features"]:
+        assert f["top_images"] and Path(f["top_images"][0]["path"]).name.endswith("_car.png")
+        for ex in f["top_images"]:
+            assert (Path("page") / ex["crop"]).is_file()
+    assert "4 sampled positions each" in Path("page/neuron-64.html").read_text(encoding="utf-8")
+    assert_clean_error(run("sae", "features", "sae", "-m", "toy", "--cache", "c4",
+                           "--images", scenes), "give --images or --cache, not both")

@@ -11,6 +11,7 @@ from ..errors import CircuitsError
 from .common import model_options
 from .options import (
     activation_cache,
+    activation_cache_option,
     cache_option,
     images_option,
     render_options_with,
@@ -232,7 +233,8 @@ def info(path, as_json):
 
 @sae.command()
 @click.argument("path", metavar="SAE_DIR", type=click.Path(path_type=Path))
-@images_option()
+@images_option(required=False)
+@activation_cache_option
 @click.option("--neuron", "neuron", type=click.IntRange(min=0), default=None,
               help="Channel of the layer.  [default: the most polysemantic one: the "
                    "most live features with W_dec[f, neuron] >= 0.3]")
@@ -250,8 +252,8 @@ def info(path, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @cache_option
 @model_options
-def features(path, images, neuron, top_features, top_images, steps, size, seed, param,
-             no_render, facets, out_dir, batch, as_json, cache_dir, load_model):
+def features(path, images, activation_cache_dir, neuron, top_features, top_images, steps, size,
+             seed, param, no_render, facets, out_dir, batch, as_json, cache_dir, load_model):
     """A polysemantic neuron made visible: the SAE features that write most into one neuron
     (largest W_dec[f, neuron]) beside the neuron itself.
 
@@ -266,16 +268,18 @@ def features(path, images, neuron, top_features, top_images, steps, size, seed, 
     Example:
       circuits sae features outputs/sae/toy/mixed4b-topk-x8-k32 -m toy \\
           --images outputs/demo/toy/scenes --neuron 64 --steps 64
+      circuits sae features runs/sae-4b -m toy --cache cache/toy-4b --no-render
     """
-    from ..evidence import image_set, layer_activations
+    from ..evidence import cache_activations, image_set, layer_activations
     from ..files import claim_output
     from ..reports.polysemantic import output_names, polysemantic_neuron
     from ..sae import load_sae
-    from ..sae.features import feature_activations, polysemantic_neurons
-    from .options import render_cache
+    from ..sae.features import layer_feature_activations, polysemantic_neurons
+    from .options import images_or_cache, render_cache
 
     s = load_sae(path)
-    imgs = image_set(list(images))
+    cache = images_or_cache(images, activation_cache_dir)
+    imgs = image_set(list(images)) if cache is None else None
     model = load_model()
     layer = s.cfg.get("hook_name")
     if not layer:
@@ -287,6 +291,8 @@ def features(path, images, neuron, top_features, top_images, steps, size, seed, 
     if info.channels != s.d_in:
         raise CircuitsError(f"layer {info.name!r} has {info.channels} channels but the SAE "
                             f"reads {s.d_in}")
+    if cache is not None:
+        cache.check_model(model, [info.name])
     if neuron is not None and neuron >= s.d_in:
         raise CircuitsError(f"--neuron {neuron} is out of range; {info.name} has {s.d_in} "
                             f"channels (0-{s.d_in - 1})")
@@ -295,12 +301,15 @@ def features(path, images, neuron, top_features, top_images, steps, size, seed, 
     claim_output(out_dir, "sae features", output_names(neuron) if neuron is not None else (),
                  cache=cache_dir or True)
     with warnings_to_stderr():
-        acts = layer_activations(model, info.name, imgs, cache_dir=activation_cache(cache_dir),
-                                 batch_size=batch, progress=not as_json)
-    if acts.maps is None:
-        raise CircuitsError(f"the activation maps of {info.name!r} over {acts.n_images} images "
-                            "are too large to keep on disk; use fewer images")
-    fa = feature_activations(s, acts.maps)
+        if cache is None:
+            acts = layer_activations(model, info.name, imgs,
+                                     cache_dir=activation_cache(cache_dir), batch_size=batch,
+                                     progress=not as_json)
+        else:
+            acts = cache_activations(model, [info.name], cache,
+                                     cache_dir=activation_cache(cache_dir),
+                                     progress=not as_json)[info.name]
+    fa = layer_feature_activations(s, acts)
     if neuron is None:
         neuron = polysemantic_neurons(s, fa, top=1)[0]["neuron"]
         claim_output(out_dir, "sae features", output_names(neuron), cache=cache_dir or True)

@@ -46,12 +46,12 @@ def polysemantic_neuron(model, sae, acts, neuron: int, out_dir: str | Path, *,
     renders and ``files`` added (what ``STEM.json`` holds)."""
     from ..sae.features import (
         add_receptive_fields,
-        feature_activations,
+        layer_feature_activations,
         neuron_features,
         render_neuron_features,
     )
 
-    fa = fa if fa is not None else feature_activations(sae, acts.maps)
+    fa = fa if fa is not None else layer_feature_activations(sae, acts)
     result = neuron_features(sae, acts, neuron, top_features=top_features,
                              top_images=top_images, fa=fa)
     pre = acts.preprocessing
@@ -65,13 +65,17 @@ def polysemantic_neuron(model, sae, acts, neuron: int, out_dir: str | Path, *,
         result["render_settings"] = {"steps": steps, "size": size, "seed": seed,
                                      "param": param, "facets": facets}
     result["sae"] = str(getattr(sae, "folder", "") or "")
-    return write_page(result, renders, out_dir, size=input_size, resize=pre.get("resize", 256))
+    return write_page(result, renders, out_dir, size=input_size, resize=pre.get("resize", 256),
+                      picture=acts.picture)
 
 
 def write_page(result: dict, renders: dict, out_dir: str | Path, *, size: int = 224,
-               resize: int | None = 256) -> dict:
+               resize: int | None = 256, picture=None) -> dict:
     """Write ``neuron-N.{json,png,html}`` and ``neuron-N_files/`` for a result with boxes
-    (:func:`~circuits_cli.sae.features.add_receptive_fields`) and renders (may be empty)."""
+    (:func:`~circuits_cli.sae.features.add_receptive_fields`) and renders (may be empty).
+    ``picture(row, size, resize)`` (a layer's ``LayerActivations.picture``: files, tar members
+    or generated scenes of an activation cache) gives the examples' pictures by their ``row``;
+    without it they are read from their paths. A picture that is gone is drawn grey."""
     from ..images import load_image
     from ..render.cache import png_bytes
     from ..sae.figures import neuron_features_figure
@@ -80,10 +84,19 @@ def write_page(result: dict, renders: dict, out_dir: str | Path, *, size: int = 
     stem = f"neuron-{result['neuron']}"
     assets = out / f"{stem}_files"
     loaded: dict[str, np.ndarray] = {}
+    rows = {ex["path"]: ex.get("row") for ex in result["neuron_top_images"]}
+    rows.update({ex["path"]: ex.get("row") for f in result["features"]
+                 for ex in f["top_images"]})
 
     def loader(path):
         if path not in loaded:
-            loaded[path] = load_image(path, size=size, resize=resize).permute(1, 2, 0).numpy()
+            if picture is not None and rows.get(path) is not None:
+                img = picture(rows[path], size, resize)
+                loaded[path] = img if img is not None else np.full((size, size, 3), 0.5,
+                                                                    np.float32)
+            else:
+                loaded[path] = load_image(path, size=size,
+                                          resize=resize).permute(1, 2, 0).numpy()
         return loaded[path]
 
     def rel(p: Path) -> str:

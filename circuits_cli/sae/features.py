@@ -199,6 +199,7 @@ def neuron_features(sae: SAE, acts, neuron: int, *, top_features: int = 6, top_i
     rank = next(i for i, r in enumerate(ranking) if r["neuron"] == neuron)
     return {"layer": acts.layer, "neuron": neuron, "grid": [h, w],
             "model": acts.model, "images": acts.n_images,
+            "sampled_positions": getattr(acts, "sampled_positions", None),
             "strong_features": ranking[rank]["strong_features"],
             "polysemanticity_rank": rank + 1,
             "features": feats,
