@@ -37,34 +37,43 @@ class NodeRef:
     feature: bool = False
 
 
+def _resolve(m: re.Match, label: str, layers: list[str], model, widths: dict[str, int],
+             saes: dict[str, bool]) -> tuple[str, int]:
+    """The graph layer and unit of a matched node spec, checked: the layer is one of the
+    graph's (by its name or any name the model knows it by), ``LAYER:fN`` where the layer has
+    an SAE and ``LAYER:N`` where it has none, the unit within the layer's ``widths``. Errors
+    start with ``label`` ("node 'x'", "intervention 'x'")."""
+    layer = m["layer"] if m["layer"] in layers else model.layer(m["layer"]).name
+    if layer not in layers:
+        raise CircuitsError(f"{label}: layer {m['layer']!r} is not one of the graph's layers "
+                            f"({', '.join(layers)})")
+    is_sae = saes.get(layer, False)
+    if bool(m["f"]) != is_sae:
+        raise CircuitsError(f"{label}: layer {layer!r} has "
+                            + ("SAE features (write LAYER:fN)" if is_sae else "no SAE"))
+    unit = int(m["unit"])
+    if unit >= widths[layer]:
+        raise CircuitsError(f"{label}: layer {layer!r} has {widths[layer]} "
+                            + ("features" if is_sae else "units"))
+    return layer, unit
+
+
 def parse_node(spec: str, att: Attribution) -> NodeRef:
     """``LAYER:UNIT[@Y,X]`` or ``LAYER:fFEATURE[@Y,X]`` (a layer of the graph)."""
     m = _NODE.match(spec.strip())
     if not m:
         raise CircuitsError(f"cannot read node {spec!r}; write LAYER:UNIT or LAYER:UNIT@Y,X "
                             "(an SAE feature: LAYER:fN@Y,X)")
-    layer = m["layer"]
-    names = [ln.name for ln in att.layers]
-    if layer not in names:
-        layer = att.model.layer(layer).name
-        if layer not in names:
-            raise CircuitsError(f"node {spec!r}: layer {layer!r} is not one of the graph's "
-                                f"layers ({', '.join(names)})")
-    ln = att.layers[names.index(layer)]
-    is_sae = ln.sae is not None
-    if bool(m["f"]) != is_sae:
-        raise CircuitsError(f"node {spec!r}: layer {layer!r} has "
-                            + ("SAE features (write LAYER:fN)" if is_sae else "no SAE"))
-    unit = int(m["unit"])
-    units, h, w = ln.shape
-    if unit >= units:
-        raise CircuitsError(f"node {spec!r}: layer {layer!r} has {units} "
-                            + ("features" if is_sae else "units"))
+    by_name = {ln.name: ln for ln in att.layers}
+    layer, unit = _resolve(m, f"node {spec!r}", list(by_name), att.model,
+                           {n: ln.shape[0] for n, ln in by_name.items()},
+                           {n: ln.sae is not None for n, ln in by_name.items()})
+    _, h, w = by_name[layer].shape
     y = None if m["y"] is None else int(m["y"])
     x = None if m["x"] is None else int(m["x"])
     if y is not None and not (y < h and x < w):
         raise CircuitsError(f"node {spec!r}: positions of {layer!r} run to @{h - 1},{w - 1}")
-    return NodeRef(layer, unit, y, x, is_sae)
+    return NodeRef(layer, unit, y, x, by_name[layer].sae is not None)
 
 
 def check_edit(text: str, layers: list[str], model, saes: dict | None = None) -> None:
@@ -75,18 +84,11 @@ def check_edit(text: str, layers: list[str], model, saes: dict | None = None) ->
     if not m or not re.search(r"[=*]\s*[-+0-9.eE]+\s*$", text):
         raise CircuitsError(f"cannot read intervention {text!r}; write NODE=VALUE or "
                             "NODE*FACTOR (e.g. mixed4a:37@3,5=0 or mixed4a:37*2)")
-    layer = model.layer(m["layer"]).name
-    if layer not in layers:
-        raise CircuitsError(f"intervention {text!r}: layer {m['layer']!r} is not one of the "
-                            f"graph's layers ({', '.join(layers)})")
-    sae = (saes or {}).get(layer)
-    if bool(m["f"]) != (sae is not None):
-        raise CircuitsError(f"intervention {text!r}: layer {layer!r} has "
-                            + ("SAE features (write LAYER:fN)" if sae is not None else "no SAE"))
-    n = sae.d_sae if sae is not None else model.layer(layer).channels
-    if int(m["unit"]) >= n:
-        raise CircuitsError(f"intervention {text!r}: layer {layer!r} has {n} "
-                            + ("features" if sae is not None else "units"))
+    saes = saes or {}
+    _resolve(m, f"intervention {text!r}", layers, model,
+             {n: saes[n].d_sae if saes.get(n) is not None else model.layer(n).channels
+              for n in layers},
+             {n: saes.get(n) is not None for n in layers})
 
 
 def parse_edit(text: str, att: Attribution) -> tuple[NodeRef, str, float]:
