@@ -68,6 +68,12 @@ class LazyGroup(click.Group):
         from .files import release_claims
 
         try:
+            # numpy imports numpy.random on first use, and a Ctrl-C that lands while its Cython
+            # modules initialise is lost (the interrupt is cleared, the import succeeds): seen
+            # as 'toy train' running on after Ctrl-C right after it started rendering. Importing
+            # it here, before any command's work, closes that window.
+            import numpy.random  # noqa: F401
+
             return super().invoke(ctx)
         except CircuitsError as err:
             click.echo(f"Error: {err}", err=True)
