@@ -618,41 +618,50 @@ def cache_blocks(acts: LayerActivations):
                             f"statistics were computed ({cache.n_images} images, not "
                             f"{acts.n_images}); re-run to read it again")
     rows = cache.rows(acts.layer)
-    c = acts.shape[0]
     first = 0
     for i, shard in enumerate(cache.shards):
         n = len(shard["images"])
         if n:
-            data = np.asarray(rows.shard_array(i), dtype=np.float32)
-            index = rows.index(i)
-            k = len(data) // n
-            if k * n != len(data) or not np.array_equal(index[:, 0], np.repeat(np.arange(n), k)):
-                raise CircuitsError(f"the activation cache {acts.activation_cache!r} has a shard "
-                                    "whose rows are not K per image in image order; write it "
-                                    "again")
-            yield first, index[:, 1].astype(np.int64).reshape(n, k), data.reshape(n, k, c)
+            yield (first, *_shard_positions(np.asarray(rows.shard_array(i), dtype=np.float32),
+                                            rows.index(i), n, acts.shape[0], cache))
         first += n
+
+
+def _position_stats(v: np.ndarray, pos: np.ndarray) -> dict[str, np.ndarray]:
+    """Over the K cached positions of ``v`` (n, K, ...) at flat positions ``pos`` (n, K): each
+    image's max, min, mean (float64) and the flat positions of the max and min."""
+    ix = np.arange(len(v)).reshape((-1,) + (1,) * (v.ndim - 2))
+    return {"max": v.max(axis=1), "argmax": pos[ix, v.argmax(axis=1)],
+            "min": v.min(axis=1), "argmin": pos[ix, v.argmin(axis=1)],
+            "mean": v.mean(axis=1, dtype=np.float64)}
+
+
+def _shard_positions(data: np.ndarray, index: np.ndarray, n: int, c: int, cache
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A shard's rows ``(R, C)`` as ``(positions (n, K) int64, values (n, K, C))``: the same K
+    positions of each of its n images, image by image, as the cache writes them (a shard
+    otherwise is a one-line error)."""
+    k = len(data) // n
+    if k * n != len(data) or not np.array_equal(index[:, 0], np.repeat(np.arange(n), k)):
+        raise CircuitsError(f"the activation cache {str(cache.folder)!r} has a shard whose rows "
+                            "are not K per image in image order; write it again")
+    return index[:, 1].astype(np.int64).reshape(n, k), data.reshape(n, k, c)
 
 
 def _unit_from_cache_rows(unit, acts: LayerActivations) -> UnitActivations:
     """A direction's or feature's statistics over the positions an activation cache holds,
     read row by row (``unit.read`` is position-wise). Every position cached: its maps too."""
     n, (c, h, w) = acts.n_images, acts.shape
-    stats = {"max": np.zeros(n, np.float32), "min": np.zeros(n, np.float32),
-             "mean": np.zeros(n, np.float64), "argmax": np.zeros(n, np.int64),
-             "argmin": np.zeros(n, np.int64)}
+    parts = []
     maps = None if acts.sampled_positions else np.zeros((n, h, w), np.float32)
-    rows = np.arange(n)
     for first, pos, v in cache_blocks(acts):
         m, k = pos.shape
         r = unit.read(torch.from_numpy(v.reshape(m * k, c))).reshape(m, k).numpy()
-        sl, ix = slice(first, first + m), rows[:m]
-        stats["max"][sl], stats["min"][sl] = r.max(1), r.min(1)
-        stats["mean"][sl] = r.mean(1, dtype=np.float64)
-        stats["argmax"][sl] = pos[ix, r.argmax(1)]
-        stats["argmin"][sl] = pos[ix, r.argmin(1)]
+        parts.append(_position_stats(r, pos))
         if maps is not None:
-            maps[sl].reshape(m, h * w)[ix[:, None], pos] = r
+            maps[first:first + m].reshape(m, h * w)[np.arange(m)[:, None], pos] = r
+    stats = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0)
+             for k in STATS}
     return UnitActivations(acts, stats, maps)
 
 
@@ -741,20 +750,12 @@ def _cache_rows(data: np.ndarray, index: np.ndarray, n: int, shape: tuple[int, i
     """The statistics of one shard's ``n`` images from its rows ``(R, C)`` (the same K
     positions of every image, image by image, as the cache writes them)."""
     c, h, w = shape
-    k = len(data) // n
-    img = index[:, 0].astype(np.int64)
-    if k * n != len(data) or not np.array_equal(img, np.repeat(np.arange(n), k)):
-        raise CircuitsError(f"the activation cache {str(cache.folder)!r} has a shard whose rows "
-                            "are not K per image in image order; write it again")
-    v = data.reshape(n, k, c)
-    pos = index[:, 1].astype(np.int64).reshape(n, k)
-    amx, amn = v.argmax(axis=1), v.argmin(axis=1)  # (n, C)
-    rows_ix = np.arange(n)[:, None]
-    out = {"max": v.max(axis=1), "argmax": pos[rows_ix, amx].astype(np.int32),
-           "min": v.min(axis=1), "argmin": pos[rows_ix, amn].astype(np.int32),
-           "mean": v.mean(axis=1, dtype=np.float64).astype(np.float32)}
+    pos, v = _shard_positions(data, index, n, c, cache)
+    out = _position_stats(v, pos)
+    out.update(argmax=out["argmax"].astype(np.int32), argmin=out["argmin"].astype(np.int32),
+               mean=out["mean"].astype(np.float32))
     if keep_maps:
         maps = np.zeros((n, h * w, c), np.float16)
-        maps[rows_ix, pos] = v.astype(np.float16)
+        maps[np.arange(n)[:, None], pos] = v.astype(np.float16)
         out["maps"] = np.ascontiguousarray(maps.transpose(0, 2, 1)).reshape(n, c, h, w)
     return out

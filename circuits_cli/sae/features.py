@@ -52,7 +52,7 @@ class FeatureActivations:
         if top > self.top_rows.shape[0]:
             raise ValueError(f"only the {self.top_rows.shape[0]} strongest images are kept")
         return [(int(self.top_rows[j, feature]), float(self.top_values[j, feature]),
-                 int(self.top_argmax[j, feature])) for j in range(min(top, len(self.top_rows)))]
+                 int(self.top_argmax[j, feature])) for j in range(top)]
 
 
 @torch.no_grad()
@@ -61,21 +61,14 @@ def feature_activations(sae: SAE, maps, chunk_rows: int = 32) -> FeatureActivati
     n, c, h, w = maps.shape
     if c != sae.d_in:
         raise CircuitsError(f"the SAE reads {sae.d_in} channels but the layer has {c}")
-    mx = torch.empty(n, sae.d_sae)
-    amx = torch.empty(n, sae.d_sae, dtype=torch.int32)
-    total = torch.zeros(sae.d_sae, dtype=torch.float64)
-    fires = torch.zeros(sae.d_sae, dtype=torch.float64)
-    for i in range(0, n, chunk_rows):
-        block = torch.from_numpy(np.asarray(maps[i:i + chunk_rows], dtype=np.float32))
-        f = sae.encode(block.flatten(2).transpose(1, 2))  # (b, HW, d_sae)
-        v, a = f.max(dim=1)
-        mx[i:i + len(block)] = v
-        amx[i:i + len(block)] = a.to(torch.int32)
-        total += f.sum((0, 1), dtype=torch.float64)
-        fires += (f > 0).sum((0, 1), dtype=torch.float64)
-    positions = n * h * w
-    return FeatureActivations(mx, amx, (total / positions).float(),
-                              (fires / positions).float(), (h, w))
+    every = torch.arange(h * w)
+
+    def blocks():
+        for i in range(0, n, chunk_rows):
+            block = torch.from_numpy(np.asarray(maps[i:i + chunk_rows], dtype=np.float32))
+            yield i, every.expand(len(block), -1), block.flatten(2).transpose(1, 2)
+
+    return _accumulate(sae, blocks(), n, (h, w), per_image=True)
 
 
 @torch.no_grad()
@@ -99,7 +92,22 @@ def layer_feature_activations(sae: SAE, acts, per_image_bytes: int = PER_IMAGE_B
     n, (c, h, w) = acts.n_images, acts.shape
     if c != sae.d_in:
         raise CircuitsError(f"the SAE reads {sae.d_in} channels but the layer has {c}")
-    per_image = n * sae.d_sae * 8 <= per_image_bytes
+
+    def blocks():
+        for first, pos, v in cache_blocks(acts):
+            for i in range(0, len(v), 32):
+                yield first + i, torch.from_numpy(pos[i:i + 32]), torch.from_numpy(v[i:i + 32])
+
+    return _accumulate(sae, blocks(), n, (h, w),
+                       per_image=n * sae.d_sae * 8 <= per_image_bytes)
+
+
+def _accumulate(sae: SAE, blocks, n: int, grid: tuple[int, int], *, per_image: bool
+                ) -> FeatureActivations:
+    """The :class:`FeatureActivations` of ``n`` images from ``blocks`` of them, each
+    ``(first row, positions (b, K) flat y * W + x, activations (b, K, C))``: per image the
+    spatial max and its position (``per_image``) or each feature's strongest images; per
+    feature the mean and the firing frequency over every position given."""
     mx = torch.empty(n, sae.d_sae) if per_image else None
     amx = torch.empty(n, sae.d_sae, dtype=torch.int32) if per_image else None
     top = (torch.empty(0, sae.d_sae, dtype=torch.int64), torch.empty(0, sae.d_sae),
@@ -107,22 +115,21 @@ def layer_feature_activations(sae: SAE, acts, per_image_bytes: int = PER_IMAGE_B
     total = torch.zeros(sae.d_sae, dtype=torch.float64)
     fires = torch.zeros(sae.d_sae, dtype=torch.float64)
     positions = 0
-    for first, pos, v in cache_blocks(acts):
-        for i in range(0, len(v), 32):
-            f = sae.encode(torch.from_numpy(v[i:i + 32]))  # (b, K, d_sae)
-            val, a = f.max(dim=1)
-            at = torch.gather(torch.from_numpy(pos[i:i + 32]), 1, a).to(torch.int32)
-            if per_image:
-                mx[first + i:first + i + len(f)] = val
-                amx[first + i:first + i + len(f)] = at
-            else:
-                top = _merge_top(top, first + i, val, at)
-            total += f.sum((0, 1), dtype=torch.float64)
-            fires += (f > 0).sum((0, 1), dtype=torch.float64)
-            positions += f.shape[0] * f.shape[1]
+    for first, pos, x in blocks:
+        f = sae.encode(x)  # (b, K, d_sae)
+        val, a = f.max(dim=1)
+        at = torch.gather(pos, 1, a).to(torch.int32)
+        if per_image:
+            mx[first:first + len(f)] = val
+            amx[first:first + len(f)] = at
+        else:
+            top = _merge_top(top, first, val, at)
+        total += f.sum((0, 1), dtype=torch.float64)
+        fires += (f > 0).sum((0, 1), dtype=torch.float64)
+        positions += f.shape[0] * f.shape[1]
     positions = max(positions, 1)
     fa = FeatureActivations(mx, amx, (total / positions).float(), (fires / positions).float(),
-                            (h, w))
+                            grid)
     if not per_image:
         fa.top_rows, fa.top_values, fa.top_argmax = top
     return fa
@@ -158,10 +165,10 @@ def polysemantic_neurons(sae: SAE, fa: FeatureActivations, top: int = 10,
             for n in order]
 
 
-def _examples(values: torch.Tensor, argmax: torch.Tensor, paths, w: int, top: int) -> list:
-    order = torch.argsort(values, descending=True)[:top]
-    return [{"path": str(paths[int(i)]), "row": int(i), "activation": float(values[i]),
-             "position": list(divmod(int(argmax[i]), w))} for i in order if values[i] > 0]
+def _examples(strongest: list[tuple[int, float, int]], paths, w: int) -> list:
+    """Example dicts of ``(row, value, flat position)`` triples, the positive ones."""
+    return [{"path": str(paths[i]), "row": i, "activation": v, "position": list(divmod(a, w))}
+            for i, v, a in strongest if v > 0]
 
 
 def neuron_features(sae: SAE, acts, neuron: int, *, top_features: int = 6, top_images: int = 6,
@@ -190,11 +197,11 @@ def neuron_features(sae: SAE, acts, neuron: int, *, top_features: int = 6, top_i
                       "cosine_with_neuron_axis": float(dec[neuron] / dec.norm()),
                       "share": float(contrib[f]) / positive if positive > 0 else 0.0,
                       "frequency": float(fa.frequency[f]), "mean_activation": float(fa.mean[f]),
-                      "top_images": [{"path": str(acts.paths[i]), "row": i, "activation": v,
-                                      "position": list(divmod(a, w))}
-                                     for i, v, a in fa.strongest(f, top_images) if v > 0]})
+                      "top_images": _examples(fa.strongest(f, top_images), acts.paths, w)})
     own_max = torch.from_numpy(np.array(acts.stats["max"][:, neuron], dtype=np.float32))
     own_arg = torch.from_numpy(np.array(acts.stats["argmax"][:, neuron]))
+    own = [(int(i), float(own_max[i]), int(own_arg[i]))
+           for i in torch.argsort(own_max, descending=True)[:top_images]]
     ranking = polysemantic_neurons(sae, fa, top=sae.d_in)
     rank = next(i for i, r in enumerate(ranking) if r["neuron"] == neuron)
     return {"layer": acts.layer, "neuron": neuron, "grid": [h, w],
@@ -203,7 +210,7 @@ def neuron_features(sae: SAE, acts, neuron: int, *, top_features: int = 6, top_i
             "strong_features": ranking[rank]["strong_features"],
             "polysemanticity_rank": rank + 1,
             "features": feats,
-            "neuron_top_images": _examples(own_max, own_arg, acts.paths, w, top_images)}
+            "neuron_top_images": _examples(own, acts.paths, w)}
 
 
 def save_neuron_features(result: dict, out_stem: str | Path, size: int = 224,
