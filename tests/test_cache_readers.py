@@ -244,6 +244,11 @@ def test_directions_and_sae_features_from_cache_rows_equal_the_rows_read_at_once
         mx, _ = _per_image(f[:, j], image, n)
         np.testing.assert_allclose([v for _, v, _ in got], np.sort(mx)[::-1][:16], rtol=1e-5,
                                    atol=1e-6)
+    # a page asking for more images than 16 keeps as many (sae features --top-images 20)
+    wide = layer_feature_activations(sae, acts, per_image_bytes=0, keep=20)
+    assert wide.top_rows.shape == (20, 16)
+    for j in range(16):
+        assert [r for r, _, _ in wide.strongest(j, 20)] == [r for r, _, _ in fa.strongest(j, 20)]
 
     if positions is None:  # the stored maps (float16 too) give the same
         kept = cache_activations(toy, ["mixed4b"], c, cache_dir=tmp_path / "b")["mixed4b"]

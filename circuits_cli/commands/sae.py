@@ -274,7 +274,7 @@ def features(path, images, activation_cache_dir, neuron, top_features, top_image
     from ..files import claim_output
     from ..reports.polysemantic import output_names, polysemantic_neuron
     from ..sae import load_sae
-    from ..sae.features import layer_feature_activations, polysemantic_neurons
+    from ..sae.features import TOP_IMAGES, layer_feature_activations, polysemantic_neurons
     from .options import images_or_cache, render_cache
 
     s = load_sae(path)
@@ -309,7 +309,7 @@ def features(path, images, activation_cache_dir, neuron, top_features, top_image
             acts = cache_activations(model, [info.name], cache,
                                      cache_dir=activation_cache(cache_dir),
                                      progress=not as_json)[info.name]
-    fa = layer_feature_activations(s, acts)
+    fa = layer_feature_activations(s, acts, keep=max(top_images, TOP_IMAGES))
     if neuron is None:
         neuron = polysemantic_neurons(s, fa, top=1)[0]["neuron"]
         claim_output(out_dir, "sae features", output_names(neuron), cache=cache_dir or True)

@@ -72,16 +72,16 @@ def feature_activations(sae: SAE, maps, chunk_rows: int = 32) -> FeatureActivati
 
 
 @torch.no_grad()
-def layer_feature_activations(sae: SAE, acts, per_image_bytes: int = PER_IMAGE_BYTES
-                              ) -> FeatureActivations:
+def layer_feature_activations(sae: SAE, acts, per_image_bytes: int = PER_IMAGE_BYTES,
+                              keep: int = TOP_IMAGES) -> FeatureActivations:
     """:func:`feature_activations` over a layer's activations
     (:class:`~circuits_cli.evidence.activations.LayerActivations`): from its stored maps, or,
     when it was read from an activation cache without them (sampled positions, or maps too
     large to keep), from the cache's rows shard by shard. With sampled positions the spatial
     max is over the positions cached for each image, and the mean and firing frequency are
     over all cached positions. When N images x d_sae features of per-image maxima would take
-    more than ``per_image_bytes``, only each feature's :data:`TOP_IMAGES` strongest images are
-    kept (memory bounded by the SAE's width, not the data set's size)."""
+    more than ``per_image_bytes``, only each feature's ``keep`` strongest images are kept
+    (memory bounded by the SAE's width, not the data set's size)."""
     if acts.maps is not None:
         return feature_activations(sae, acts.maps)
     if acts.activation_cache is None:
@@ -99,14 +99,14 @@ def layer_feature_activations(sae: SAE, acts, per_image_bytes: int = PER_IMAGE_B
                 yield first + i, torch.from_numpy(pos[i:i + 32]), torch.from_numpy(v[i:i + 32])
 
     return _accumulate(sae, blocks(), n, (h, w),
-                       per_image=n * sae.d_sae * 8 <= per_image_bytes)
+                       per_image=n * sae.d_sae * 8 <= per_image_bytes, keep=keep)
 
 
-def _accumulate(sae: SAE, blocks, n: int, grid: tuple[int, int], *, per_image: bool
-                ) -> FeatureActivations:
+def _accumulate(sae: SAE, blocks, n: int, grid: tuple[int, int], *, per_image: bool,
+                keep: int = TOP_IMAGES) -> FeatureActivations:
     """The :class:`FeatureActivations` of ``n`` images from ``blocks`` of them, each
     ``(first row, positions (b, K) flat y * W + x, activations (b, K, C))``: per image the
-    spatial max and its position (``per_image``) or each feature's strongest images; per
+    spatial max and its position (``per_image``) or each feature's ``keep`` strongest images; per
     feature the mean and the firing frequency over every position given."""
     mx = torch.empty(n, sae.d_sae) if per_image else None
     amx = torch.empty(n, sae.d_sae, dtype=torch.int32) if per_image else None
@@ -123,7 +123,7 @@ def _accumulate(sae: SAE, blocks, n: int, grid: tuple[int, int], *, per_image: b
             mx[first:first + len(f)] = val
             amx[first:first + len(f)] = at
         else:
-            top = _merge_top(top, first, val, at)
+            top = _merge_top(top, first, val, at, keep)
         total += f.sum((0, 1), dtype=torch.float64)
         fires += (f > 0).sum((0, 1), dtype=torch.float64)
         positions += f.shape[0] * f.shape[1]
@@ -135,8 +135,8 @@ def _accumulate(sae: SAE, blocks, n: int, grid: tuple[int, int], *, per_image: b
     return fa
 
 
-def _merge_top(top, first: int, values: torch.Tensor, argmax: torch.Tensor):
-    """Each feature's :data:`TOP_IMAGES` strongest images so far, with a block of images
+def _merge_top(top, first: int, values: torch.Tensor, argmax: torch.Tensor, keep: int):
+    """Each feature's ``keep`` strongest images so far, with a block of images
     (rows ``first``...) merged in; strongest first, ties to the earlier image."""
     rows_, vals_, args_ = top
     b, d = values.shape
@@ -145,7 +145,7 @@ def _merge_top(top, first: int, values: torch.Tensor, argmax: torch.Tensor):
     args = torch.cat([args_, argmax])
     # sort by value, descending; a stable sort keeps the earlier image first among ties, since
     # the kept ones (earlier rows) come before the new block
-    order = torch.sort(vals, dim=0, descending=True, stable=True).indices[:TOP_IMAGES]
+    order = torch.sort(vals, dim=0, descending=True, stable=True).indices[:keep]
     return rows.gather(0, order), vals.gather(0, order), args.gather(0, order)
 
 
@@ -179,7 +179,7 @@ def neuron_features(sae: SAE, acts, neuron: int, *, top_features: int = 6, top_i
     if not 0 <= neuron < sae.d_in:
         raise CircuitsError(f"neuron {neuron} is out of range; the layer has {sae.d_in} "
                             f"channels (0-{sae.d_in - 1})")
-    fa = fa or layer_feature_activations(sae, acts)
+    fa = fa or layer_feature_activations(sae, acts, keep=max(top_images, TOP_IMAGES))
     h, w = fa.grid
     weights = sae.W_dec.detach()[:, neuron]
     contrib = fa.mean * weights
